@@ -1,0 +1,27 @@
+# `make test` and `make demo` set up everything they need on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch: on our machines this exact version installs from local disk; a range
+# would let pip pull a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+
+.PHONY: test demo install clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev,local]"
+	touch $@
+
+test: install
+	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/python -m pytest
+
+demo: install
+	$(BIN)/python examples/quickstart.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

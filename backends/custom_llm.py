@@ -1,0 +1,137 @@
+"""`CustomLLM`: any OpenAI-compatible server (vLLM, llama.cpp, a LiteLLM proxy, OpenAI itself)
+through the official `openai` SDK."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, ClassVar
+
+from myopto.backends.base import BaseBackend, backend_error, is_sdk_error
+from myopto.errors import BackendError
+from myopto.request import Request
+from myopto.response import Response, Usage, new_response_id
+
+PLACEHOLDER_KEY = "sk-no-key-required"
+
+
+class CustomLLM(BaseBackend):
+    """Calls `chat.completions.create` on an OpenAI-compatible endpoint.
+
+    Options: `base_url`, `api_key` (a placeholder is sent when the server needs none), `timeout`
+    (seconds), `max_retries` (the SDK's own retries; 0 by default because myopto's retry
+    middleware owns retrying), `extra_headers`, `organization`.
+    """
+
+    kind: ClassVar[str] = "CustomLLM"
+    supports_json_schema: ClassVar[bool] = True
+    supports_json_object: ClassVar[bool] = True
+    option_names: ClassVar[frozenset[str]] = frozenset(
+        {"base_url", "api_key", "timeout", "max_retries", "extra_headers", "organization"}
+    )
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float | None = None,
+        max_retries: int = 0,
+        extra_headers: dict[str, str] | None = None,
+        organization: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.base_url = base_url
+        self._api_key = api_key or PLACEHOLDER_KEY
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.extra_headers = dict(extra_headers or {})
+        self.organization = organization
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._async_client: Any = None
+
+    def __repr__(self) -> str:  # never show the key
+        return f"CustomLLM(base_url={self.base_url!r})"
+
+    def endpoint(self) -> str | None:
+        return self.base_url
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "api_key": self._api_key,
+            "base_url": self.base_url,
+            "max_retries": self.max_retries,
+            "organization": self.organization,
+            "default_headers": self.extra_headers or None,
+        }
+        if self.timeout is not None:
+            kwargs["timeout"] = self.timeout
+        return kwargs
+
+    def _sync_client(self) -> Any:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    import openai
+
+                    self._client = openai.OpenAI(**self._client_kwargs())
+        return self._client
+
+    def _aclient(self) -> Any:
+        if self._async_client is None:
+            with self._lock:
+                if self._async_client is None:
+                    import openai
+
+                    self._async_client = openai.AsyncOpenAI(**self._client_kwargs())
+        return self._async_client
+
+    def _arguments(self, request: Request) -> dict[str, Any]:
+        params = request.params_dict()
+        if "max_new_tokens" in params:
+            params.setdefault("max_tokens", params.pop("max_new_tokens"))
+        arguments: dict[str, Any] = {"model": request.model, "messages": request.messages_list(), **params}
+        response_format = request.response_format_dict()
+        if response_format is not None:
+            arguments["response_format"] = response_format
+        if request.timeout is not None:
+            arguments["timeout"] = request.timeout
+        return arguments
+
+    def complete(self, request: Request) -> Response:
+        start = time.perf_counter()
+        try:
+            raw = self._sync_client().chat.completions.create(**self._arguments(request))
+        except Exception as error:
+            if not is_sdk_error(error):
+                raise
+            raise backend_error(error, self.kind) from error
+        return self._response(raw, request, time.perf_counter() - start)
+
+    async def acomplete(self, request: Request) -> Response:
+        start = time.perf_counter()
+        try:
+            raw = await self._aclient().chat.completions.create(**self._arguments(request))
+        except Exception as error:
+            if not is_sdk_error(error):
+                raise
+            raise backend_error(error, self.kind) from error
+        return self._response(raw, request, time.perf_counter() - start)
+
+    def _response(self, raw: Any, request: Request, latency: float) -> Response:
+        choices = getattr(raw, "choices", None)
+        if not choices:
+            raise BackendError(f"{self.kind} answered with no choices (model {request.model!r})", retryable=True)
+        choice = choices[0]
+        usage = getattr(raw, "usage", None)
+        return Response(
+            text=choice.message.content or "",
+            model=getattr(raw, "model", None) or request.model,
+            usage=Usage.of(getattr(usage, "prompt_tokens", 0), getattr(usage, "completion_tokens", 0)),
+            cost=None,
+            latency=latency,
+            finish_reason=choice.finish_reason,
+            id=getattr(raw, "id", None) or new_response_id(),
+            raw=raw,
+        )

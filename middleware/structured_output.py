@@ -1,0 +1,127 @@
+"""`StructuredOutput`: get JSON out of any backend, natively or by instruction, and parse it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from myopto.errors import ConfigError, StructuredOutputError
+from myopto.output_format import schema_of, validation_error
+from myopto.parsing import try_parse_json
+from myopto.pipeline import AsyncHandler, Handler, Middleware
+from myopto.request import Request
+from myopto.response import Response
+
+MODES = ("auto", "native", "prompt")
+
+JSON_OBJECT_INSTRUCTION = (
+    "Answer with one valid JSON object and nothing else: no prose before or after it, "
+    "no code fences."
+)
+JSON_SCHEMA_INSTRUCTION = (
+    "Answer with one valid JSON value that conforms to this JSON schema, and nothing else: "
+    "no prose before or after it, no code fences.\nJSON schema:\n{schema}"
+)
+
+
+def json_instruction(response_format: dict[str, Any]) -> str:
+    """The instruction injected into the prompt for a backend with no native JSON mode."""
+    schema = schema_of(response_format)
+    if schema is None:
+        return JSON_OBJECT_INSTRUCTION
+    return JSON_SCHEMA_INSTRUCTION.format(schema=json.dumps(schema, ensure_ascii=False, sort_keys=True))
+
+
+class StructuredOutput(Middleware):
+    """Shapes a JSON request for the backend, then parses (and validates) the answer.
+
+    `mode="auto"` sends OpenAI's `response_format` to backends that declare native support
+    (`supports_json_schema` / `supports_json_object`) and, for the others, drops it and appends
+    a JSON instruction (with the schema) to the last user message instead; `"native"` and
+    `"prompt"` force one way. The answer is parsed into `response.parsed`. For a `json_schema`
+    request an answer that does not parse or does not satisfy the schema raises
+    `StructuredOutputError` (the response is on the error); for `json_object` an unparsable
+    answer is returned as it is with `parsed=None`, because callers such as Trace's OptoPrime
+    parse the text themselves.
+    """
+
+    name = "structured_output"
+
+    def __init__(self, *, json_schema: bool = False, json_object: bool = False, mode: str = "auto") -> None:
+        if mode not in MODES:
+            raise ConfigError(f"structured_output mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+        self.native_schema = json_schema
+        self.native_object = json_object
+
+    def uses_native(self, response_format: dict[str, Any]) -> bool:
+        if self.mode != "auto":
+            return self.mode == "native"
+        if response_format.get("type") == "json_schema":
+            return self.native_schema
+        return self.native_object
+
+    def process_request(self, request: Request) -> Request:
+        response_format = request.response_format_dict()
+        if response_format is None or self.uses_native(response_format):
+            return request
+        return request.replace(
+            messages=_with_instruction(request.messages_list(), json_instruction(response_format)),
+            response_format=None,
+        )
+
+    def __call__(self, request: Request, call_next: Handler) -> Response:
+        return self.parse(request, call_next(self.process_request(request)))
+
+    async def acall(self, request: Request, call_next: AsyncHandler) -> Response:
+        return self.parse(request, await call_next(self.process_request(request)))
+
+    def parse(self, request: Request, response: Response) -> Response:
+        """Fill `response.parsed` for a JSON request; validate it against the schema when one was given."""
+        response_format = request.response_format_dict()
+        if response_format is None:
+            return response
+        value = try_parse_json(response.text)
+        schema = schema_of(response_format)
+        if schema is None:
+            return response.replace(parsed=value if isinstance(value, (dict, list)) else None)
+        if value is None:
+            raise StructuredOutputError(
+                f"the answer of {request.model!r} is not JSON (asked for schema "
+                f"{response_format['json_schema']['name']!r}): {response.text[:200]!r}",
+                response=response,
+            )
+        problem = validation_error(value, schema)
+        if problem is not None:
+            raise StructuredOutputError(
+                f"the answer of {request.model!r} does not satisfy schema "
+                f"{response_format['json_schema']['name']!r} {problem}",
+                response=response.replace(parsed=value),
+            )
+        return response.replace(parsed=value)
+
+    def describe(self) -> str:
+        native = [kind for kind, on in (("json_schema", self.native_schema), ("json_object", self.native_object)) if on]
+        if self.mode == "prompt" or (self.mode == "auto" and not native):
+            how = "JSON instruction injected into the prompt"
+        elif self.mode == "native" or len(native) == 2:
+            how = "native response_format"
+        else:
+            how = f"native {native[0]}, others by prompt instruction"
+        return f"{self.name} ({how})"
+
+
+def _with_instruction(messages: list[dict[str, Any]], instruction: str) -> list[dict[str, Any]]:
+    """Append the instruction to the last user message (closest to where the model answers)."""
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, list):
+            content = [*content, {"type": "text", "text": instruction}]
+        else:
+            content = f"{content}\n\n{instruction}" if content else instruction
+        messages[index] = {**message, "content": content}
+        return messages
+    return [*messages, {"role": "user", "content": instruction}]

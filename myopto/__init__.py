@@ -1,0 +1,42 @@
+"""myopto: one clean way for LLM-driven optimisers to call any model.
+
+Every call is a `Request` that runs down a chain of middleware to a backend and comes back as a
+`Response`; the role router builds one chain per role. Importing myopto imports no SDK, torch
+or transformers: backends import their dependencies on first use.
+"""
+
+from myopto.errors import (
+    BackendError,
+    BackendUnavailable,
+    ConfigError,
+    InvalidRequest,
+    MyoptoError,
+    StructuredOutputError,
+)
+from myopto.pipeline import FunctionMiddleware, Middleware, Pipeline, as_middleware
+from myopto.request import Request
+from myopto.response import Response, Usage
+from myopto.router import RoleConfig
+from myopto.utils import *  # noqa: F403 - the Trace-compatible API, re-exported
+from myopto.utils import __all__ as _utils_all
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendError",
+    "BackendUnavailable",
+    "ConfigError",
+    "FunctionMiddleware",
+    "InvalidRequest",
+    "Middleware",
+    "MyoptoError",
+    "Pipeline",
+    "Request",
+    "Response",
+    "RoleConfig",
+    "StructuredOutputError",
+    "Usage",
+    "__version__",
+    "as_middleware",
+    *_utils_all,
+]

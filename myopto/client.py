@@ -1,0 +1,147 @@
+"""`RoleLLM`: the callable a role hands out. Builds a `Request` and runs it down the role's chain."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from myopto.errors import InvalidRequest
+from myopto.output_format import normalize_response_format
+from myopto.params import check_params
+from myopto.pipeline import Pipeline
+from myopto.request import Request, check_messages
+from myopto.response import Response
+from myopto.router import ROUTER, ResolvedRole, RoleConfig, Router, check_role, overrides_from
+
+
+class RoleLLM:
+    """Calls one role's model: `llm(messages=[...], response_format=..., max_tokens=...)`.
+
+    Returns a `Response` that reads like an OpenAI chat completion. The chain is looked up on
+    each call, so a later `set_role_config` for this role takes effect on the next call.
+    Accepts a plain string as the prompt: `llm("Hello")`.
+    """
+
+    def __init__(self, role: str = "executor", overrides: RoleConfig | None = None, *, router: Router = ROUTER) -> None:
+        self.role = check_role(role)
+        self._overrides = overrides
+        self._router = router
+        self._cache: tuple[int, ResolvedRole, Pipeline] | None = None
+        self._chain()  # fail now, not on the first call, when the config cannot work
+
+    def _chain(self) -> tuple[ResolvedRole, Pipeline]:
+        if self._overrides is None:
+            return self._router.chain(self.role)
+        cached = self._cache
+        if cached is not None and cached[0] == self._router.version:
+            resolved = self._router.resolve(self.role, self._overrides)
+            if resolved == cached[1]:
+                return cached[1], cached[2]
+        resolved, pipeline = self._router.chain(self.role, self._overrides)
+        self._cache = (self._router.version, resolved, pipeline)
+        return resolved, pipeline
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """This role's chain as it stands now."""
+        return self._chain()[1]
+
+    @property
+    def model(self) -> str:
+        return self._chain()[0].model
+
+    @property
+    def backend(self) -> str:
+        return self._chain()[0].backend
+
+    def describe(self) -> str:
+        resolved, pipeline = self._chain()
+        return (
+            f"role {self.role}: backend {resolved.backend} ({resolved.source['backend']}), "
+            f"model {resolved.model} ({resolved.source['model']})\n{pipeline.describe()}"
+        )
+
+    def request(
+        self,
+        messages: Any = None,
+        *,
+        response_format: Any = None,
+        model: str | None = None,
+        timeout: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        **params: Any,
+    ) -> Request:
+        """The `Request` a call with these arguments would send down the chain (checked, not sent)."""
+        return self._request(self._chain(), messages, response_format, model, timeout, metadata, params)
+
+    def _request(
+        self,
+        chain: tuple[ResolvedRole, Pipeline],
+        messages: Any,
+        response_format: Any,
+        model: str | None,
+        timeout: float | None,
+        metadata: Mapping[str, Any] | None,
+        params: dict[str, Any],
+    ) -> Request:
+        resolved, pipeline = chain
+        if messages is None:
+            raise InvalidRequest("no messages given: call llm(messages=[{'role': 'user', 'content': ...}])")
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise InvalidRequest(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise InvalidRequest(f"metadata must be a dict, got {type(metadata).__name__}")
+        return Request(
+            model=model or resolved.model,
+            messages=check_messages(messages),
+            params={**resolved.params, **check_params(params)},
+            response_format=normalize_response_format(response_format),
+            role=self.role,
+            backend=resolved.backend,
+            endpoint=pipeline.backend.endpoint(),
+            timeout=timeout,
+            metadata=metadata or {},
+        )
+
+    def __call__(
+        self,
+        messages: Any = None,
+        *,
+        response_format: Any = None,
+        model: str | None = None,
+        timeout: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        **params: Any,
+    ) -> Response:
+        chain = self._chain()
+        request = self._request(chain, messages, response_format, model, timeout, metadata, params)
+        return chain[1](request)
+
+    async def acall(
+        self,
+        messages: Any = None,
+        *,
+        response_format: Any = None,
+        model: str | None = None,
+        timeout: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        **params: Any,
+    ) -> Response:
+        """Async twin of calling the object."""
+        chain = self._chain()
+        request = self._request(chain, messages, response_format, model, timeout, metadata, params)
+        return await chain[1].acall(request)
+
+    def __repr__(self) -> str:
+        try:
+            resolved = self._chain()[0]
+        except Exception as error:  # repr must not raise
+            return f"<RoleLLM role={self.role!r} (unresolved: {error})>"
+        return f"<RoleLLM role={self.role!r} backend={resolved.backend} model={resolved.model!r}>"
+
+
+def get_llm(role: str = "executor", **overrides: Any) -> RoleLLM:
+    """The LLM of a role. Keyword overrides (model=, backend=, temperature=, ...) apply to this object only."""
+    return RoleLLM(role, overrides_from(**overrides))

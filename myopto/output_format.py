@@ -1,0 +1,106 @@
+"""What output a caller asked for, in one normal form: OpenAI's `response_format`.
+
+Callers may give `{"type": "json_object"}`, `{"type": "json_schema", "json_schema": {...}}`,
+the seed's wrapper `{"name": ..., "schema": {...}, "strict": ...}`, a bare JSON schema, or a
+pydantic model class. `normalize_response_format` turns each into the OpenAI form, checking the
+schema on the spot so a malformed one fails before any network call.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from myopto.errors import InvalidRequest
+
+JSON_OBJECT: dict[str, Any] = {"type": "json_object"}
+_SCHEMA_KEYS = frozenset(
+    {"type", "properties", "items", "$schema", "$ref", "$defs", "anyOf", "oneOf", "allOf", "enum", "const"}
+)
+_NAME = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def is_pydantic_model(value: Any) -> bool:
+    """True for a pydantic v2 model class (checked without importing pydantic)."""
+    return isinstance(value, type) and callable(getattr(value, "model_json_schema", None)) and callable(
+        getattr(value, "model_validate", None)
+    )
+
+
+def normalize_response_format(value: Any) -> dict[str, Any] | None:
+    """Return `value` as an OpenAI `response_format` dict (None for plain text).
+
+    Raises `InvalidRequest` for anything that is not one of the accepted shapes, and for a JSON
+    schema that is not itself valid.
+    """
+    if value is None:
+        return None
+    if is_pydantic_model(value):
+        return _json_schema(value.__name__, value.model_json_schema(), strict=False)
+    if not isinstance(value, Mapping):
+        raise InvalidRequest(
+            "response_format / json_schema must be a dict or a pydantic model class, "
+            f"got {type(value).__name__}"
+        )
+    kind = value.get("type")
+    if kind == "text" and len(value) == 1:
+        return None
+    if kind == "json_object" and len(value) == 1:
+        return dict(JSON_OBJECT)
+    if kind == "json_schema":
+        inner = value.get("json_schema")
+        if not isinstance(inner, Mapping) or not isinstance(inner.get("schema"), Mapping):
+            raise InvalidRequest(
+                "response_format of type 'json_schema' needs 'json_schema': "
+                "{'name': ..., 'schema': {...}}"
+            )
+        return _json_schema(inner.get("name"), inner["schema"], inner.get("strict"))
+    if "schema" in value and isinstance(value["schema"], Mapping) and not (set(value) - {"name", "schema", "strict", "description"}):
+        return _json_schema(value.get("name"), value["schema"], value.get("strict"))
+    if _SCHEMA_KEYS & set(value):
+        return _json_schema(None, value, strict=None)
+    raise InvalidRequest(
+        "cannot tell what output format this is; give {'type': 'json_object'}, a JSON schema, "
+        "{'name': ..., 'schema': {...}, 'strict': ...}, or a pydantic model class "
+        f"(got keys {sorted(value)})"
+    )
+
+
+def _json_schema(name: Any, schema: Mapping[str, Any], strict: Any) -> dict[str, Any]:
+    check_schema(schema)
+    spec: dict[str, Any] = {"name": _NAME.sub("_", str(name or "response"))[:64], "schema": dict(schema)}
+    if strict is not None:
+        spec["strict"] = bool(strict)
+    return {"type": "json_schema", "json_schema": spec}
+
+
+def check_schema(schema: Mapping[str, Any]) -> None:
+    """Raise `InvalidRequest` when `schema` is not a valid JSON schema."""
+    import jsonschema  # imported here: only JSON calls pay for it
+
+    try:
+        validator = jsonschema.validators.validator_for(schema)
+        validator.check_schema(schema)
+    except jsonschema.SchemaError as error:
+        where = "/".join(str(part) for part in error.absolute_path) or "(root)"
+        raise InvalidRequest(f"malformed JSON schema at {where}: {error.message}") from error
+
+
+def schema_of(response_format: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The JSON schema inside a normal-form response_format, or None (plain text or json_object)."""
+    if not response_format or response_format.get("type") != "json_schema":
+        return None
+    return dict(response_format["json_schema"]["schema"])
+
+
+def validation_error(value: Any, schema: Mapping[str, Any]) -> str | None:
+    """Why `value` does not satisfy `schema`, or None when it does."""
+    import jsonschema
+
+    validator_class = jsonschema.validators.validator_for(schema)
+    error = jsonschema.exceptions.best_match(validator_class(schema).iter_errors(value))
+    if error is None:
+        return None
+    where = "/".join(str(part) for part in error.absolute_path) or "(root)"
+    return f"at {where}: {error.message}"

@@ -1,0 +1,348 @@
+"""The role router: one config and one chain per role, built from explicit config and `TRACE_*` variables.
+
+Resolution, for each role:
+- backend: the role's config > `TRACE_DEFAULT_LLM_BACKEND` > LiteLLM;
+- model: the role's config > `TRACE_LLM_MODEL_<ROLE>` > the backend's default
+  (`TRACE_LITELLM_MODEL` or gpt-4o; `TRACE_LOCALSLM_MODEL` or Qwen/Qwen2-0.5B-Instruct;
+  `TRACE_CUSTOMLLM_MODEL`, with `TRACE_CUSTOMLLM_URL` and `TRACE_CUSTOMLLM_API_KEY`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from myopto.backends import backend_class, canonical_backend_name
+from myopto.errors import ConfigError, InvalidRequest
+from myopto.middleware.structured_output import MODES, StructuredOutput
+from myopto.middleware.usage import Usage
+from myopto.params import GENERATION_PARAMS, check_params
+from myopto.pipeline import Middleware, Pipeline, as_middleware
+from myopto.settings import DEFAULT_BACKEND, Environment, read_environment, role_variable
+
+DEFAULT_ROLES = ("executor", "optimizer", "metaoptimizer")
+USER_SLOT = "user"  # where a user's middleware goes unless placed before/after a named one
+_FROZEN_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclasses.dataclass(frozen=True)
+class RoleConfig:
+    """What a user set for one role. Fields left None fall back to the environment and defaults."""
+
+    backend: str | None = None
+    model: str | None = None
+    api_key: str | None = dataclasses.field(default=None, repr=False)
+    params: Mapping[str, Any] = dataclasses.field(default_factory=lambda: _FROZEN_EMPTY)
+    options: Mapping[str, Any] = dataclasses.field(default_factory=lambda: _FROZEN_EMPTY)
+    middleware: tuple[Middleware, ...] = ()
+    structured_output: str | None = None
+
+    @classmethod
+    def from_options(cls, backend: str | None = None, model: str | None = None, **options: Any) -> RoleConfig:
+        """Sort keyword options into generation params, backend options and router settings."""
+        if backend is not None:
+            backend = canonical_backend_name(backend)
+        if model is not None and (not isinstance(model, str) or not model.strip()):
+            raise ConfigError(f"model must be a non-empty string, got {model!r}")
+        api_key = options.pop("api_key", None) or options.pop("key", None)
+        middleware = options.pop("middleware", None)
+        if middleware is not None and (isinstance(middleware, (str, bytes)) or not isinstance(middleware, Iterable)):
+            middleware = [middleware]
+        structured_output = options.pop("structured_output", None)
+        if structured_output is not None and structured_output not in MODES:
+            raise ConfigError(f"structured_output must be one of {MODES}, got {structured_output!r}")
+        explicit_params = options.pop("params", None) or {}
+        params = {key: options.pop(key) for key in list(options) if key in GENERATION_PARAMS}
+        params = check_params({**explicit_params, **params}, where="role config")
+        backend_options = {key: value for key, value in options.items() if value is not None}
+        return cls(
+            backend=backend,
+            model=model,
+            api_key=api_key,
+            params=MappingProxyType(params),
+            options=MappingProxyType(backend_options),
+            middleware=tuple(as_middleware(m) for m in middleware or ()),
+            structured_output=structured_output,
+        )
+
+    def merged(self, update: RoleConfig) -> RoleConfig:
+        """This config with every field `update` sets laid over it (params and options key by key)."""
+        return RoleConfig(
+            backend=update.backend or self.backend,
+            model=update.model or self.model,
+            api_key=update.api_key or self.api_key,
+            params=MappingProxyType({**self.params, **update.params}),
+            options=MappingProxyType({**self.options, **update.options}),
+            middleware=update.middleware or self.middleware,
+            structured_output=update.structured_output or self.structured_output,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedRole:
+    """Everything a role's chain is built from, after config, environment and defaults are merged."""
+
+    role: str
+    backend: str
+    model: str
+    params: Mapping[str, Any]
+    options: Mapping[str, Any] = dataclasses.field(repr=False)
+    middleware: tuple[Middleware, ...]
+    structured_output: str
+    source: Mapping[str, str]  # where backend and model came from, for `myopto roles`
+
+
+@dataclasses.dataclass(frozen=True)
+class _Placement:
+    middleware: Middleware
+    roles: frozenset[str] | None
+    before: str | None
+    after: str | None
+
+
+class Router:
+    """Holds the role configs and builds (and caches) each role's chain. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._configs: dict[str, RoleConfig] = {}
+        self._placements: list[_Placement] = []
+        self._version = 0
+        self._chains: dict[str, tuple[int, Environment, ResolvedRole, Pipeline]] = {}
+
+    # -- configuration ---------------------------------------------------------------------
+    def configure(self, updates: Mapping[str, RoleConfig]) -> None:
+        """Lay each update over its role's config, check all, then store all (or none) and
+        invalidate those roles' chains."""
+        with self._lock:
+            merged = {}
+            for role, update in updates.items():
+                merged[check_role(role)] = self._configs.get(role, RoleConfig()).merged(update)
+                self.resolve(role, merged_config=merged[role])  # raises before anything is stored
+            self._configs.update(merged)
+            self._version += 1
+
+    def config(self, role: str) -> RoleConfig:
+        with self._lock:
+            return self._configs.get(role, RoleConfig())
+
+    def roles(self) -> list[str]:
+        with self._lock:
+            return list(dict.fromkeys([*DEFAULT_ROLES, *self._configs]))
+
+    def clear(self, role: str | None = None) -> None:
+        with self._lock:
+            if role is None:
+                self._configs.clear()
+                self._placements.clear()
+            else:
+                self._configs.pop(role, None)
+            self._version += 1
+
+    def add_middleware(
+        self,
+        middleware: Any,
+        *,
+        role: str | Iterable[str] | None = None,
+        before: str | None = None,
+        after: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        if before is not None and after is not None:
+            raise ConfigError("give before= or after=, not both")
+        roles = None if role is None else frozenset([role] if isinstance(role, str) else role)
+        placement = _Placement(as_middleware(middleware, name), roles, before, after)
+        with self._lock:
+            self._placements.append(placement)
+            self._version += 1
+
+    def remove_middleware(self, name: str) -> None:
+        with self._lock:
+            kept = [p for p in self._placements if p.middleware.name != name]
+            if len(kept) == len(self._placements):
+                raise ConfigError(f"no middleware named {name!r} was added with add_middleware")
+            self._placements = kept
+            self._version += 1
+
+    # -- resolution and building -----------------------------------------------------------
+    def resolve(
+        self,
+        role: str,
+        overrides: RoleConfig | None = None,
+        environment: Environment | None = None,
+        *,
+        merged_config: RoleConfig | None = None,
+    ) -> ResolvedRole:
+        """Merge a role's config (and per-`get_llm` overrides) with the environment and defaults."""
+        environment = environment or read_environment(role)
+        config = merged_config if merged_config is not None else self.config(role)
+        if overrides is not None:
+            config = config.merged(overrides)
+        if config.backend:
+            backend, backend_source = config.backend, "config"
+        elif environment.default_backend:
+            backend, backend_source = canonical_backend_name(environment.default_backend), "TRACE_DEFAULT_LLM_BACKEND"
+        else:
+            backend, backend_source = DEFAULT_BACKEND, "default"
+        defaults = environment.backend_defaults(backend)
+        if config.model:
+            model, model_source = config.model, "config"
+        elif environment.role_model:
+            model, model_source = environment.role_model, role_variable(role)
+        elif defaults.get("model"):
+            model, model_source = defaults["model"], f"{backend} default"
+        else:
+            raise ConfigError(
+                f"role {role!r} has no model: set one with set_role_config({role!r}, model=...), "
+                f"set_role_models({role}=...), or the {role_variable(role)} environment variable"
+                + (" (or TRACE_CUSTOMLLM_MODEL)" if backend == "CustomLLM" else "")
+            )
+        cls = backend_class(backend)
+        options = {key: value for key, value in defaults.items() if key != "model" and key in cls.option_names}
+        options.update(config.options)
+        if config.api_key and "api_key" in cls.option_names:
+            options["api_key"] = config.api_key
+        unknown = sorted(set(options) - cls.option_names)
+        if unknown:
+            raise ConfigError(
+                f"role {role!r}: backend {backend} does not take option(s) {unknown}; it takes "
+                f"{sorted(cls.option_names)} and generation parameters such as temperature. "
+                f"If an earlier call set them, clear_role_config({role!r}) starts over"
+            )
+        return ResolvedRole(
+            role=role,
+            backend=backend,
+            model=model,
+            params=config.params,
+            options=MappingProxyType(options),
+            middleware=config.middleware,
+            structured_output=config.structured_output or "auto",
+            source=MappingProxyType({"backend": backend_source, "model": model_source}),
+        )
+
+    def build(self, resolved: ResolvedRole) -> Pipeline:
+        """The role's chain: the default middleware list with the user's middleware in place."""
+        backend = backend_class(resolved.backend)(**resolved.options)
+        # The order a request travels, outermost first (DESIGN.md, "Chain order and why"):
+        # usage outside the user's middleware and the cache, so it sees every call, cached or not;
+        # the user's slot; structured output shapes the request before anything keys or sends it.
+        chain: list[Any] = [
+            Usage(),
+            USER_SLOT,
+            StructuredOutput(
+                json_schema=backend.supports_json_schema,
+                json_object=backend.supports_json_object,
+                mode=resolved.structured_output,
+            ),
+        ]
+        slot = chain.index(USER_SLOT)
+        placed = [p for p in self._placements if p.roles is None or resolved.role in p.roles]
+        in_slot = [p.middleware for p in placed if p.before is None and p.after is None]
+        chain[slot : slot + 1] = [*in_slot, *resolved.middleware]
+        pipeline = Pipeline(backend, chain)
+        for placement in placed:
+            if placement.before is not None:
+                pipeline = pipeline.insert(placement.middleware, before=placement.before)
+            elif placement.after is not None:
+                pipeline = pipeline.insert(placement.middleware, after=placement.after)
+        return pipeline
+
+    def chain(self, role: str, overrides: RoleConfig | None = None) -> tuple[ResolvedRole, Pipeline]:
+        """The role's resolved config and chain, rebuilt only when its config or environment changed."""
+        environment = read_environment(role)
+        if overrides is None:
+            cached = self._chains.get(role)
+            if cached is not None and cached[0] == self._version and cached[1] == environment:
+                return cached[2], cached[3]
+        with self._lock:
+            version = self._version
+            resolved = self.resolve(role, overrides, environment)
+            if overrides is None:
+                cached = self._chains.get(role)
+                if cached is not None and cached[2] == resolved and cached[0] == version:
+                    return cached[2], cached[3]
+            pipeline = self.build(resolved)
+            if overrides is None:
+                self._chains[role] = (version, environment, resolved, pipeline)
+            return resolved, pipeline
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+
+def check_role(role: Any) -> str:
+    if not isinstance(role, str) or not role.strip():
+        raise ConfigError(f"a role is a non-empty string such as 'executor', got {role!r}")
+    return role
+
+
+ROUTER = Router()
+
+
+def set_role_models(
+    executor: str | None = None,
+    optimizer: str | None = None,
+    metaoptimizer: str | None = None,
+    backend: str | None = None,
+    key: str | None = None,
+    **roles: str,
+) -> None:
+    """Set the model of one or more roles; `backend` and `key` (API key) apply to the roles named here.
+
+    Any role name works as a keyword: `set_role_models(critic="gpt-4o-mini")`.
+    """
+    named = {"executor": executor, "optimizer": optimizer, "metaoptimizer": metaoptimizer, **roles}
+    named = {role: model for role, model in named.items() if model is not None}
+    if not named:
+        raise ConfigError("name at least one role, e.g. set_role_models(executor='gpt-4o-mini')")
+    ROUTER.configure(
+        {role: RoleConfig.from_options(backend=backend, model=model, api_key=key) for role, model in named.items()}
+    )
+
+
+def set_role_config(role: str, backend: str | None = None, model: str | None = None, **options: Any) -> None:
+    """Configure one role in detail; fields not given keep their earlier value.
+
+    Options: generation parameters (temperature, max_tokens, ...), backend options (base_url,
+    api_key, timeout, device, ...), `middleware=[fn, ...]` (the role's own middleware, in the user
+    slot), `structured_output="auto" | "native" | "prompt"`. Checked on the spot.
+    """
+    ROUTER.configure({role: RoleConfig.from_options(backend=backend, model=model, **options)})
+
+
+def clear_role_config(role: str | None = None) -> None:
+    """Forget one role's config, or every role's config and added middleware when `role` is None."""
+    ROUTER.clear(role)
+
+
+def add_middleware(
+    middleware: Any,
+    *,
+    role: str | Iterable[str] | None = None,
+    before: str | None = None,
+    after: str | None = None,
+    name: str | None = None,
+) -> None:
+    """Insert a middleware into every role's chain (or only `role`'s), in the user slot or
+    before/after a named middleware such as "structured_output"."""
+    ROUTER.add_middleware(middleware, role=role, before=before, after=after, name=name)
+
+
+def remove_middleware(name: str) -> None:
+    """Take out a middleware added with `add_middleware`."""
+    ROUTER.remove_middleware(name)
+
+
+def overrides_from(**options: Any) -> RoleConfig | None:
+    """A `RoleConfig` from `get_llm` keyword overrides, or None when there are none."""
+    given = {key: value for key, value in options.items() if value is not None}
+    if not given:
+        return None
+    try:
+        return RoleConfig.from_options(**given)
+    except InvalidRequest as error:
+        raise ConfigError(str(error)) from error

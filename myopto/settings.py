@@ -1,0 +1,75 @@
+"""Every environment variable myopto reads, read here and nowhere else.
+
+| variable | meaning | default |
+|---|---|---|
+| `TRACE_DEFAULT_LLM_BACKEND` | backend of a role whose config names none | `LiteLLM` |
+| `TRACE_LLM_MODEL_<ROLE>` | model of one role (role upper-cased, non-alphanumerics as `_`) | - |
+| `TRACE_LITELLM_MODEL` | LiteLLM's default model | `gpt-4o` |
+| `TRACE_LOCALSLM_MODEL` | LocalSLM's default model | `Qwen/Qwen2-0.5B-Instruct` |
+| `TRACE_CUSTOMLLM_URL` | CustomLLM's base URL | the OpenAI API |
+| `TRACE_CUSTOMLLM_MODEL` | CustomLLM's default model | - |
+| `TRACE_CUSTOMLLM_API_KEY` | CustomLLM's API key | `OPENAI_API_KEY`, else none |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+
+DEFAULT_BACKEND = "LiteLLM"
+DEFAULT_LITELLM_MODEL = "gpt-4o"
+DEFAULT_LOCALSLM_MODEL = "Qwen/Qwen2-0.5B-Instruct"
+
+
+def role_variable(role: str) -> str:
+    """The name of the variable that sets one role's model: `TRACE_LLM_MODEL_<ROLE>`."""
+    return "TRACE_LLM_MODEL_" + re.sub(r"[^A-Za-z0-9]", "_", role).upper()
+
+
+@dataclasses.dataclass(frozen=True)
+class Environment:
+    """The values of the variables that decide one role's chain, read at one moment."""
+
+    default_backend: str | None
+    role_model: str | None
+    litellm_model: str | None
+    localslm_model: str | None
+    customllm_url: str | None
+    customllm_model: str | None
+    customllm_api_key: str | None = dataclasses.field(repr=False)
+    openai_api_key: str | None = dataclasses.field(repr=False)
+
+    def backend_defaults(self, backend: str) -> dict[str, str]:
+        """Model, base URL and key a backend falls back to when the role config gives none."""
+        if backend == "LiteLLM":
+            return {"model": self.litellm_model or DEFAULT_LITELLM_MODEL}
+        if backend == "LocalSLM":
+            return {"model": self.localslm_model or DEFAULT_LOCALSLM_MODEL}
+        if backend == "CustomLLM":
+            defaults = {
+                "model": self.customllm_model,
+                "base_url": self.customllm_url,
+                "api_key": self.customllm_api_key or self.openai_api_key,
+            }
+            return {key: value for key, value in defaults.items() if value}
+        return {}
+
+
+def _get(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value.strip() or None if value is not None else None
+
+
+def read_environment(role: str) -> Environment:
+    """Read the variables that decide `role`'s chain (cheap; called on each chain lookup)."""
+    return Environment(
+        default_backend=_get("TRACE_DEFAULT_LLM_BACKEND"),
+        role_model=_get(role_variable(role)),
+        litellm_model=_get("TRACE_LITELLM_MODEL"),
+        localslm_model=_get("TRACE_LOCALSLM_MODEL"),
+        customllm_url=_get("TRACE_CUSTOMLLM_URL"),
+        customllm_model=_get("TRACE_CUSTOMLLM_MODEL"),
+        customllm_api_key=_get("TRACE_CUSTOMLLM_API_KEY"),
+        openai_api_key=_get("OPENAI_API_KEY"),
+    )

@@ -1,0 +1,329 @@
+"""`FakeOpenAIServer`: a real OpenAI-compatible HTTP server on 127.0.0.1, for tests.
+
+It answers `POST /v1/chat/completions` (and `GET /v1/models`) over real HTTP, so the real
+`openai` and `litellm` clients talk to it as to any provider. It records every request, reports
+token usage (one token per whitespace-separated word), honours `response_format` (an answer
+that satisfies a `json_schema`, an object for `json_object`), and injects faults on demand:
+HTTP errors with `Retry-After`, delays, dropped connections, malformed bodies.
+
+    with FakeOpenAIServer() as server:
+        set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url)
+        server.fail(429, retry_after=1)       # the next request gets a 429
+        server.reply("hello")                 # the one after answers "hello"
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Responder = Callable[[dict[str, Any]], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Fault:
+    """One injected fault: an HTTP error, a delay, a dropped connection or a malformed body."""
+
+    kind: str  # "status" | "delay" | "drop" | "malformed"
+    status: int = 500
+    retry_after: float | None = None
+    retry_after_ms: float | None = None
+    seconds: float = 0.0
+    message: str = "injected fault"
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordedRequest:
+    """A request the server received: path, headers (lower-cased names) and JSON body."""
+
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    time: float
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return self.body.get("messages", [])
+
+    @property
+    def last_user_content(self) -> str:
+        for message in reversed(self.messages):
+            if message.get("role") == "user":
+                return _text(message.get("content"))
+        return ""
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return "" if content is None else str(content)
+
+
+def count_tokens(text: str) -> int:
+    """The server's token count: whitespace-separated words (simple and reproducible)."""
+    return len(text.split())
+
+
+def example_for_schema(schema: dict[str, Any], root: dict[str, Any] | None = None) -> Any:
+    """A small value that satisfies `schema` (objects carry all their properties)."""
+    root = root or schema
+    if "$ref" in schema:
+        target: Any = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        return example_for_schema(target, root)
+    if "const" in schema:
+        return schema["const"]
+    if "enum" in schema:
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if key in schema:
+            return example_for_schema(schema[key][0], root)
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        properties = schema.get("properties", {})
+        return {name: example_for_schema(sub, root) for name, sub in properties.items()}
+    if kind == "array":
+        count = max(1, schema.get("minItems", 1))
+        return [example_for_schema(schema.get("items", {"type": "string"}), root) for _ in range(count)]
+    if kind == "string":
+        return "x" * max(schema.get("minLength", 0), 1) if "minLength" in schema else "example"
+    if kind == "integer":
+        return int(schema.get("minimum", 1))
+    if kind == "number":
+        return float(schema.get("minimum", 1.0))
+    if kind == "boolean":
+        return True
+    return None
+
+
+def default_answer(body: dict[str, Any]) -> str:
+    """What the server says when nothing else was arranged: JSON when JSON was asked, else an echo."""
+    response_format = body.get("response_format") or {}
+    if response_format.get("type") == "json_schema":
+        return json.dumps(example_for_schema(response_format["json_schema"]["schema"]))
+    last = ""
+    for message in reversed(body.get("messages", [])):
+        if message.get("role") == "user":
+            last = _text(message.get("content"))
+            break
+    if response_format.get("type") == "json_object":
+        return json.dumps({"echo": last})
+    return f"echo: {last}"
+
+
+class FakeOpenAIServer:
+    """An OpenAI-compatible chat-completions server on a free 127.0.0.1 port. See the module doc."""
+
+    def __init__(self, responder: Responder | None = None, *, latency: float = 0.0, api_key: str | None = None) -> None:
+        self.responder = responder
+        self.latency = latency
+        self.api_key = api_key
+        self._lock = threading.Lock()
+        self._requests: list[RecordedRequest] = []
+        self._replies: collections.deque[Any] = collections.deque()
+        self._faults: collections.deque[Fault] = collections.deque()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> FakeOpenAIServer:
+        if self._server is not None:
+            return self
+        handler = type("Handler", (_Handler,), {"owner": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-openai", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the server is not running; call start()")
+        return self._server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        """The base URL to give a client: `http://127.0.0.1:PORT/v1`."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # -- arranging answers and faults --------------------------------------------------------
+    def reply(self, *answers: Any) -> None:
+        """Queue answers for the next requests, in order: a string, or a dict (JSON-encoded)."""
+        with self._lock:
+            self._replies.extend(answers)
+
+    def fail(self, status: int = 500, *, times: int = 1, retry_after: float | None = None,
+             retry_after_ms: float | None = None, message: str = "injected fault") -> None:
+        """The next `times` requests get an HTTP error `status` (with Retry-After headers if given)."""
+        self._inject(Fault("status", status=status, retry_after=retry_after, retry_after_ms=retry_after_ms, message=message), times)
+
+    def delay(self, seconds: float, *, times: int = 1) -> None:
+        """The next `times` requests are answered after `seconds`."""
+        self._inject(Fault("delay", seconds=seconds), times)
+
+    def drop(self, *, times: int = 1) -> None:
+        """The next `times` requests get their connection closed with no answer."""
+        self._inject(Fault("drop"), times)
+
+    def malformed(self, *, times: int = 1) -> None:
+        """The next `times` requests get a 200 whose body is not valid JSON."""
+        self._inject(Fault("malformed"), times)
+
+    def _inject(self, fault: Fault, times: int) -> None:
+        with self._lock:
+            self._faults.extend([fault] * times)
+
+    def reset(self) -> None:
+        """Forget recorded requests, queued answers and pending faults."""
+        with self._lock:
+            self._requests.clear()
+            self._replies.clear()
+            self._faults.clear()
+
+    # -- what happened -----------------------------------------------------------------------
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def request_count(self) -> int:
+        with self._lock:
+            return len(self._requests)
+
+    @property
+    def last_request(self) -> RecordedRequest:
+        with self._lock:
+            if not self._requests:
+                raise AssertionError("the server has received no request")
+            return self._requests[-1]
+
+    # -- used by the handler -----------------------------------------------------------------
+    def _record(self, request: RecordedRequest) -> tuple[Fault | None, Any]:
+        with self._lock:
+            self._requests.append(request)
+            fault = self._faults.popleft() if self._faults else None
+            reply = self._replies.popleft() if (fault is None and self._replies) else None
+        return fault, reply
+
+    def _answer(self, body: dict[str, Any], reply: Any) -> str:
+        if reply is not None:
+            return reply if isinstance(reply, str) else json.dumps(reply)
+        if self.responder is not None:
+            answer = self.responder(body)
+            return answer if isinstance(answer, str) else json.dumps(answer)
+        return default_answer(body)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: FakeOpenAIServer
+    protocol_version = "HTTP/1.1"  # keep-alive, as real providers
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/").endswith("/models"):
+            self._send_json(200, {"object": "list", "data": [{"id": "fake-model", "object": "model", "owned_by": "myopto"}]})
+        else:
+            self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if not self.path.rstrip("/").endswith("/chat/completions"):
+            self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+            return
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            self._send_json(400, {"error": {"message": "body is not JSON", "type": "invalid_request_error"}})
+            return
+        owner = self.owner
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        fault, reply = owner._record(RecordedRequest(self.path, headers, body, time.time()))
+        if owner.latency:
+            time.sleep(owner.latency)
+        if owner.api_key is not None and headers.get("authorization") != f"Bearer {owner.api_key}":
+            self._send_json(401, {"error": {"message": "invalid api key", "type": "invalid_request_error", "code": "invalid_api_key"}})
+            return
+        if fault is not None and self._apply(fault):
+            return
+        if not isinstance(body.get("messages"), list) or not body.get("model"):
+            self._send_json(400, {"error": {"message": "'model' and 'messages' are required", "type": "invalid_request_error"}})
+            return
+        answer = owner._answer(body, reply)
+        prompt_tokens = sum(count_tokens(_text(m.get("content"))) for m in body["messages"])
+        completion_tokens = count_tokens(answer)
+        self._send_json(200, {
+            "id": "chatcmpl-" + uuid.uuid4().hex[:24],
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        })
+
+    def _apply(self, fault: Fault) -> bool:
+        """Carry out a fault; True when the request has been dealt with."""
+        if fault.kind == "delay":
+            time.sleep(fault.seconds)
+            return False
+        if fault.kind == "drop":
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return True
+        if fault.kind == "malformed":
+            data = b'{"id": "chatcmpl-broken", "choices": [{"mess'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return True
+        headers = {}
+        if fault.retry_after is not None:
+            headers["Retry-After"] = f"{fault.retry_after:g}"
+        if fault.retry_after_ms is not None:
+            headers["retry-after-ms"] = f"{fault.retry_after_ms:g}"
+        kind = "rate_limit_error" if fault.status == 429 else "server_error" if fault.status >= 500 else "invalid_request_error"
+        self._send_json(fault.status, {"error": {"message": fault.message, "type": kind, "code": str(fault.status)}}, headers)
+        return True

@@ -1,0 +1,159 @@
+"""Usage and cost accounting: a process-wide ledger, filled by the `Usage` middleware.
+
+Thread-safe and async-safe (one lock, no awaits inside). Costs are USD. A call whose cost is
+unknown (a model with no known price) is counted in `unknown_cost_calls`, never silently as 0.
+A cached call counts as a call and a cache hit, costs 0, and adds its original cost to `saved_cost`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any, TextIO
+
+
+@dataclasses.dataclass
+class Tally:
+    """Running totals for one role or one model."""
+
+    calls: int = 0
+    cache_hits: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    saved_cost: float = 0.0
+    unknown_cost_calls: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "total_tokens": self.total_tokens}
+
+
+class UsageLedger:
+    """Totals of every call made through myopto in this process, by role and by model."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.enabled = True
+        self._by_role: dict[str, Tally] = {}
+        self._by_model: dict[str, Tally] = {}
+
+    def record(self, role: str, model: str, response: Any = None, *, error: bool = False) -> None:
+        """Add one finished call (a `Response`) or one failed call (`error=True`)."""
+        if not self.enabled:
+            return
+        with self._lock:
+            for table, key in ((self._by_role, role), (self._by_model, model)):
+                tally = table.get(key)
+                if tally is None:
+                    tally = table[key] = Tally()
+                tally.calls += 1
+                if error or response is None:
+                    tally.errors += 1
+                    continue
+                usage = response.usage
+                tally.prompt_tokens += usage.prompt_tokens
+                tally.completion_tokens += usage.completion_tokens
+                if response.cached:
+                    tally.cache_hits += 1
+                    tally.saved_cost += response.cost or 0.0
+                elif response.cost is None:
+                    tally.unknown_cost_calls += 1
+                else:
+                    tally.cost += response.cost
+
+    def reset(self) -> None:
+        with self._lock:
+            self._by_role.clear()
+            self._by_model.clear()
+
+    def by_role(self) -> dict[str, Tally]:
+        with self._lock:
+            return {key: dataclasses.replace(value) for key, value in self._by_role.items()}
+
+    def by_model(self) -> dict[str, Tally]:
+        with self._lock:
+            return {key: dataclasses.replace(value) for key, value in self._by_model.items()}
+
+
+LEDGER = UsageLedger()
+
+
+def configure_usage(enabled: bool = True) -> None:
+    """Turn usage tracking on or off for this process (on by default)."""
+    LEDGER.enabled = bool(enabled)
+
+
+def reset_usage() -> None:
+    """Forget every recorded call."""
+    LEDGER.reset()
+
+
+def get_total_cost() -> float:
+    """USD spent by every role so far (calls with an unknown price are not included; see the summary)."""
+    return sum(tally.cost for tally in LEDGER.by_role().values())
+
+
+def get_cost_by_role() -> dict[str, float]:
+    """USD spent per role."""
+    return {role: tally.cost for role, tally in LEDGER.by_role().items()}
+
+
+def get_tokens_by_role() -> dict[str, dict[str, int]]:
+    """Prompt, completion and total tokens per role."""
+    return {
+        role: {
+            "prompt_tokens": tally.prompt_tokens,
+            "completion_tokens": tally.completion_tokens,
+            "total_tokens": tally.total_tokens,
+        }
+        for role, tally in LEDGER.by_role().items()
+    }
+
+
+def get_usage_summary() -> dict[str, Any]:
+    """Everything recorded: totals, and the same figures by role and by model."""
+    by_role = LEDGER.by_role()
+    total = Tally()
+    for tally in by_role.values():
+        for field in dataclasses.fields(Tally):
+            setattr(total, field.name, getattr(total, field.name) + getattr(tally, field.name))
+    return {
+        "enabled": LEDGER.enabled,
+        "total": total.as_dict(),
+        "total_cost": total.cost,
+        "cost_known": total.unknown_cost_calls == 0,
+        "by_role": {role: tally.as_dict() for role, tally in by_role.items()},
+        "by_model": {model: tally.as_dict() for model, tally in LEDGER.by_model().items()},
+    }
+
+
+def print_usage_summary(file: TextIO | None = None) -> None:
+    """Print the usage summary as a table (to stdout unless `file` is given)."""
+    import sys
+
+    out = file or sys.stdout
+    summary = get_usage_summary()
+    header = f"{'':<22}{'calls':>7}{'cached':>8}{'errors':>8}{'prompt':>10}{'completion':>12}{'cost USD':>12}"
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    for title, rows in (("role", summary["by_role"]), ("model", summary["by_model"])):
+        for name, row in rows.items():
+            cost = f"{row['cost']:.6f}" + ("+?" if row["unknown_cost_calls"] else "")
+            print(
+                f"{title + ' ' + name:<22.22}{row['calls']:>7}{row['cache_hits']:>8}{row['errors']:>8}"
+                f"{row['prompt_tokens']:>10}{row['completion_tokens']:>12}{cost:>12}",
+                file=out,
+            )
+    total = summary["total"]
+    print("-" * len(header), file=out)
+    unknown = f" ({total['unknown_cost_calls']} calls of unknown price)" if total["unknown_cost_calls"] else ""
+    print(
+        f"total: {total['calls']} calls, {total['total_tokens']} tokens, "
+        f"${total['cost']:.6f}{unknown}, ${total['saved_cost']:.6f} saved by the cache",
+        file=out,
+    )

@@ -1,0 +1,44 @@
+"""The Trace-compatible surface of myopto: role routing, one-line calls, usage accounting."""
+
+from myopto.calls import allm_json, allm_text, llm_json, llm_text
+from myopto.client import RoleLLM, get_llm
+from myopto.parsing import extract_text, try_parse_json
+from myopto.router import (
+    add_middleware,
+    clear_role_config,
+    remove_middleware,
+    set_role_config,
+    set_role_models,
+)
+from myopto.usage import (
+    configure_usage,
+    get_cost_by_role,
+    get_tokens_by_role,
+    get_total_cost,
+    get_usage_summary,
+    print_usage_summary,
+    reset_usage,
+)
+
+__all__ = [
+    "RoleLLM",
+    "add_middleware",
+    "allm_json",
+    "allm_text",
+    "clear_role_config",
+    "configure_usage",
+    "extract_text",
+    "get_cost_by_role",
+    "get_llm",
+    "get_tokens_by_role",
+    "get_total_cost",
+    "get_usage_summary",
+    "llm_json",
+    "llm_text",
+    "print_usage_summary",
+    "remove_middleware",
+    "reset_usage",
+    "set_role_config",
+    "set_role_models",
+    "try_parse_json",
+]
