@@ -56,7 +56,10 @@ class RoleConfig:
             raise ConfigError(f"structured_output must be one of {MODES}, got {structured_output!r}")
         explicit_params = options.pop("params", None) or {}
         params = {key: options.pop(key) for key in list(options) if key in GENERATION_PARAMS}
-        params = check_params({**explicit_params, **params}, where="role config")
+        try:
+            params = check_params({**explicit_params, **params}, where="role config")
+        except InvalidRequest as error:
+            raise ConfigError(str(error)) from error
         backend_options = {key: value for key, value in options.items() if value is not None}
         return cls(
             backend=backend,
@@ -340,9 +343,4 @@ def remove_middleware(name: str) -> None:
 def overrides_from(**options: Any) -> RoleConfig | None:
     """A `RoleConfig` from `get_llm` keyword overrides, or None when there are none."""
     given = {key: value for key, value in options.items() if value is not None}
-    if not given:
-        return None
-    try:
-        return RoleConfig.from_options(**given)
-    except InvalidRequest as error:
-        raise ConfigError(str(error)) from error
+    return RoleConfig.from_options(**given) if given else None

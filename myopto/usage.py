@@ -138,14 +138,16 @@ def print_usage_summary(file: TextIO | None = None) -> None:
 
     out = file or sys.stdout
     summary = get_usage_summary()
-    header = f"{'':<22}{'calls':>7}{'cached':>8}{'errors':>8}{'prompt':>10}{'completion':>12}{'cost USD':>12}"
+    labels = [f"role {n}" for n in summary["by_role"]] + [f"model {n}" for n in summary["by_model"]]
+    width = max([22, *(len(label) + 2 for label in labels)])
+    header = f"{'':<{width}}{'calls':>7}{'cached':>8}{'errors':>8}{'prompt':>10}{'completion':>12}{'cost USD':>12}"
     print(header, file=out)
     print("-" * len(header), file=out)
     for title, rows in (("role", summary["by_role"]), ("model", summary["by_model"])):
         for name, row in rows.items():
             cost = f"{row['cost']:.6f}" + ("+?" if row["unknown_cost_calls"] else "")
             print(
-                f"{title + ' ' + name:<22.22}{row['calls']:>7}{row['cache_hits']:>8}{row['errors']:>8}"
+                f"{title + ' ' + name:<{width}}{row['calls']:>7}{row['cache_hits']:>8}{row['errors']:>8}"
                 f"{row['prompt_tokens']:>10}{row['completion_tokens']:>12}{cost:>12}",
                 file=out,
             )

@@ -1,0 +1,105 @@
+"""CustomLLM end to end: the real `openai` SDK over HTTP to the project's test server."""
+
+import asyncio
+import time
+
+import pytest
+
+from myopto import BackendError, get_llm, set_role_config
+
+PERSON = {"name": "person", "schema": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}}
+
+
+def test_text_call_round_trips_and_reports_server_usage(custom_role):
+    response = get_llm()(messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}], max_tokens=5, temperature=0)
+    assert response.choices[0].message.content == "echo: hello there"
+    assert response.usage.prompt_tokens == 4  # "be brief" + "hello there"
+    assert response.usage.completion_tokens == 3
+    assert response.model == "test-model"
+    sent = custom_role.last_request
+    assert sent.body["max_tokens"] == 5 and sent.body["temperature"] == 0
+    assert sent.headers["authorization"] == "Bearer sk-test-key"
+    assert "response_format" not in sent.body
+
+
+def test_json_schema_is_sent_natively_and_the_answer_parsed(custom_role):
+    custom_role.reply({"name": "Ada"})
+    response = get_llm()("who?", response_format=PERSON)
+    assert response.parsed == {"name": "Ada"}
+    assert custom_role.last_request.body["response_format"] == {"type": "json_schema", "json_schema": PERSON}
+
+
+async def test_async_call_uses_the_async_client(custom_role):
+    responses = await asyncio.gather(*(get_llm().acall(f"n{i}") for i in range(5)))
+    assert sorted(r.text for r in responses) == [f"echo: n{i}" for i in range(5)]
+    assert custom_role.request_count == 5
+
+
+def test_max_new_tokens_is_sent_as_max_tokens(custom_role):
+    get_llm()("x", max_new_tokens=7)
+    assert custom_role.last_request.body["max_tokens"] == 7
+    assert "max_new_tokens" not in custom_role.last_request.body
+
+
+@pytest.mark.parametrize("status, retryable", [(429, True), (500, True), (503, True), (400, False), (401, False), (404, False)])
+def test_http_errors_become_backend_errors_that_say_if_retrying_helps(custom_role, status, retryable):
+    custom_role.fail(status, retry_after=3)
+    with pytest.raises(BackendError) as error:
+        get_llm()("x")
+    assert error.value.status_code == status
+    assert error.value.retryable is retryable
+    assert error.value.retry_after == 3.0
+    assert error.value.__cause__ is not None
+    assert custom_role.request_count == 1  # the SDK's own retries are off: one policy, ours
+
+
+def test_retry_after_ms_wins_over_retry_after(custom_role):
+    custom_role.fail(429, retry_after=3, retry_after_ms=250)
+    with pytest.raises(BackendError) as error:
+        get_llm()("x")
+    assert error.value.retry_after == 0.25
+
+
+def test_dropped_connection_and_malformed_body_are_retryable_backend_errors(custom_role):
+    custom_role.drop()
+    with pytest.raises(BackendError) as dropped:
+        get_llm()("x")
+    assert dropped.value.retryable and dropped.value.status_code is None
+    custom_role.malformed()
+    with pytest.raises(BackendError) as malformed:
+        get_llm()("x")
+    assert malformed.value.retryable
+    assert get_llm()("x").text == "echo: x"  # the server and client are fine afterwards
+
+
+def test_wrong_api_key_is_a_401_that_is_not_retryable(server):
+    server.api_key = "sk-right"
+    set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, api_key="sk-wrong")
+    with pytest.raises(BackendError) as error:
+        get_llm()("x")
+    assert error.value.status_code == 401 and not error.value.retryable
+    set_role_config("executor", api_key="sk-right")
+    assert get_llm()("x").text == "echo: x"
+
+
+def test_per_call_timeout_gives_a_retryable_error(custom_role):
+    custom_role.delay(1.0)
+    start = time.perf_counter()
+    with pytest.raises(BackendError) as error:
+        get_llm()("x", timeout=0.2)
+    assert time.perf_counter() - start < 0.9
+    assert error.value.retryable
+
+
+def test_role_timeout_option(server):
+    set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, timeout=0.2)
+    server.delay(1.0)
+    with pytest.raises(BackendError):
+        get_llm()("x")
+
+
+def test_connection_refused_is_a_retryable_backend_error():
+    set_role_config("executor", backend="CustomLLM", model="m", base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(BackendError) as error:
+        get_llm()("x")
+    assert error.value.retryable

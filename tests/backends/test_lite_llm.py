@@ -1,0 +1,65 @@
+"""LiteLLM end to end: the real `litellm` client over HTTP to the project's test server."""
+
+import asyncio
+
+import pytest
+
+from myopto import BackendError, get_llm, set_role_config
+
+PERSON = {"name": "person", "schema": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}}
+
+
+@pytest.fixture
+def litellm_role(server):
+    set_role_config("executor", backend="LiteLLM", model="openai/gpt-4o-mini", base_url=server.url, api_key="sk-litellm-key")
+    return server
+
+
+def test_text_call_through_litellm(litellm_role):
+    response = get_llm()("hello litellm", temperature=0)
+    assert response.text == "echo: hello litellm"
+    assert response.usage.prompt_tokens == 2 and response.usage.completion_tokens == 3
+    sent = litellm_role.last_request
+    assert sent.body["model"] == "gpt-4o-mini"
+    assert sent.body["temperature"] == 0
+    assert sent.headers["authorization"] == "Bearer sk-litellm-key"
+
+
+def test_cost_comes_from_litellms_price_map_for_a_known_model(litellm_role):
+    response = get_llm()("one two three")
+    assert response.cost is not None and response.cost > 0
+
+
+def test_cost_is_unknown_for_a_model_with_no_price(server):
+    set_role_config("executor", backend="LiteLLM", model="openai/my-private-model-7", base_url=server.url, api_key="k")
+    assert get_llm()("x").cost is None
+
+
+def test_json_schema_is_sent_as_response_format(litellm_role):
+    litellm_role.reply({"name": "Grace"})
+    response = get_llm()("who?", response_format=PERSON)
+    assert response.parsed == {"name": "Grace"}
+    assert litellm_role.last_request.body["response_format"]["json_schema"]["schema"] == PERSON["schema"]
+
+
+async def test_async_through_litellm(litellm_role):
+    responses = await asyncio.gather(*(get_llm().acall(f"a{i}") for i in range(3)))
+    assert sorted(r.text for r in responses) == ["echo: a0", "echo: a1", "echo: a2"]
+
+
+@pytest.mark.parametrize("status, retryable", [(429, True), (503, True), (400, False), (401, False)])
+def test_errors_are_translated_and_litellm_does_not_retry_on_its_own(litellm_role, status, retryable):
+    litellm_role.fail(status, retry_after=2)
+    with pytest.raises(BackendError) as error:
+        get_llm()("x")
+    assert error.value.status_code == status
+    assert error.value.retryable is retryable
+    assert litellm_role.request_count == 1
+
+
+def test_litellm_honours_openai_base_url_from_the_environment(server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env")
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+    response = get_llm()("from env")  # defaults: LiteLLM, gpt-4o
+    assert response.text == "echo: from env"
+    assert server.last_request.body["model"] == "gpt-4o"

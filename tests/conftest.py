@@ -1,0 +1,56 @@
+"""Shared fixtures: one real OpenAI-compatible server per session, and a clean router per test."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from myopto import clear_role_config, configure_usage, reset_usage  # noqa: E402
+from myopto.testing import FakeOpenAIServer  # noqa: E402
+
+_ENV_PREFIXES = ("TRACE_", "MYOPTO_")
+_ENV_NAMES = ("OPENAI_API_KEY", "OPENAI_API_BASE", "OPENAI_BASE_URL")
+
+
+@pytest.fixture(scope="session")
+def _session_server():
+    with FakeOpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture
+def server(_session_server):
+    """The session's test server, with recorded requests, queued answers and faults reset."""
+    _session_server.reset()
+    _session_server.responder = None
+    _session_server.latency = 0.0
+    _session_server.api_key = None
+    yield _session_server
+    _session_server.reset()
+    _session_server.responder = None
+
+
+@pytest.fixture(autouse=True)
+def clean_state(monkeypatch):
+    """Every test starts with no role config, empty usage, and no TRACE_*/OPENAI_* variables."""
+    for name in list(os.environ):
+        if name.startswith(_ENV_PREFIXES) or name in _ENV_NAMES:
+            monkeypatch.delenv(name, raising=False)
+    clear_role_config()
+    reset_usage()
+    configure_usage(True)
+    yield
+    clear_role_config()
+    reset_usage()
+
+
+@pytest.fixture
+def custom_role(server):
+    """Point the executor at the test server through CustomLLM; returns the server."""
+    from myopto import set_role_config
+
+    set_role_config("executor", backend="CustomLLM", model="test-model", base_url=server.url, api_key="sk-test-key")
+    return server

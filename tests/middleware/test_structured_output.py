@@ -1,0 +1,94 @@
+import json
+
+import pytest
+
+from myopto import Pipeline, Request, StructuredOutputError, get_llm, llm_json, set_role_config
+from myopto.middleware.structured_output import StructuredOutput, json_instruction
+from myopto.output_format import normalize_response_format
+from myopto.testing import EchoBackend
+
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+@pytest.fixture
+def prompt_role(server):
+    """An OpenAI-compatible server used as if it had no JSON mode (how local SLMs are driven)."""
+    set_role_config("executor", backend="CustomLLM", model="slm", base_url=server.url, structured_output="prompt")
+    return server
+
+
+def test_prompt_mode_sends_no_response_format_and_injects_the_schema(prompt_role):
+    prompt_role.reply('Sure!\n```json\n{"city": "Paris"}\n```')
+    response = get_llm()("Capital of France?", response_format=SCHEMA)
+    assert response.parsed == {"city": "Paris"}
+    body = prompt_role.last_request.body
+    assert "response_format" not in body
+    last = body["messages"][-1]["content"]
+    assert last.startswith("Capital of France?\n\n")
+    assert json.dumps(SCHEMA, sort_keys=True) in last
+
+
+def test_json_object_instruction_reaches_a_backend_without_json_mode(prompt_role):
+    prompt_role.reply('{"reasoning": "r", "suggestion": {}}')
+    response = get_llm()(
+        messages=[{"role": "system", "content": "sys"}, {"role": "user", "content": "go"}],
+        response_format={"type": "json_object"},
+    )
+    body = prompt_role.last_request.body
+    assert "response_format" not in body
+    assert body["messages"][0] == {"role": "system", "content": "sys"}
+    assert "one valid JSON object" in body["messages"][1]["content"]
+    assert response.parsed == {"reasoning": "r", "suggestion": {}}
+
+
+def test_instruction_is_appended_as_a_user_message_when_there_is_none():
+    backend = EchoBackend(answer=lambda r: '{"city": "Rome"}', json_schema=False, json_object=False)
+    pipeline = Pipeline(backend, [StructuredOutput()])
+    request = Request(model="m", messages=[{"role": "system", "content": "only system"}], response_format=normalize_response_format(SCHEMA))
+    assert pipeline(request).parsed == {"city": "Rome"}
+    sent = backend.requests[0].messages_list()
+    assert sent[-1]["role"] == "user" and "JSON schema" in sent[-1]["content"]
+
+
+def test_capability_decides_not_the_backend_name():
+    native = EchoBackend(json_schema=True, json_object=False)
+    Pipeline(native, [StructuredOutput(json_schema=True, json_object=False)])(
+        Request(model="m", messages=[{"role": "user", "content": "a"}], response_format={"type": "json_object"})
+    )
+    assert native.requests[0].response_format is None  # json_object not supported natively: instruction
+    Pipeline(native, [StructuredOutput(json_schema=True, json_object=False)])(
+        Request(model="m", messages=[{"role": "user", "content": "a"}], response_format=normalize_response_format(SCHEMA))
+    )
+    assert native.requests[1].response_format["type"] == "json_schema"
+
+
+def test_an_answer_that_breaks_the_schema_raises_and_keeps_the_response(prompt_role):
+    prompt_role.reply('{"town": "Paris"}')
+    with pytest.raises(StructuredOutputError) as error:
+        get_llm()("x", response_format=SCHEMA)
+    assert "'city' is a required property" in str(error.value)
+    assert error.value.response.text == '{"town": "Paris"}'
+    assert error.value.response.parsed == {"town": "Paris"}
+
+
+def test_an_answer_that_is_not_json_raises_for_a_schema(prompt_role):
+    prompt_role.reply("```python\nprint('Paris')\n```")
+    with pytest.raises(StructuredOutputError, match="is not JSON"):
+        llm_json("x", SCHEMA)
+
+
+def test_unparsable_json_object_answer_is_returned_for_the_caller_to_handle(prompt_role):
+    prompt_role.reply("not json at all")
+    response = get_llm()("x", response_format={"type": "json_object"})
+    assert response.text == "not json at all" and response.parsed is None
+
+
+def test_plain_text_calls_are_untouched(prompt_role):
+    response = get_llm()("hello")
+    assert response.parsed is None
+    assert prompt_role.last_request.body["messages"] == [{"role": "user", "content": "hello"}]
+
+
+def test_json_instruction_text():
+    assert "no code fences" in json_instruction({"type": "json_object"})
+    assert '"city"' in json_instruction(normalize_response_format(SCHEMA))

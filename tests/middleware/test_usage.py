@@ -1,0 +1,87 @@
+import threading
+
+import pytest
+
+from myopto import (
+    BackendError,
+    get_cost_by_role,
+    get_llm,
+    get_tokens_by_role,
+    get_total_cost,
+    get_usage_summary,
+    print_usage_summary,
+    configure_usage,
+    reset_usage,
+    set_role_config,
+)
+
+
+@pytest.fixture
+def two_roles(server):
+    set_role_config("executor", backend="CustomLLM", model="exec-model", base_url=server.url)
+    set_role_config("optimizer", backend="LiteLLM", model="openai/gpt-4o-mini", base_url=server.url, api_key="k")
+    return server
+
+
+def test_tokens_per_role_match_what_the_server_reported(two_roles):
+    get_llm("executor")("one two three")  # 3 prompt, 5 completion ("echo: one two three")
+    get_llm("optimizer")("four")  # 1 prompt, 2 completion
+    get_llm("optimizer")("five six")  # 2 prompt, 3 completion
+    tokens = get_tokens_by_role()
+    assert tokens["executor"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    assert tokens["optimizer"] == {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+    summary = get_usage_summary()
+    assert summary["by_role"]["optimizer"]["calls"] == 2
+    assert summary["by_model"]["exec-model"]["calls"] == 1
+
+
+def test_costs_known_unknown_and_totals(two_roles):
+    get_llm("executor")("x")  # CustomLLM: no price known
+    get_llm("optimizer")("x")  # gpt-4o-mini: priced by LiteLLM's map
+    costs = get_cost_by_role()
+    assert costs["optimizer"] > 0 and costs["executor"] == 0
+    assert get_total_cost() == pytest.approx(costs["optimizer"])
+    summary = get_usage_summary()
+    assert summary["by_role"]["executor"]["unknown_cost_calls"] == 1
+    assert summary["cost_known"] is False
+
+
+def test_errors_are_counted(two_roles):
+    two_roles.fail(400)
+    with pytest.raises(BackendError):
+        get_llm("executor")("x")
+    assert get_usage_summary()["by_role"]["executor"]["errors"] == 1
+
+
+def test_disabled_tracking_records_nothing_and_reset_forgets(two_roles):
+    configure_usage(False)
+    get_llm("executor")("x")
+    assert get_usage_summary()["total"]["calls"] == 0
+    configure_usage(True)
+    get_llm("executor")("x")
+    assert get_usage_summary()["total"]["calls"] == 1
+    reset_usage()
+    assert get_usage_summary()["total"]["calls"] == 0
+
+
+def test_usage_is_exact_under_threads(two_roles):
+    def work():
+        for _ in range(25):
+            get_llm("executor")("a b")
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    row = get_usage_summary()["by_role"]["executor"]
+    assert row["calls"] == 200 == two_roles.request_count
+    assert row["prompt_tokens"] == 400 and row["completion_tokens"] == 600
+
+
+def test_print_usage_summary_prints_a_table(two_roles, capsys):
+    get_llm("optimizer")("x")
+    print_usage_summary()
+    out = capsys.readouterr().out
+    assert "role optimizer" in out and "model openai/gpt-4o-mini" in out
+    assert "total: 1 calls" in out
