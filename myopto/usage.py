@@ -132,6 +132,12 @@ def get_usage_summary() -> dict[str, Any]:
     }
 
 
+def _cost_cell(row: dict[str, Any]) -> str:
+    if row["unknown_cost_calls"] and row["unknown_cost_calls"] == row["calls"] - row["cache_hits"] - row["errors"]:
+        return "unknown"
+    return f"{row['cost']:.6f}" + ("+?" if row["unknown_cost_calls"] else "")
+
+
 def print_usage_summary(file: TextIO | None = None) -> None:
     """Print the usage summary as a table (to stdout unless `file` is given)."""
     import sys
@@ -145,7 +151,7 @@ def print_usage_summary(file: TextIO | None = None) -> None:
     print("-" * len(header), file=out)
     for title, rows in (("role", summary["by_role"]), ("model", summary["by_model"])):
         for name, row in rows.items():
-            cost = f"{row['cost']:.6f}" + ("+?" if row["unknown_cost_calls"] else "")
+            cost = _cost_cell(row)
             print(
                 f"{title + ' ' + name:<{width}}{row['calls']:>7}{row['cache_hits']:>8}{row['errors']:>8}"
                 f"{row['prompt_tokens']:>10}{row['completion_tokens']:>12}{cost:>12}",
