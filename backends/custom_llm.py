@@ -89,6 +89,7 @@ class CustomLLM(BaseBackend):
 
     def _arguments(self, request: Request) -> dict[str, Any]:
         params = request.params_dict()
+        params.pop("constrained", None)  # local-model option; providers enforce JSON natively
         if "max_new_tokens" in params:
             params.setdefault("max_tokens", params.pop("max_new_tokens"))
         arguments: dict[str, Any] = {"model": request.model, "messages": request.messages_list(), **params}

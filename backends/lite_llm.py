@@ -80,6 +80,7 @@ class LiteLLM(BaseBackend):
 
     def _arguments(self, request: Request) -> dict[str, Any]:
         params = request.params_dict()
+        params.pop("constrained", None)  # local-model option; providers enforce JSON natively
         if "max_new_tokens" in params:
             params.setdefault("max_tokens", params.pop("max_new_tokens"))
         arguments: dict[str, Any] = {

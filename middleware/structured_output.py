@@ -47,12 +47,13 @@ class StructuredOutput(Middleware):
 
     name = "structured_output"
 
-    def __init__(self, *, json_schema: bool = False, json_object: bool = False, mode: str = "auto") -> None:
+    def __init__(self, *, json_schema: bool = False, json_object: bool = False, instruct: bool = False, mode: str = "auto") -> None:
         if mode not in MODES:
             raise ConfigError(f"structured_output mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
         self.native_schema = json_schema
         self.native_object = json_object
+        self.instruct = instruct  # also tell the model in the prompt when sending natively (local models)
 
     def uses_native(self, response_format: dict[str, Any]) -> bool:
         if self.mode != "auto":
@@ -63,12 +64,15 @@ class StructuredOutput(Middleware):
 
     def process_request(self, request: Request) -> Request:
         response_format = request.response_format_dict()
-        if response_format is None or self.uses_native(response_format):
+        if response_format is None:
             return request
-        return request.replace(
-            messages=_with_instruction(request.messages_list(), json_instruction(response_format)),
-            response_format=None,
-        )
+        # A per-call `constrained=True` asks the backend to enforce the grammar: it needs the schema.
+        constrained = request.params.get("constrained") is True
+        native = constrained or self.uses_native(response_format)
+        if native and not (self.instruct or constrained):
+            return request
+        messages = _with_instruction(request.messages_list(), json_instruction(response_format))
+        return request.replace(messages=messages, response_format=response_format if native else None)
 
     def __call__(self, request: Request, call_next: Handler) -> Response:
         return self.parse(request, call_next(self.process_request(request)))
@@ -105,7 +109,7 @@ class StructuredOutput(Middleware):
         if self.mode == "prompt" or (self.mode == "auto" and not native):
             how = "JSON instruction injected into the prompt"
         elif self.mode == "native" or len(native) == 2:
-            how = "native response_format"
+            how = "native response_format" + (" plus a prompt instruction" if self.instruct else "")
         else:
             how = f"native {native[0]}, others by prompt instruction"
         return f"{self.name} ({how})"

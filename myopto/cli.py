@@ -21,7 +21,9 @@ def roles_report(roles: Sequence[str] | None = None) -> str:
         chain = "\n".join("  " + line for line in pipeline.describe().splitlines())
         blocks.append(
             f"{role}\n  backend: {resolved.backend} (from {resolved.source['backend']})\n"
-            f"  model:   {resolved.model} (from {resolved.source['model']})\n  chain:\n{chain}"
+            f"  model:   {resolved.model} (from {resolved.source['model']})\n"
+            + (f"  params:  {dict(resolved.params)}\n" if resolved.params else "")
+            + f"  chain:\n{chain}"
         )
     return "\n\n".join(blocks)
 

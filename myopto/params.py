@@ -33,6 +33,8 @@ GENERATION_PARAMS = frozenset(
         "tool_choice",
         "parallel_tool_calls",
         "extra_body",
+        # Local models: grammar-constrained JSON decoding (cloud backends enforce JSON natively).
+        "constrained",
     }
 )
 
@@ -78,6 +80,8 @@ def check_params(params: Mapping[str, Any], *, where: str = "call") -> dict[str,
             raise InvalidRequest(f"stop must be a string or a list of strings, got {stop!r}")
         else:
             checked["stop"] = list(stop)
+    if "constrained" in checked and not isinstance(checked["constrained"], bool):
+        raise InvalidRequest(f"constrained must be True or False, got {checked['constrained']!r}")
     if "extra_body" in checked and not isinstance(checked["extra_body"], Mapping):
         raise InvalidRequest("extra_body must be a dict")
     return checked

@@ -238,6 +238,7 @@ class Router:
             StructuredOutput(
                 json_schema=backend.supports_json_schema,
                 json_object=backend.supports_json_object,
+                instruct=getattr(backend, "wants_json_instruction", False),
                 mode=resolved.structured_output,
             ),
         ]

@@ -1,0 +1,91 @@
+"""`Batcher`: gathers concurrent requests into one batched call (one padded `generate`)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import queue
+import threading
+import time
+from collections.abc import Callable, Hashable
+from typing import Any, Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class Batcher(Generic[Item, Result]):
+    """Runs `run(items) -> results` on batches of items submitted from many threads.
+
+    A worker thread takes the first waiting item, waits up to `max_wait` seconds for more (up to
+    `max_batch_size`), splits them by `key(item)` (only items with equal keys share a batch), and
+    runs each group. While a batch runs, new items queue up and form the next one. Each caller
+    gets its own result or its own exception.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[list[Item]], list[Result]],
+        *,
+        max_batch_size: int = 8,
+        max_wait: float = 0.002,
+        key: Callable[[Item], Hashable] = lambda item: None,
+        name: str = "myopto-batcher",
+    ) -> None:
+        self.run = run
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait
+        self.key = key
+        self.name = name
+        self.batch_sizes: list[int] = []  # sizes of the batches run, for tests and benchmarks
+        self._queue: queue.Queue[tuple[Item, concurrent.futures.Future[Result]]] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, item: Item) -> Result:
+        """Run `item` in the next batch and return its result (blocks until then)."""
+        future: concurrent.futures.Future[Result] = concurrent.futures.Future()
+        self._ensure_worker()
+        self._queue.put((item, future))
+        return future.result()
+
+    def _ensure_worker(self) -> None:
+        if self._worker is None or not self._worker.is_alive():
+            with self._lock:
+                if self._worker is None or not self._worker.is_alive():
+                    self._worker = threading.Thread(target=self._loop, name=self.name, daemon=True)
+                    self._worker.start()
+
+    def _loop(self) -> None:
+        while True:
+            pending = [self._queue.get()]
+            deadline = time.perf_counter() + self.max_wait
+            while len(pending) < self.max_batch_size:
+                remaining = deadline - time.perf_counter()
+                try:
+                    pending.append(self._queue.get(timeout=max(remaining, 0)) if remaining > 0 else self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            groups: dict[Hashable, list[tuple[Item, Any]]] = {}
+            for entry in pending:
+                try:
+                    group_key = self.key(entry[0])
+                except Exception as error:  # a bad item fails alone
+                    entry[1].set_exception(error)
+                    continue
+                groups.setdefault(group_key, []).append(entry)
+            for group in groups.values():
+                self._run_group(group)
+
+    def _run_group(self, group: list[tuple[Item, Any]]) -> None:
+        self.batch_sizes.append(len(group))
+        try:
+            results = self.run([item for item, _ in group])
+        except BaseException as error:  # every caller of the batch sees the failure
+            for _, future in group:
+                future.set_exception(error)
+            return
+        for (_, future), result in zip(group, results):
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)

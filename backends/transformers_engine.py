@@ -1,0 +1,224 @@
+"""The transformers engine of LocalSLM: loads a model once per process, renders chat prompts,
+and runs batches of requests through one padded `generate`."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any
+
+from myopto.backends.batcher import Batcher
+from myopto.backends.json_grammar import GrammarCache, JsonConstraint
+from myopto.backends.model_files import ModelSource
+from myopto.errors import BackendUnavailable
+
+DEFAULT_MAX_NEW_TOKENS = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    """One request for the engine: prompt token ids and how to decode."""
+
+    prompt_ids: tuple[int, ...]
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    json_schema: Any = None  # a JSON schema dict, or {} for any JSON object, or None: unconstrained
+    constrained: bool = False
+
+    def batch_key(self) -> tuple[Any, ...]:
+        """Requests share a batch only when they decode the same way."""
+        sampling = self.temperature > 0
+        return (sampling, self.temperature if sampling else None, self.top_p if sampling else None,
+                self.top_k if sampling else None, self.repetition_penalty, self.seed if sampling else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Generated:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+def pick_device(device: str | None) -> str:
+    """`auto` (or None) picks cuda, then mps, then cpu."""
+    import torch
+
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    return device
+
+
+def pick_dtype(dtype: str | None, device: str) -> Any:
+    import torch
+
+    if dtype in (None, "auto"):
+        return torch.float16 if device == "cuda" else torch.float32
+    value = getattr(torch, str(dtype).replace("torch.", ""), None)
+    if not isinstance(value, torch.dtype):
+        raise BackendUnavailable(f"torch_dtype {dtype!r} is not a torch dtype; use float32, float16 or bfloat16")
+    return value
+
+
+class TransformersEngine:
+    """A loaded model and tokenizer, shared by every role that names the same model."""
+
+    def __init__(self, source: ModelSource, *, device: str | None = None, torch_dtype: str | None = None,
+                 trust_remote_code: bool = False, max_batch_size: int = 8, batch_wait: float = 0.002) -> None:
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError as error:
+            raise BackendUnavailable(
+                "LocalSLM needs torch and transformers: pip install 'myopto[local]'"
+            ) from error
+        self.torch = torch
+        self.source = source
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(torch_dtype, self.device)
+        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        if source.gguf_file:
+            kwargs["gguf_file"] = source.gguf_file
+        self.tokenizer = source.load(AutoTokenizer.from_pretrained, **kwargs)
+        self.model = source.load(AutoModelForCausalLM.from_pretrained, dtype=self.dtype, **kwargs)
+        self.model.to(self.device).eval()
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.stop_ids = self._stop_ids()
+        self.has_chat_template = bool(getattr(self.tokenizer, "chat_template", None))
+        self._generate_lock = threading.Lock()
+        self._grammars: GrammarCache | None = None
+        self._grammar_lock = threading.Lock()
+        self.batcher: Batcher[Generation, Generated] = Batcher(
+            self.run_batch, max_batch_size=max_batch_size, max_wait=batch_wait, key=Generation.batch_key,
+            name=f"myopto-batcher:{source.label}",
+        )
+
+    def _stop_ids(self) -> set[int]:
+        ids = set()
+        for value in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, (list, tuple)):
+                ids.update(v for v in value if isinstance(v, int))
+        return ids
+
+    # -- prompts -----------------------------------------------------------------------------
+    def prompt_ids(self, messages: list[dict[str, Any]]) -> tuple[int, ...]:
+        """Token ids of the chat prompt (the model's chat template, or a plain format without one)."""
+        messages = [{"role": m["role"], "content": _text(m.get("content"))} for m in messages]
+        if self.has_chat_template:
+            encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+            ids = encoded["input_ids"]
+        else:
+            prompt = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + "Assistant:"
+            ids = self.tokenizer(prompt)["input_ids"]
+        return tuple(int(i) for i in ids)
+
+    # -- grammars ----------------------------------------------------------------------------
+    @property
+    def grammars(self) -> GrammarCache:
+        if self._grammars is None:
+            with self._grammar_lock:
+                if self._grammars is None:
+                    try:
+                        self._grammars = GrammarCache(self.tokenizer, self.model.get_output_embeddings().weight.shape[0])
+                    except ImportError as error:
+                        raise BackendUnavailable("constrained decoding needs xgrammar: pip install xgrammar") from error
+        return self._grammars
+
+    # -- generation --------------------------------------------------------------------------
+    def generate(self, generation: Generation) -> Generated:
+        """Generate one answer, batched with whatever other requests arrive at the same time."""
+        return self.batcher.submit(generation)
+
+    def run_batch(self, batch: list[Generation]) -> list[Generated]:
+        torch = self.torch
+        pad = self.tokenizer.pad_token_id
+        width = max(len(g.prompt_ids) for g in batch)
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, g in enumerate(batch):
+            input_ids[row, width - len(g.prompt_ids):] = torch.tensor(g.prompt_ids, dtype=torch.long)
+            attention[row, width - len(g.prompt_ids):] = 1
+        budgets = [g.max_new_tokens for g in batch]
+        constraint = None
+        if any(g.constrained for g in batch):
+            grammars = [self.grammars.compile(g.json_schema or None) if g.constrained else None for g in batch]
+            constraint = JsonConstraint(self.grammars, grammars, budgets, width)
+        first = batch[0]
+        options: dict[str, Any] = {"do_sample": first.temperature > 0}
+        if first.temperature > 0:
+            options.update(temperature=first.temperature, top_p=first.top_p or 1.0, top_k=first.top_k or 0)
+        else:
+            options.update(temperature=None, top_p=None, top_k=None)
+        if first.repetition_penalty:
+            options["repetition_penalty"] = first.repetition_penalty
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        stopping = _RowBudget(budgets, width, self.stop_ids)
+        with self._generate_lock, torch.inference_mode():
+            if first.seed is not None and first.temperature > 0:
+                torch.manual_seed(first.seed)
+            output = self.model.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention.to(self.device),
+                max_new_tokens=max(budgets),
+                pad_token_id=pad,
+                eos_token_id=sorted(self.stop_ids) or None,
+                logits_processor=LogitsProcessorList([constraint] if constraint else []),
+                stopping_criteria=StoppingCriteriaList([stopping]),
+                **options,
+            )
+        results = []
+        for row, g in enumerate(batch):
+            tokens = output[row, width:].tolist()[: g.max_new_tokens]
+            ended = next((i for i, t in enumerate(tokens) if t in self.stop_ids), None)
+            if ended is not None:
+                tokens = tokens[:ended]
+            finish = "stop" if ended is not None else "length"
+            if constraint is not None and g.constrained:
+                closed = constraint.finish(row, tokens, self.stop_ids)
+                finish = "stop" if finish == "stop" or len(closed) > len(tokens) else finish
+                tokens = closed
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            if g.stop and not g.constrained:
+                cut = min((i for i in (text.find(s) for s in g.stop) if i >= 0), default=-1)
+                if cut >= 0:
+                    text, finish = text[:cut], "stop"
+            results.append(Generated(text, len(g.prompt_ids), len(tokens), finish))
+        return results
+
+
+class _RowBudget:
+    """Stops each row at its own token budget or end-of-sequence (transformers' per-row criteria)."""
+
+    def __init__(self, budgets: list[int], prompt_length: int, stop_ids: set[int]) -> None:
+        self.budgets = budgets
+        self.prompt_length = prompt_length
+        self.stop_ids = stop_ids
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        generated = input_ids.shape[1] - self.prompt_length
+        done = [generated >= budget for budget in self.budgets]
+        last = input_ids[:, -1].tolist()
+        done = [d or (generated > 0 and token in self.stop_ids) for d, token in zip(done, last)]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return "" if content is None else str(content)
