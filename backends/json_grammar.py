@@ -130,10 +130,17 @@ class JsonConstraint:
         raise RuntimeError("could not close the constrained JSON answer within 512 tokens")
 
 
-def _closing_cost(text: str) -> tuple[int, int, int]:
-    """Lower is better: close structures, avoid starting new ones, keep it short."""
+def _closing_cost(text: str) -> tuple[int, int]:
+    """Lower is better: close what is open, then move on (`,` `:`), then the shortest content.
+
+    Content (digits, letters) never ends a value by itself, so a separator or closer always
+    beats it once the grammar allows one; whitespace is a last resort.
+    """
     if not text or text.isspace():
-        return (3, 0, 0)
-    opens = sum(text.count(c) for c in ",[{:")
-    closes = sum(1 for c in text if c in _CLOSERS)
-    return (1 if opens else 0, -closes, len(text))
+        return (4, 0)
+    if all(c in _CLOSERS for c in text):
+        return (0, -len(text))
+    if all(c in _CLOSERS or c in ",:" for c in text):
+        return (1, len(text))
+    opens = sum(text.count(c) for c in "[{-.eE")
+    return (2 + min(opens, 1), len(text))

@@ -54,3 +54,20 @@ def custom_role(server):
 
     set_role_config("executor", backend="CustomLLM", model="test-model", base_url=server.url, api_key="sk-test-key")
     return server
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory):
+    """A tiny random-weight Qwen2 chat model built offline, once per session."""
+    from myopto.testing.tiny_model import tiny_model
+
+    return str(tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen2"))
+
+
+@pytest.fixture
+def local_role(tiny_model_path):
+    """The executor on the tiny model through LocalSLM (transformers)."""
+    from myopto import set_role_config
+
+    set_role_config("executor", backend="LocalSLM", model=tiny_model_path)
+    return tiny_model_path
