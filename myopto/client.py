@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import concurrent.futures
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from myopto.errors import InvalidRequest
@@ -134,12 +135,58 @@ class RoleLLM:
         request = self._request(chain, messages, response_format, model, timeout, metadata, params)
         return await chain[1].acall(request)
 
+    def batch(
+        self,
+        messages_list: Sequence[Any],
+        *,
+        max_concurrency: int = 8,
+        progress: bool = False,
+        return_exceptions: bool = True,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """Call the role once per item of `messages_list`; results come back in input order.
+
+        Calls run on a thread pool of `max_concurrency`; on a local model they are gathered into
+        batched `generate` calls. An item that fails leaves its exception in its place and the
+        others are kept (`return_exceptions=False` raises the first error instead, after all
+        calls finished). `progress=True` shows a tqdm bar when tqdm is installed. Keyword
+        arguments apply to every call.
+        """
+        if max_concurrency < 1:
+            raise InvalidRequest("max_concurrency must be at least 1")
+        items = list(messages_list)
+        results: list[Any] = [None] * len(items)
+        bar = _progress_bar(len(items)) if progress else None
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(max_concurrency, max(len(items), 1))) as pool:
+            futures = {pool.submit(self, item, **kwargs): index for index, item in enumerate(items)}
+            for future in concurrent.futures.as_completed(futures):
+                index = futures[future]
+                error = future.exception()
+                results[index] = error if error is not None else future.result()
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+        if not return_exceptions:
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+        return results
+
     def __repr__(self) -> str:
         try:
             resolved = self._chain()[0]
         except Exception as error:  # repr must not raise
             return f"<RoleLLM role={self.role!r} (unresolved: {error})>"
         return f"<RoleLLM role={self.role!r} backend={resolved.backend} model={resolved.model!r}>"
+
+
+def _progress_bar(total: int) -> Any:
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="myopto batch", unit="call")
 
 
 def get_llm(role: str = "executor", **overrides: Any) -> RoleLLM:

@@ -62,3 +62,25 @@ async def test_async_twins(custom_role):
     custom_role.reply({"name": "Cy", "age": 1})
     assert await allm_json("x", PERSON) == {"name": "Cy", "age": 1}
     assert await allm_text("y") == "echo: y"
+
+
+def test_batch_keeps_input_order_and_per_item_errors(custom_role):
+    from myopto import BackendError, get_llm
+
+    custom_role.fail(400)  # exactly one of the calls gets a 400
+    results = get_llm().batch([f"item {i}" for i in range(10)], max_concurrency=4)
+    errors = [r for r in results if isinstance(r, BackendError)]
+    assert len(errors) == 1
+    for index, result in enumerate(results):
+        if not isinstance(result, BackendError):
+            assert result.text == f"echo: item {index}"
+    with pytest.raises(ValueError):
+        get_llm().batch(["a"], max_concurrency=0)
+
+
+def test_batch_can_raise_instead(custom_role):
+    from myopto import BackendError, get_llm
+
+    custom_role.fail(400)
+    with pytest.raises(BackendError):
+        get_llm().batch(["a", "b"], return_exceptions=False, progress=True)

@@ -3,7 +3,6 @@ import threading
 import pytest
 
 from myopto import (
-    BackendUnavailable,
     ConfigError,
     InvalidRequest,
     add_middleware,
@@ -139,11 +138,13 @@ def test_set_role_models_is_all_or_nothing(monkeypatch):
     assert resolved().model == "keep"
 
 
-def test_localslm_is_known_but_not_yet_runnable():
+def test_localslm_loads_nothing_until_the_first_call():
+    from myopto.backends import local_slm
+
     set_role_models(executor="Qwen/Qwen2-0.5B-Instruct", backend="LocalSLM")
-    assert resolved().backend == "LocalSLM"
-    with pytest.raises(BackendUnavailable, match="not implemented"):
-        get_llm("executor")
+    llm = get_llm("executor")
+    assert (llm.backend, llm.model) == ("LocalSLM", "Qwen/Qwen2-0.5B-Instruct")
+    assert local_slm.LOADS["Qwen/Qwen2-0.5B-Instruct"] == 0
 
 
 def test_unknown_call_parameters_are_rejected_before_the_network(custom_role):
