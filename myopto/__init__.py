@@ -8,6 +8,7 @@ or transformers: backends import their dependencies on first use.
 from myopto.errors import (
     BackendError,
     BackendUnavailable,
+    CacheMiss,
     ConfigError,
     InvalidRequest,
     MyoptoError,
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendError",
     "BackendUnavailable",
+    "CacheMiss",
     "ConfigError",
     "FunctionMiddleware",
     "InvalidRequest",

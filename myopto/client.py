@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from myopto.errors import InvalidRequest
+from myopto.middleware.cache import MODES as CACHE_MODES
 from myopto.output_format import normalize_response_format
 from myopto.params import check_params
 from myopto.pipeline import Pipeline
@@ -70,9 +71,12 @@ class RoleLLM:
         model: str | None = None,
         timeout: float | None = None,
         metadata: Mapping[str, Any] | None = None,
+        cache: str | None = None,
+        sample: Any = None,
         **params: Any,
     ) -> Request:
         """The `Request` a call with these arguments would send down the chain (checked, not sent)."""
+        metadata = _call_metadata(metadata, cache, sample)
         return self._request(self._chain(), messages, response_format, model, timeout, metadata, params)
 
     def _request(
@@ -114,8 +118,11 @@ class RoleLLM:
         model: str | None = None,
         timeout: float | None = None,
         metadata: Mapping[str, Any] | None = None,
+        cache: str | None = None,
+        sample: Any = None,
         **params: Any,
     ) -> Response:
+        metadata = _call_metadata(metadata, cache, sample)
         chain = self._chain()
         request = self._request(chain, messages, response_format, model, timeout, metadata, params)
         return chain[1](request)
@@ -128,9 +135,12 @@ class RoleLLM:
         model: str | None = None,
         timeout: float | None = None,
         metadata: Mapping[str, Any] | None = None,
+        cache: str | None = None,
+        sample: Any = None,
         **params: Any,
     ) -> Response:
         """Async twin of calling the object."""
+        metadata = _call_metadata(metadata, cache, sample)
         chain = self._chain()
         request = self._request(chain, messages, response_format, model, timeout, metadata, params)
         return await chain[1].acall(request)
@@ -179,6 +189,18 @@ class RoleLLM:
         except Exception as error:  # repr must not raise
             return f"<RoleLLM role={self.role!r} (unresolved: {error})>"
         return f"<RoleLLM role={self.role!r} backend={resolved.backend} model={resolved.model!r}>"
+
+
+def _call_metadata(metadata: Mapping[str, Any] | None, cache: str | None, sample: Any) -> Mapping[str, Any] | None:
+    """Per-call cache mode and sample number travel in metadata (`sample` enters the cache key)."""
+    if cache is None and sample is None:
+        return metadata
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise InvalidRequest(f"metadata must be a dict, got {type(metadata).__name__}")
+    extra = {key: value for key, value in (("cache", cache), ("sample", sample)) if value is not None}
+    if "cache" in extra and extra["cache"] not in CACHE_MODES:
+        raise InvalidRequest(f"cache must be one of {CACHE_MODES}, got {cache!r}")
+    return {**(metadata or {}), **extra}
 
 
 def _progress_bar(total: int) -> Any:

@@ -53,3 +53,14 @@ class StructuredOutputError(MyoptoError):
     def __init__(self, message: str, *, response: Any = None) -> None:
         super().__init__(message)
         self.response = response
+
+
+class CacheMiss(MyoptoError):
+    """Replay mode found no cached answer for a request; nothing was sent to the network.
+
+    `key` is the request's cache key, so the missing call can be looked for in an export.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key

@@ -17,11 +17,14 @@ from typing import Any
 
 from myopto.backends import backend_class, canonical_backend_name
 from myopto.errors import ConfigError, InvalidRequest
+from myopto.cache_store import disk_store
+from myopto.middleware.cache import MODES as CACHE_MODES
+from myopto.middleware.cache import Cache
 from myopto.middleware.structured_output import MODES, StructuredOutput
 from myopto.middleware.usage import Usage
 from myopto.params import GENERATION_PARAMS, check_params
 from myopto.pipeline import Middleware, Pipeline, as_middleware
-from myopto.settings import DEFAULT_BACKEND, Environment, read_environment, role_variable
+from myopto.settings import DEFAULT_BACKEND, Environment, default_cache_dir, read_environment, role_variable
 
 DEFAULT_ROLES = ("executor", "optimizer", "metaoptimizer")
 USER_SLOT = "user"  # where a user's middleware goes unless placed before/after a named one
@@ -39,6 +42,8 @@ class RoleConfig:
     options: Mapping[str, Any] = dataclasses.field(default_factory=lambda: _FROZEN_EMPTY)
     middleware: tuple[Middleware, ...] = ()
     structured_output: str | None = None
+    cache: str | None = None
+    cache_dir: str | None = None
 
     @classmethod
     def from_options(cls, backend: str | None = None, model: str | None = None, **options: Any) -> RoleConfig:
@@ -54,6 +59,10 @@ class RoleConfig:
         structured_output = options.pop("structured_output", None)
         if structured_output is not None and structured_output not in MODES:
             raise ConfigError(f"structured_output must be one of {MODES}, got {structured_output!r}")
+        cache = options.pop("cache", None)
+        if cache is not None and cache not in CACHE_MODES:
+            raise ConfigError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
+        cache_dir = options.pop("cache_dir", None)
         explicit_params = options.pop("params", None) or {}
         params = {key: options.pop(key) for key in list(options) if key in GENERATION_PARAMS}
         try:
@@ -69,6 +78,8 @@ class RoleConfig:
             options=MappingProxyType(backend_options),
             middleware=tuple(as_middleware(m) for m in middleware or ()),
             structured_output=structured_output,
+            cache=cache,
+            cache_dir=str(cache_dir) if cache_dir is not None else None,
         )
 
     def merged(self, update: RoleConfig) -> RoleConfig:
@@ -81,6 +92,8 @@ class RoleConfig:
             options=MappingProxyType({**self.options, **update.options}),
             middleware=update.middleware or self.middleware,
             structured_output=update.structured_output or self.structured_output,
+            cache=update.cache or self.cache,
+            cache_dir=update.cache_dir or self.cache_dir,
         )
 
 
@@ -95,6 +108,8 @@ class ResolvedRole:
     options: Mapping[str, Any] = dataclasses.field(repr=False)
     middleware: tuple[Middleware, ...]
     structured_output: str
+    cache: str
+    cache_dir: str
     source: Mapping[str, str]  # where backend and model came from, for `myopto roles`
 
 
@@ -184,6 +199,8 @@ class Router:
         config = merged_config if merged_config is not None else self.config(role)
         if overrides is not None:
             config = config.merged(overrides)
+        if environment.cache_mode is not None and environment.cache_mode not in CACHE_MODES:
+            raise ConfigError(f"MYOPTO_CACHE must be one of {CACHE_MODES}, got {environment.cache_mode!r}")
         if config.backend:
             backend, backend_source = config.backend, "config"
         elif environment.default_backend:
@@ -223,6 +240,8 @@ class Router:
             options=MappingProxyType(options),
             middleware=config.middleware,
             structured_output=config.structured_output or "auto",
+            cache=config.cache or environment.cache_mode or "on",
+            cache_dir=config.cache_dir or str(default_cache_dir()),
             source=MappingProxyType({"backend": backend_source, "model": model_source}),
         )
 
@@ -231,7 +250,8 @@ class Router:
         backend = backend_class(resolved.backend)(**resolved.options)
         # The order a request travels, outermost first (DESIGN.md, "Chain order and why"):
         # usage outside the user's middleware and the cache, so it sees every call, cached or not;
-        # the user's slot; structured output shapes the request before anything keys or sends it.
+        # the user's slot; structured output shapes the request before anything keys or sends it;
+        # the cache keys the request as it will be sent, and a hit never reaches the backend.
         chain: list[Any] = [
             Usage(),
             USER_SLOT,
@@ -241,6 +261,7 @@ class Router:
                 instruct=getattr(backend, "wants_json_instruction", False),
                 mode=resolved.structured_output,
             ),
+            Cache(disk_store(resolved.cache_dir), mode=resolved.cache),
         ]
         slot = chain.index(USER_SLOT)
         placed = [p for p in self._placements if p.roles is None or resolved.role in p.roles]

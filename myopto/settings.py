@@ -9,6 +9,8 @@
 | `TRACE_CUSTOMLLM_URL` | CustomLLM's base URL | the OpenAI API |
 | `TRACE_CUSTOMLLM_MODEL` | CustomLLM's default model | - |
 | `TRACE_CUSTOMLLM_API_KEY` | CustomLLM's API key | `OPENAI_API_KEY`, else none |
+| `MYOPTO_CACHE` | cache mode: on, off, read_only, refresh, replay | `on` |
+| `MYOPTO_CACHE_DIR` | cache directory | the platform's user cache dir + `/myopto` |
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import sys
+from pathlib import Path
 
 DEFAULT_BACKEND = "LiteLLM"
 DEFAULT_LITELLM_MODEL = "gpt-4o"
@@ -39,6 +43,8 @@ class Environment:
     customllm_model: str | None
     customllm_api_key: str | None = dataclasses.field(repr=False)
     openai_api_key: str | None = dataclasses.field(repr=False)
+    cache_mode: str | None = None
+    cache_dir: str | None = None
 
     def backend_defaults(self, backend: str) -> dict[str, str]:
         """Model, base URL and key a backend falls back to when the role config gives none."""
@@ -72,4 +78,18 @@ def read_environment(role: str) -> Environment:
         customllm_model=_get("TRACE_CUSTOMLLM_MODEL"),
         customllm_api_key=_get("TRACE_CUSTOMLLM_API_KEY"),
         openai_api_key=_get("OPENAI_API_KEY"),
+        cache_mode=_get("MYOPTO_CACHE"),
+        cache_dir=_get("MYOPTO_CACHE_DIR"),
     )
+
+
+def default_cache_dir() -> Path:
+    """`MYOPTO_CACHE_DIR`, else the platform's user cache directory + `myopto`."""
+    configured = _get("MYOPTO_CACHE_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "myopto"
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local") / "myopto" / "Cache"
+    return Path(_get("XDG_CACHE_HOME") or Path.home() / ".cache") / "myopto"

@@ -34,11 +34,14 @@ def server(_session_server):
 
 
 @pytest.fixture(autouse=True)
-def clean_state(monkeypatch):
-    """Every test starts with no role config, empty usage, and no TRACE_*/OPENAI_* variables."""
+def clean_state(monkeypatch, tmp_path):
+    """Every test starts with no role config, empty usage, no TRACE_*/OPENAI_* variables, and the
+    cache off (tests of the cache turn it on, in a directory of their own)."""
     for name in list(os.environ):
         if name.startswith(_ENV_PREFIXES) or name in _ENV_NAMES:
             monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MYOPTO_CACHE", "off")
+    monkeypatch.setenv("MYOPTO_CACHE_DIR", str(tmp_path / "cache"))
     clear_role_config()
     reset_usage()
     configure_usage(True)

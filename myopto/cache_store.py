@@ -1,0 +1,146 @@
+"""Where cached answers live: a small store interface, and its diskcache implementation.
+
+Values are JSON text, never pickle: `SafeDisk` refuses to unpickle anything it finds, so a cache
+directory from someone else cannot run code. Nothing is evicted unless a size limit is set.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from myopto.errors import MyoptoError
+
+
+class CacheStore(Protocol):
+    """What the cache middleware needs from a store. A Redis store would implement the same."""
+
+    def get(self, key: str) -> dict[str, Any] | None: ...
+
+    def set(self, key: str, record: dict[str, Any]) -> None: ...
+
+    def items(self) -> Iterator[tuple[str, dict[str, Any]]]: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def clear(self) -> int: ...
+
+
+class UnsafeCacheEntry(MyoptoError):
+    """A cache entry is stored as pickle; myopto never unpickles (it could run code)."""
+
+
+def _safe_disk() -> type:
+    import diskcache
+
+    class SafeDisk(diskcache.Disk):
+        """diskcache's Disk with pickle refused on the way out (we only ever write text)."""
+
+        def get(self, key: Any, raw: bool) -> Any:
+            if not raw:
+                raise UnsafeCacheEntry("refusing to unpickle a cache key; this directory was not written by myopto")
+            return super().get(key, raw)
+
+        def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
+            if mode == diskcache.core.MODE_PICKLE:
+                raise UnsafeCacheEntry("refusing to unpickle a cache value; this directory was not written by myopto")
+            return super().fetch(mode, filename, value, read)
+
+    return SafeDisk
+
+
+class DiskStore:
+    """A diskcache directory holding one JSON record per key, with an in-memory LRU in front.
+
+    Safe for many threads and many processes writing one directory (SQLite transactions).
+    `size_limit` (bytes) turns on least-recently-stored eviction; by default nothing is evicted.
+    """
+
+    def __init__(self, directory: str | Path, *, size_limit: int | None = None, memory_entries: int = 4096) -> None:
+        import diskcache
+
+        self.directory = Path(directory).expanduser()
+        settings: dict[str, Any] = {"eviction_policy": "none", "size_limit": 2**62}
+        if size_limit is not None:
+            settings = {"eviction_policy": "least-recently-stored", "size_limit": int(size_limit)}
+        self._cache = diskcache.Cache(str(self.directory), disk=_safe_disk(), statistics=False, **settings)
+        self._memory: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._memory_entries = memory_entries
+        self._lock = threading.Lock()
+        self.memory_hits = 0
+        self.disk_hits = 0
+        self.misses = 0
+
+    def _remember(self, key: str, record: dict[str, Any]) -> None:
+        with self._lock:
+            self._memory[key] = record
+            self._memory.move_to_end(key)
+            while len(self._memory) > self._memory_entries:
+                self._memory.popitem(last=False)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            record = self._memory.get(key)
+            if record is not None:
+                self._memory.move_to_end(key)
+                self.memory_hits += 1
+                return record
+        text = self._cache.get(key)
+        if text is None:
+            with self._lock:
+                self.misses += 1
+            return None
+        record = json.loads(text)
+        with self._lock:
+            self.disk_hits += 1
+        self._remember(key, record)
+        return record
+
+    def set(self, key: str, record: dict[str, Any]) -> None:
+        self._cache.set(key, json.dumps(record, ensure_ascii=False, sort_keys=True))
+        self._remember(key, record)
+
+    def items(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        for key in self._cache.iterkeys():
+            text = self._cache.get(key)
+            if text is not None:
+                yield key, json.loads(text)
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "directory": str(self.directory),
+            "entries": len(self._cache),
+            "size_bytes": self._cache.volume(),
+            "memory_hits": self.memory_hits,
+            "disk_hits": self.disk_hits,
+            "misses": self.misses,
+        }
+
+    def clear(self) -> int:
+        with self._lock:
+            self._memory.clear()
+        return self._cache.clear()
+
+    def close(self) -> None:
+        self._cache.close()
+
+
+_stores: dict[str, DiskStore] = {}
+_stores_lock = threading.Lock()
+
+
+def disk_store(directory: str | Path, size_limit: int | None = None) -> DiskStore:
+    """The process-wide store of a directory (roles sharing a directory share its memory and flights)."""
+    path = str(Path(directory).expanduser().resolve())
+    with _stores_lock:
+        store = _stores.get(path)
+        if store is None:
+            store = _stores[path] = DiskStore(path, size_limit=size_limit)
+        return store
