@@ -40,3 +40,13 @@ def test_custom_middleware_example_touches_one_role_only():
     assert "optimizer's request as the server saw it: [{'role': 'system', 'content': 'Be concise." in out
     assert "executor's request as the server saw it: [{'role': 'user', 'content': 'Solve the task.'}]" in out
     assert "executor calls counted: 1" in out
+
+
+def test_reproducible_experiment_example(tmp_path):
+    out = run_example("reproducible_experiment.py", str(tmp_path))
+    assert "run 1: 8 calls reached the server" in out
+    assert "run 2: 0 calls reached the server, same answers: True" in out
+    assert "replay with the server stopped: same answers: True" in out
+    assert "replay of an unrecorded call: CacheMiss" in out
+    assert "exported 8 calls of run exp-42" in out
+    assert len((tmp_path / "exp-42.jsonl").read_text().splitlines()) == 8
