@@ -9,11 +9,21 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from myopto.errors import BackendError
+from myopto.errors import (
+    AuthenticationFailed,
+    BackendError,
+    BackendTimeout,
+    BadRequest,
+    ConnectionFailed,
+    MalformedResponse,
+    RateLimited,
+    ServerError,
+)
 from myopto.request import Request
 from myopto.response import Response
 
 _RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
+_RETRYABLE_KINDS = (RateLimited, ServerError, BackendTimeout, ConnectionFailed, MalformedResponse)
 
 
 class BaseBackend:
@@ -83,11 +93,12 @@ def is_sdk_error(error: BaseException) -> bool:
     return isinstance(error, json.JSONDecodeError) or type(error).__module__.split(".")[0] in _SDK_PACKAGES
 
 
-def backend_error(error: BaseException, backend: str) -> BackendError:
-    """Translate an SDK exception (openai, litellm, httpx) into a `BackendError`.
+def backend_error(error: BaseException, backend: str, request: Request | None = None) -> BackendError:
+    """Translate an SDK exception (openai, litellm, httpx) into the matching `BackendError` subclass.
 
     Reads the HTTP status and the `retry-after-ms` / `retry-after` headers when the exception
-    carries a response; timeouts and connection failures count as retryable.
+    carries a response. The kind decides `retryable`: rate limits, 5xx, timeouts, dropped or
+    refused connections and malformed bodies are; authentication and bad requests are not.
     """
     status = getattr(error, "status_code", None)
     response = getattr(error, "response", None)
@@ -98,22 +109,37 @@ def backend_error(error: BaseException, backend: str) -> BackendError:
     headers = getattr(response, "headers", None) if response is not None else None
     if headers is None:
         headers = getattr(error, "litellm_response_headers", None)
-    retry_after = _retry_after(headers)
     name = type(error).__name__
-    transport = isinstance(error, json.JSONDecodeError) or any(
-        word in name for word in ("Timeout", "Connection", "Connect", "RemoteProtocol", "ReadError")
-    )
-    retryable = (status in _RETRYABLE_STATUS) if status is not None else transport
-    if status is not None and status >= 500:
-        retryable = True
-    message = str(error).strip() or name
+    kind = _kind(error, name, status)
     where = f"HTTP {status}" if status is not None else name
-    return BackendError(
-        f"{backend} call failed ({where}): {message}",
+    return kind(
+        f"{backend} call failed ({where}): {str(error).strip() or name}",
         status_code=status,
-        retryable=retryable,
-        retry_after=retry_after,
+        retryable=kind in _RETRYABLE_KINDS or (kind is BadRequest and status in _RETRYABLE_STATUS),
+        retry_after=_retry_after(headers),
+        role=request.role if request is not None else None,
+        model=request.model if request is not None else None,
     )
+
+
+def _kind(error: BaseException, name: str, status: int | None) -> type[BackendError]:
+    lowered = name.lower()
+    if status == 429 or "ratelimit" in lowered:
+        return RateLimited
+    if status in (401, 403) or "authentication" in lowered or "permissiondenied" in lowered:
+        return AuthenticationFailed
+    # litellm reports a timeout or dropped connection of the openai client as a 500 / 408
+    if "timeout" in lowered or status == 408 or "timed out" in str(error).lower():
+        return BackendTimeout
+    if isinstance(error, json.JSONDecodeError) or "Unterminated string" in str(error) or "Expecting value" in str(error):
+        return MalformedResponse
+    if "connection" in lowered or "connect" in lowered or "remoteprotocol" in lowered or "Connection error" in str(error):
+        return ConnectionFailed
+    if status is not None and status >= 500:
+        return ServerError
+    if status is not None and 400 <= status < 500:
+        return BadRequest
+    return ServerError if status is None and "apierror" in lowered else BadRequest
 
 
 def _retry_after(headers: Mapping[str, str] | None) -> float | None:

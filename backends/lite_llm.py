@@ -8,7 +8,7 @@ import time
 from typing import Any, ClassVar
 
 from myopto.backends.base import BaseBackend, backend_error, is_sdk_error
-from myopto.errors import BackendError
+from myopto.errors import MalformedResponse
 from myopto.request import Request
 from myopto.response import Response, Usage, new_response_id
 
@@ -109,7 +109,7 @@ class LiteLLM(BaseBackend):
         except Exception as error:
             if not is_sdk_error(error):
                 raise
-            raise backend_error(error, self.kind) from error
+            raise backend_error(error, self.kind, request) from error
         return self._response(litellm, raw, request, time.perf_counter() - start)
 
     async def acomplete(self, request: Request) -> Response:
@@ -120,13 +120,15 @@ class LiteLLM(BaseBackend):
         except Exception as error:
             if not is_sdk_error(error):
                 raise
-            raise backend_error(error, self.kind) from error
+            raise backend_error(error, self.kind, request) from error
         return self._response(litellm, raw, request, time.perf_counter() - start)
 
     def _response(self, litellm: Any, raw: Any, request: Request, latency: float) -> Response:
         choices = getattr(raw, "choices", None)
         if not choices:
-            raise BackendError(f"{self.kind} answered with no choices (model {request.model!r})", retryable=True)
+            raise MalformedResponse(
+                f"{self.kind} answered with no choices", retryable=True, role=request.role, model=request.model
+            )
         choice = choices[0]
         usage = getattr(raw, "usage", None)
         return Response(

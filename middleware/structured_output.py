@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from myopto.errors import ConfigError, StructuredOutputError
+from myopto.errors import ConfigError, SchemaError
 from myopto.output_format import schema_of, validation_error
 from myopto.parsing import try_parse_json
 from myopto.pipeline import AsyncHandler, Handler, Middleware
@@ -40,16 +40,21 @@ class StructuredOutput(Middleware):
     a JSON instruction (with the schema) to the last user message instead; `"native"` and
     `"prompt"` force one way. The answer is parsed into `response.parsed`. For a `json_schema`
     request an answer that does not parse or does not satisfy the schema raises
-    `StructuredOutputError` (the response is on the error); for `json_object` an unparsable
-    answer is returned as it is with `parsed=None`, because callers such as Trace's OptoPrime
-    parse the text themselves.
+    `SchemaError` (the response is on the error) after `reasks` follow-up questions that quote
+    the problem (1 by default; their tokens and cost are added to the response's). For
+    `json_object` an unparsable answer is returned as it is with `parsed=None`, because callers
+    such as Trace's OptoPrime parse the text themselves.
     """
 
     name = "structured_output"
 
-    def __init__(self, *, json_schema: bool = False, json_object: bool = False, instruct: bool = False, mode: str = "auto") -> None:
+    def __init__(self, *, json_schema: bool = False, json_object: bool = False, instruct: bool = False,
+                 mode: str = "auto", reasks: int = 1) -> None:
         if mode not in MODES:
             raise ConfigError(f"structured_output mode must be one of {MODES}, got {mode!r}")
+        if isinstance(reasks, bool) or not isinstance(reasks, int) or reasks < 0:
+            raise ConfigError(f"reasks must be a whole number >= 0, got {reasks!r}")
+        self.reasks = reasks
         self.mode = mode
         self.native_schema = json_schema
         self.native_object = json_object
@@ -75,10 +80,30 @@ class StructuredOutput(Middleware):
         return request.replace(messages=messages, response_format=response_format if native else None)
 
     def __call__(self, request: Request, call_next: Handler) -> Response:
-        return self.parse(request, call_next(self.process_request(request)))
+        shaped = self.process_request(request)
+        response = call_next(shaped)
+        for attempt in range(self.reasks + 1):
+            try:
+                return self.parse(request, response)
+            except SchemaError as error:
+                if attempt == self.reasks:
+                    raise
+                shaped = _reask(shaped, response, error)
+                response = _added(response, call_next(shaped))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def acall(self, request: Request, call_next: AsyncHandler) -> Response:
-        return self.parse(request, await call_next(self.process_request(request)))
+        shaped = self.process_request(request)
+        response = await call_next(shaped)
+        for attempt in range(self.reasks + 1):
+            try:
+                return self.parse(request, response)
+            except SchemaError as error:
+                if attempt == self.reasks:
+                    raise
+                shaped = _reask(shaped, response, error)
+                response = _added(response, await call_next(shaped))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def parse(self, request: Request, response: Response) -> Response:
         """Fill `response.parsed` for a JSON request; validate it against the schema when one was given."""
@@ -89,18 +114,19 @@ class StructuredOutput(Middleware):
         schema = schema_of(response_format)
         if schema is None:
             return response.replace(parsed=value if isinstance(value, (dict, list)) else None)
+        name = response_format["json_schema"]["name"]
         if value is None:
-            raise StructuredOutputError(
-                f"the answer of {request.model!r} is not JSON (asked for schema "
-                f"{response_format['json_schema']['name']!r}): {response.text[:200]!r}",
+            raise SchemaError(
+                f"the answer of {request.model!r} is not JSON (asked for schema {name!r}): {response.text[:200]!r}",
                 response=response,
+                problem="it is not JSON",
             )
         problem = validation_error(value, schema)
         if problem is not None:
-            raise StructuredOutputError(
-                f"the answer of {request.model!r} does not satisfy schema "
-                f"{response_format['json_schema']['name']!r} {problem}",
+            raise SchemaError(
+                f"the answer of {request.model!r} does not satisfy schema {name!r} {problem}",
                 response=response.replace(parsed=value),
+                problem=f"it does not satisfy the schema {problem}",
             )
         return response.replace(parsed=value)
 
@@ -113,6 +139,33 @@ class StructuredOutput(Middleware):
         else:
             how = f"native {native[0]}, others by prompt instruction"
         return f"{self.name} ({how})"
+
+
+REASK = (
+    "Your answer is not valid: {problem}. Answer again with only the corrected JSON value "
+    "that conforms to the schema, and nothing else."
+)
+
+
+def _reask(shaped: Request, response: Response, error: SchemaError) -> Request:
+    """The conversation so far plus the bad answer and a follow-up naming what is wrong."""
+    messages = [
+        *shaped.messages_list(),
+        {"role": "assistant", "content": response.text},
+        {"role": "user", "content": REASK.format(problem=error.problem)},
+    ]
+    return shaped.replace(messages=messages)
+
+
+def _added(earlier: Response, later: Response) -> Response:
+    """`later`, carrying the tokens, cost and time of both calls."""
+    usage = type(later.usage).of(
+        earlier.usage.prompt_tokens + later.usage.prompt_tokens,
+        earlier.usage.completion_tokens + later.usage.completion_tokens,
+    )
+    cost = None if earlier.cost is None or later.cost is None else earlier.cost + later.cost
+    latency = (earlier.latency or 0.0) + (later.latency or 0.0)
+    return later.replace(usage=usage, cost=cost, latency=latency, cached=earlier.cached and later.cached)
 
 
 def _with_instruction(messages: list[dict[str, Any]], instruction: str) -> list[dict[str, Any]]:

@@ -6,12 +6,20 @@ or transformers: backends import their dependencies on first use.
 """
 
 from myopto.errors import (
+    AuthenticationFailed,
     BackendError,
+    BackendTimeout,
     BackendUnavailable,
+    BadRequest,
     CacheMiss,
     ConfigError,
+    ConnectionFailed,
     InvalidRequest,
+    MalformedResponse,
     MyoptoError,
+    RateLimited,
+    SchemaError,
+    ServerError,
     StructuredOutputError,
 )
 from myopto.pipeline import FunctionMiddleware, Middleware, Pipeline, as_middleware
@@ -24,7 +32,15 @@ from myopto.utils import __all__ as _utils_all
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuthenticationFailed",
     "BackendError",
+    "BackendTimeout",
+    "BadRequest",
+    "ConnectionFailed",
+    "MalformedResponse",
+    "RateLimited",
+    "SchemaError",
+    "ServerError",
     "BackendUnavailable",
     "CacheMiss",
     "ConfigError",

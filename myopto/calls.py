@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from myopto.client import RoleLLM, get_llm
-from myopto.errors import StructuredOutputError
+from myopto.errors import SchemaError
 from myopto.output_format import JSON_OBJECT, is_pydantic_model, normalize_response_format
 from myopto.response import Response
 
@@ -77,14 +77,14 @@ async def allm_json(
 
 def _value(response: Response, json_schema: Any) -> Any:
     if response.parsed is None:
-        raise StructuredOutputError(
+        raise SchemaError(
             f"the answer of {response.model!r} is not a JSON object: {response.text[:200]!r}", response=response
         )
     if is_pydantic_model(json_schema):
         try:
             return json_schema.model_validate(response.parsed)
         except Exception as error:  # pydantic.ValidationError, without importing pydantic
-            raise StructuredOutputError(
+            raise SchemaError(
                 f"the answer does not validate as {json_schema.__name__}: {error}", response=response
             ) from error
     return response.parsed

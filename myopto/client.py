@@ -73,10 +73,12 @@ class RoleLLM:
         metadata: Mapping[str, Any] | None = None,
         cache: str | None = None,
         sample: Any = None,
+        retries: int | None = None,
+        deadline: float | None = None,
         **params: Any,
     ) -> Request:
         """The `Request` a call with these arguments would send down the chain (checked, not sent)."""
-        metadata = _call_metadata(metadata, cache, sample)
+        metadata = _call_metadata(metadata, cache, sample, retries, deadline)
         return self._request(self._chain(), messages, response_format, model, timeout, metadata, params)
 
     def _request(
@@ -106,7 +108,8 @@ class RoleLLM:
             role=self.role,
             backend=resolved.backend,
             endpoint=pipeline.backend.endpoint(),
-            timeout=timeout,
+            # the role's timeout travels with the request, so retry can clip it to its deadline
+            timeout=timeout if timeout is not None else resolved.options.get("timeout"),
             metadata=metadata or {},
         )
 
@@ -120,9 +123,11 @@ class RoleLLM:
         metadata: Mapping[str, Any] | None = None,
         cache: str | None = None,
         sample: Any = None,
+        retries: int | None = None,
+        deadline: float | None = None,
         **params: Any,
     ) -> Response:
-        metadata = _call_metadata(metadata, cache, sample)
+        metadata = _call_metadata(metadata, cache, sample, retries, deadline)
         chain = self._chain()
         request = self._request(chain, messages, response_format, model, timeout, metadata, params)
         return chain[1](request)
@@ -137,10 +142,12 @@ class RoleLLM:
         metadata: Mapping[str, Any] | None = None,
         cache: str | None = None,
         sample: Any = None,
+        retries: int | None = None,
+        deadline: float | None = None,
         **params: Any,
     ) -> Response:
         """Async twin of calling the object."""
-        metadata = _call_metadata(metadata, cache, sample)
+        metadata = _call_metadata(metadata, cache, sample, retries, deadline)
         chain = self._chain()
         request = self._request(chain, messages, response_format, model, timeout, metadata, params)
         return await chain[1].acall(request)
@@ -191,15 +198,22 @@ class RoleLLM:
         return f"<RoleLLM role={self.role!r} backend={resolved.backend} model={resolved.model!r}>"
 
 
-def _call_metadata(metadata: Mapping[str, Any] | None, cache: str | None, sample: Any) -> Mapping[str, Any] | None:
-    """Per-call cache mode and sample number travel in metadata (`sample` enters the cache key)."""
-    if cache is None and sample is None:
+def _call_metadata(metadata: Mapping[str, Any] | None, cache: str | None, sample: Any,
+                   retries: int | None, deadline: float | None) -> Mapping[str, Any] | None:
+    """Per-call cache mode, sample number and retry bounds travel in metadata
+    (`sample` enters the cache key; the others do not)."""
+    extra = {key: value for key, value in (("cache", cache), ("sample", sample), ("retries", retries), ("deadline", deadline))
+             if value is not None}
+    if not extra:
         return metadata
     if metadata is not None and not isinstance(metadata, Mapping):
         raise InvalidRequest(f"metadata must be a dict, got {type(metadata).__name__}")
-    extra = {key: value for key, value in (("cache", cache), ("sample", sample)) if value is not None}
     if "cache" in extra and extra["cache"] not in CACHE_MODES:
         raise InvalidRequest(f"cache must be one of {CACHE_MODES}, got {cache!r}")
+    if "retries" in extra and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
+        raise InvalidRequest(f"retries must be a whole number >= 0, got {retries!r}")
+    if "deadline" in extra and (isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or deadline <= 0):
+        raise InvalidRequest(f"deadline must be a positive number of seconds, got {deadline!r}")
     return {**(metadata or {}), **extra}
 
 

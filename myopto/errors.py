@@ -26,11 +26,12 @@ class BackendUnavailable(ConfigError):
 
 
 class BackendError(MyoptoError):
-    """The model provider or server failed to answer.
+    """The model provider, server or local model failed to answer.
 
     `status_code` is the HTTP status when there was one; `retryable` says whether the same request
-    may succeed later (rate limits, 5xx, timeouts, dropped connections); `retry_after` is the delay
-    in seconds the server asked for, when it said.
+    may succeed later; `retry_after` is the delay in seconds the server asked for; `role`,
+    `model` and `attempts` say which call failed after how many tries. The SDK's exception is
+    the `__cause__`. Subclasses name the kind of failure.
     """
 
     def __init__(
@@ -40,11 +41,52 @@ class BackendError(MyoptoError):
         status_code: int | None = None,
         retryable: bool = False,
         retry_after: float | None = None,
+        role: str | None = None,
+        model: str | None = None,
+        attempts: int = 1,
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.retryable = retryable
         self.retry_after = retry_after
+        self.role = role
+        self.model = model
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        where = ", ".join(
+            part for part in (f"role {self.role}" if self.role else "", f"model {self.model}" if self.model else "",
+                              f"after {self.attempts} attempts" if self.attempts > 1 else "") if part
+        )
+        return f"{super().__str__()} [{where}]" if where else super().__str__()
+
+
+class RateLimited(BackendError):
+    """HTTP 429: too many requests or tokens. Retried, honouring Retry-After."""
+
+
+class ServerError(BackendError):
+    """HTTP 5xx: the provider failed. Retried."""
+
+
+class BackendTimeout(BackendError):
+    """No answer within the timeout. Retried."""
+
+
+class ConnectionFailed(BackendError):
+    """The connection was refused or dropped before an answer. Retried."""
+
+
+class MalformedResponse(BackendError):
+    """The server answered with a body that is not a chat completion. Retried."""
+
+
+class AuthenticationFailed(BackendError):
+    """HTTP 401/403: the API key is missing, wrong, or not allowed. Never retried."""
+
+
+class BadRequest(BackendError):
+    """HTTP 400/404/422...: the provider rejected the request (unknown model, bad parameter). Never retried."""
 
 
 class StructuredOutputError(MyoptoError):
@@ -53,6 +95,17 @@ class StructuredOutputError(MyoptoError):
     def __init__(self, message: str, *, response: Any = None) -> None:
         super().__init__(message)
         self.response = response
+
+
+class SchemaError(StructuredOutputError):
+    """The answer did not parse or validate against the schema, re-asks included.
+
+    `.response` is the last answer; `.problem` says what is wrong with it.
+    """
+
+    def __init__(self, message: str, *, response: Any = None, problem: str | None = None) -> None:
+        super().__init__(message, response=response)
+        self.problem = problem or message
 
 
 class CacheMiss(MyoptoError):

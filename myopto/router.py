@@ -20,6 +20,7 @@ from myopto.errors import ConfigError, InvalidRequest
 from myopto.cache_store import disk_store
 from myopto.middleware.cache import MODES as CACHE_MODES
 from myopto.middleware.cache import Cache
+from myopto.middleware.retry import Retry
 from myopto.middleware.structured_output import MODES, StructuredOutput
 from myopto.middleware.usage import Usage
 from myopto.params import GENERATION_PARAMS, check_params
@@ -27,7 +28,9 @@ from myopto.pipeline import Middleware, Pipeline, as_middleware
 from myopto.settings import DEFAULT_BACKEND, Environment, default_cache_dir, read_environment, role_variable
 
 DEFAULT_ROLES = ("executor", "optimizer", "metaoptimizer")
-USER_SLOT = "user"  # where a user's middleware goes unless placed before/after a named one
+USER_SLOT = "user"
+# Role options that configure the retry middleware -> its constructor's names.
+_RETRY_OPTIONS = {"retries": "retries", "deadline": "deadline", "retry_backoff": "backoff", "retry_max_wait": "max_wait"}  # where a user's middleware goes unless placed before/after a named one
 _FROZEN_EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -44,6 +47,8 @@ class RoleConfig:
     structured_output: str | None = None
     cache: str | None = None
     cache_dir: str | None = None
+    retry: Mapping[str, Any] = dataclasses.field(default_factory=lambda: _FROZEN_EMPTY)
+    reasks: int | None = None
 
     @classmethod
     def from_options(cls, backend: str | None = None, model: str | None = None, **options: Any) -> RoleConfig:
@@ -57,12 +62,20 @@ class RoleConfig:
         if middleware is not None and (isinstance(middleware, (str, bytes)) or not isinstance(middleware, Iterable)):
             middleware = [middleware]
         structured_output = options.pop("structured_output", None)
+        reasks = options.pop("reasks", None)
+        if reasks is not None and (isinstance(reasks, bool) or not isinstance(reasks, int) or reasks < 0):
+            raise ConfigError(f"reasks must be a whole number >= 0, got {reasks!r}")
         if structured_output is not None and structured_output not in MODES:
             raise ConfigError(f"structured_output must be one of {MODES}, got {structured_output!r}")
         cache = options.pop("cache", None)
         if cache is not None and cache not in CACHE_MODES:
             raise ConfigError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
         cache_dir = options.pop("cache_dir", None)
+        retry = {name: options.pop(key) for key, name in _RETRY_OPTIONS.items() if options.get(key) is not None}
+        for key in _RETRY_OPTIONS:
+            options.pop(key, None)
+        if retry:
+            Retry(**retry)  # checks the values now
         explicit_params = options.pop("params", None) or {}
         params = {key: options.pop(key) for key in list(options) if key in GENERATION_PARAMS}
         try:
@@ -80,6 +93,8 @@ class RoleConfig:
             structured_output=structured_output,
             cache=cache,
             cache_dir=str(cache_dir) if cache_dir is not None else None,
+            retry=MappingProxyType(retry),
+            reasks=reasks,
         )
 
     def merged(self, update: RoleConfig) -> RoleConfig:
@@ -94,6 +109,8 @@ class RoleConfig:
             structured_output=update.structured_output or self.structured_output,
             cache=update.cache or self.cache,
             cache_dir=update.cache_dir or self.cache_dir,
+            retry=MappingProxyType({**self.retry, **update.retry}),
+            reasks=update.reasks if update.reasks is not None else self.reasks,
         )
 
 
@@ -110,6 +127,8 @@ class ResolvedRole:
     structured_output: str
     cache: str
     cache_dir: str
+    retry: Mapping[str, Any]
+    reasks: int
     source: Mapping[str, str]  # where backend and model came from, for `myopto roles`
 
 
@@ -242,6 +261,8 @@ class Router:
             structured_output=config.structured_output or "auto",
             cache=config.cache or environment.cache_mode or "on",
             cache_dir=config.cache_dir or str(default_cache_dir()),
+            retry=config.retry,
+            reasks=config.reasks if config.reasks is not None else 1,
             source=MappingProxyType({"backend": backend_source, "model": model_source}),
         )
 
@@ -251,7 +272,8 @@ class Router:
         # The order a request travels, outermost first (DESIGN.md, "Chain order and why"):
         # usage outside the user's middleware and the cache, so it sees every call, cached or not;
         # the user's slot; structured output shapes the request before anything keys or sends it;
-        # the cache keys the request as it will be sent, and a hit never reaches the backend.
+        # the cache keys the request as it will be sent, and a hit never reaches retry or the
+        # backend; retry sits next to the backend so each attempt is one backend call.
         chain: list[Any] = [
             Usage(),
             USER_SLOT,
@@ -260,8 +282,10 @@ class Router:
                 json_object=backend.supports_json_object,
                 instruct=getattr(backend, "wants_json_instruction", False),
                 mode=resolved.structured_output,
+                reasks=resolved.reasks,
             ),
             Cache(disk_store(resolved.cache_dir), mode=resolved.cache),
+            Retry(**resolved.retry),
         ]
         slot = chain.index(USER_SLOT)
         placed = [p for p in self._placements if p.roles is None or resolved.role in p.roles]

@@ -55,7 +55,7 @@ def custom_role(server):
     """Point the executor at the test server through CustomLLM; returns the server."""
     from myopto import set_role_config
 
-    set_role_config("executor", backend="CustomLLM", model="test-model", base_url=server.url, api_key="sk-test-key")
+    set_role_config("executor", backend="CustomLLM", model="test-model", base_url=server.url, api_key="sk-test-key", retries=0)
     return server
 
 

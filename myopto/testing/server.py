@@ -135,6 +135,8 @@ class FakeOpenAIServer:
         self._faults: collections.deque[Fault] = collections.deque()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._chaos: tuple[float, tuple[str, ...], float, Any] | None = None
+        self.injected_faults = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> FakeOpenAIServer:
@@ -193,6 +195,32 @@ class FakeOpenAIServer:
         """The next `times` requests get a 200 whose body is not valid JSON."""
         self._inject(Fault("malformed"), times)
 
+    def chaos(self, rate: float, *, faults: tuple[str, ...] = ("429", "500", "503", "drop", "delay"),
+              delay: float = 0.5, seed: int = 0) -> None:
+        """From now on each request gets a random fault with probability `rate` (0 turns it off).
+
+        Fault names: an HTTP status ("429" comes with `retry-after-ms: 5`), "drop", "malformed",
+        "delay" (answers after `delay` seconds: past a client's shorter timeout). Seeded, so a run
+        is repeatable; `injected_faults` counts the faults served.
+        """
+        import random
+
+        self._chaos = (rate, tuple(faults), delay, random.Random(seed)) if rate > 0 else None
+
+    def _chaos_fault(self) -> Fault | None:
+        if self._chaos is None:
+            return None
+        rate, faults, delay, rng = self._chaos
+        if rng.random() >= rate:
+            return None
+        name = rng.choice(faults)
+        if name == "delay":
+            return Fault("delay", seconds=delay)
+        if name in ("drop", "malformed"):
+            return Fault(name)
+        status = int(name)
+        return Fault("status", status=status, retry_after_ms=5 if status == 429 else None)
+
     def _inject(self, fault: Fault, times: int) -> None:
         with self._lock:
             self._faults.extend([fault] * times)
@@ -203,6 +231,8 @@ class FakeOpenAIServer:
             self._requests.clear()
             self._replies.clear()
             self._faults.clear()
+            self._chaos = None
+            self.injected_faults = 0
 
     # -- what happened -----------------------------------------------------------------------
     @property
@@ -226,7 +256,9 @@ class FakeOpenAIServer:
     def _record(self, request: RecordedRequest) -> tuple[Fault | None, Any]:
         with self._lock:
             self._requests.append(request)
-            fault = self._faults.popleft() if self._faults else None
+            fault = self._faults.popleft() if self._faults else self._chaos_fault()
+            if fault is not None:
+                self.injected_faults += 1
             reply = self._replies.popleft() if (fault is None and self._replies) else None
         return fault, reply
 
@@ -254,7 +286,10 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout): fine
+            self.close_connection = True
 
     def do_GET(self) -> None:
         if self.path.rstrip("/").endswith("/models"):

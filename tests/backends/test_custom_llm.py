@@ -74,7 +74,7 @@ def test_dropped_connection_and_malformed_body_are_retryable_backend_errors(cust
 
 def test_wrong_api_key_is_a_401_that_is_not_retryable(server):
     server.api_key = "sk-right"
-    set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, api_key="sk-wrong")
+    set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, api_key="sk-wrong", retries=0)
     with pytest.raises(BackendError) as error:
         get_llm()("x")
     assert error.value.status_code == 401 and not error.value.retryable
@@ -92,14 +92,14 @@ def test_per_call_timeout_gives_a_retryable_error(custom_role):
 
 
 def test_role_timeout_option(server):
-    set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, timeout=0.2)
+    set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, timeout=0.2, retries=0)
     server.delay(1.0)
     with pytest.raises(BackendError):
         get_llm()("x")
 
 
 def test_connection_refused_is_a_retryable_backend_error():
-    set_role_config("executor", backend="CustomLLM", model="m", base_url="http://127.0.0.1:9/v1")
+    set_role_config("executor", backend="CustomLLM", model="m", base_url="http://127.0.0.1:9/v1", retries=0)
     with pytest.raises(BackendError) as error:
         get_llm()("x")
     assert error.value.retryable

@@ -11,7 +11,7 @@ PERSON = {"name": "person", "schema": {"type": "object", "properties": {"name": 
 
 @pytest.fixture
 def litellm_role(server):
-    set_role_config("executor", backend="LiteLLM", model="openai/gpt-4o-mini", base_url=server.url, api_key="sk-litellm-key")
+    set_role_config("executor", backend="LiteLLM", model="openai/gpt-4o-mini", base_url=server.url, api_key="sk-litellm-key", retries=0)
     return server
 
 

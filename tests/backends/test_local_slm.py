@@ -58,7 +58,9 @@ def test_json_is_asked_by_prompt_injection_without_response_format(local_role):
     add_middleware(spy, role="executor", after="structured_output")
     with pytest.raises(StructuredOutputError):  # random weights and 3 tokens: not JSON
         get_llm()("Where?", response_format=SCHEMA, max_tokens=3)
-    sent = seen[-1]
+    assert len(seen) == 2  # the answer and one re-ask
+    assert seen[1].messages[-1]["content"].startswith("Your answer is not valid")
+    sent = seen[0]
     assert sent.response_format is None
     assert "JSON schema" in sent.messages[-1]["content"]
 

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def cached(server, tmp_path):
     directory = tmp_path / "exp-cache"
-    set_role_config("executor", backend="CustomLLM", model="m1", base_url=server.url, api_key="sk-SECRET-123", cache="on", cache_dir=str(directory))
+    set_role_config("executor", backend="CustomLLM", model="m1", base_url=server.url, api_key="sk-SECRET-123", cache="on", cache_dir=str(directory), retries=0)
     return server, directory
 
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from myopto import Pipeline, Request, StructuredOutputError, get_llm, llm_json, set_role_config
+from myopto import Pipeline, Request, SchemaError, StructuredOutputError, get_llm, llm_json, set_role_config
 from myopto.middleware.structured_output import StructuredOutput, json_instruction
 from myopto.output_format import normalize_response_format
 from myopto.testing import EchoBackend
@@ -62,17 +62,45 @@ def test_capability_decides_not_the_backend_name():
     assert native.requests[1].response_format["type"] == "json_schema"
 
 
-def test_an_answer_that_breaks_the_schema_raises_and_keeps_the_response(prompt_role):
-    prompt_role.reply('{"town": "Paris"}')
-    with pytest.raises(StructuredOutputError) as error:
+def test_an_invalid_answer_is_repaired_by_a_reask_that_quotes_the_problem(prompt_role):
+    prompt_role.reply('{"town": "Paris"}', '{"city": "Paris"}')
+    response = get_llm()("Capital of France?", response_format=SCHEMA)
+    assert response.parsed == {"city": "Paris"}
+    reask = prompt_role.last_request.body["messages"]
+    assert reask[-2] == {"role": "assistant", "content": '{"town": "Paris"}'}
+    assert "'city' is a required property" in reask[-1]["content"]
+    assert prompt_role.request_count == 2
+    assert response.usage.prompt_tokens > 0  # both calls' tokens are counted
+    assert response.usage.completion_tokens == 2 + 2
+
+
+def test_a_never_valid_answer_ends_in_schema_error_with_the_last_answer(prompt_role):
+    set_role_config("executor", reasks=2)
+    prompt_role.reply('{"town": "A"}', '{"town": "B"}', '{"town": "C"}')
+    with pytest.raises(SchemaError) as error:
         get_llm()("x", response_format=SCHEMA)
+    assert isinstance(error.value, StructuredOutputError)
     assert "'city' is a required property" in str(error.value)
-    assert error.value.response.text == '{"town": "Paris"}'
-    assert error.value.response.parsed == {"town": "Paris"}
+    assert error.value.response.text == '{"town": "C"}'
+    assert error.value.response.parsed == {"town": "C"}
+    assert prompt_role.request_count == 3
+
+
+def test_reasks_zero_raises_at_once(prompt_role):
+    set_role_config("executor", reasks=0)
+    prompt_role.reply("not json")
+    with pytest.raises(SchemaError, match="is not JSON"):
+        get_llm()("x", response_format=SCHEMA)
+    assert prompt_role.request_count == 1
+
+
+async def test_async_reask(prompt_role):
+    prompt_role.reply("nope", '{"city": "Rome"}')
+    assert (await get_llm().acall("x", response_format=SCHEMA)).parsed == {"city": "Rome"}
 
 
 def test_an_answer_that_is_not_json_raises_for_a_schema(prompt_role):
-    prompt_role.reply("```python\nprint('Paris')\n```")
+    prompt_role.reply("```python\nprint('Paris')\n```", "still not json")
     with pytest.raises(StructuredOutputError, match="is not JSON"):
         llm_json("x", SCHEMA)
 

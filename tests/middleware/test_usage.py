@@ -18,7 +18,7 @@ from myopto import (
 
 @pytest.fixture
 def two_roles(server):
-    set_role_config("executor", backend="CustomLLM", model="exec-model", base_url=server.url)
+    set_role_config("executor", backend="CustomLLM", model="exec-model", base_url=server.url, retries=0)
     set_role_config("optimizer", backend="LiteLLM", model="openai/gpt-4o-mini", base_url=server.url, api_key="k")
     return server
 

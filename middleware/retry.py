@@ -1,0 +1,106 @@
+"""`Retry`: retries transient failures with exponential backoff and jitter, within a deadline.
+
+Transient means a `BackendError` with `retryable=True`: rate limits (429), 5xx, timeouts,
+dropped or refused connections, malformed bodies. Authentication failures and bad requests
+(400/401/403/404) fail at once, and so does anything raised before the backend (our own
+`InvalidRequest`, `ConfigError`). A `Retry-After` / `retry-after-ms` from the server replaces
+the computed wait. Nothing sleeps past the deadline, and each attempt's timeout is clipped to
+the time left. The SDKs' own retries are off (`max_retries=0` in both backends): this is the one
+retry policy.
+
+Built on tenacity (a well-kept retry library with sync and async retriers sharing one policy).
+Per call: `llm(..., retries=N, deadline=seconds)`.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import tenacity
+
+from myopto.errors import BackendError, ConfigError
+from myopto.pipeline import AsyncHandler, Handler, Middleware
+from myopto.request import Request
+from myopto.response import Response
+
+
+class Retry(Middleware):
+    """Retry transient backend failures: up to `retries` more attempts, within `deadline` seconds.
+
+    The wait before attempt n+1 is `backoff * 2**(n-1)` capped at `max_wait`, times a random
+    factor between 0.5 and 1 (jitter, so many clients do not retry in step), unless the server
+    said how long to wait.
+    """
+
+    name = "retry"
+
+    def __init__(self, *, retries: int = 4, deadline: float = 300.0, backoff: float = 0.5, max_wait: float = 30.0) -> None:
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise ConfigError(f"retries must be a whole number >= 0, got {retries!r}")
+        if deadline <= 0 or backoff < 0 or max_wait < 0:
+            raise ConfigError("deadline must be > 0; retry_backoff and retry_max_wait >= 0")
+        self.retries = retries
+        self.deadline = deadline
+        self.backoff = backoff
+        self.max_wait = max_wait
+
+    def _policy(self, request: Request, retrier: type) -> tuple[Any, float]:
+        retries = request.metadata.get("retries", self.retries)
+        deadline = request.metadata.get("deadline", self.deadline)
+        end = time.monotonic() + deadline
+        def wait(state: tenacity.RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome else None
+            asked = getattr(error, "retry_after", None)
+            computed = min(self.max_wait, self.backoff * 2 ** (state.attempt_number - 1)) * random.uniform(0.5, 1.0)
+            delay = asked if asked is not None else computed
+            return max(0.0, min(delay, end - time.monotonic()))
+
+        def out_of_time(state: tenacity.RetryCallState) -> bool:
+            # stop when the next wait would reach the deadline: no attempt starts after it
+            return time.monotonic() + wait(state) >= end - 1e-3
+
+        policy = retrier(
+            stop=tenacity.stop_after_attempt(retries + 1) | out_of_time,
+            wait=wait,
+            retry=tenacity.retry_if_exception(lambda e: isinstance(e, BackendError) and e.retryable),
+            reraise=True,
+        )
+        return policy, end
+
+    @staticmethod
+    def _clipped(request: Request, end: float) -> Request:
+        left = end - time.monotonic()
+        if request.timeout is None or request.timeout > left:
+            return request.replace(timeout=max(left, 0.001))
+        return request
+
+    def __call__(self, request: Request, call_next: Handler) -> Response:
+        policy, end = self._policy(request, tenacity.Retrying)
+        attempts = 0
+        try:
+            for attempt in policy:
+                with attempt:
+                    attempts += 1
+                    return call_next(self._clipped(request, end))
+        except BackendError as error:
+            error.attempts = attempts
+            raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def acall(self, request: Request, call_next: AsyncHandler) -> Response:
+        policy, end = self._policy(request, tenacity.AsyncRetrying)
+        attempts = 0
+        try:
+            async for attempt in policy:
+                with attempt:
+                    attempts += 1
+                    return await call_next(self._clipped(request, end))
+        except BackendError as error:
+            error.attempts = attempts
+            raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def describe(self) -> str:
+        return f"{self.name} (up to {self.retries} retries within {self.deadline:g} s, transient errors only)"

@@ -1,0 +1,164 @@
+"""Retry and the error model, proven by fault injection over real HTTP (openai and litellm clients)."""
+
+import asyncio
+import concurrent.futures
+import time
+
+import pytest
+
+from myopto import (
+    AuthenticationFailed,
+    BackendError,
+    BadRequest,
+    ConfigError,
+    RateLimited,
+    ServerError,
+    get_llm,
+    get_usage_summary,
+    set_role_config,
+)
+from myopto.middleware.retry import Retry
+
+
+def custom(server, **options):
+    set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, api_key="k", **options)
+
+
+def litellm_role(server, **options):
+    set_role_config("executor", backend="LiteLLM", model="openai/gpt-4o-mini", base_url=server.url, api_key="k", **options)
+
+
+FAST = {"retries": 10, "retry_backoff": 0.001, "timeout": 0.15}
+
+
+def test_500_calls_through_openai_with_20_percent_faults_all_succeed_without_multiplied_retries(server):
+    custom(server, **FAST)
+    server.chaos(0.2, delay=0.4, seed=1)
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda i: get_llm()(f"call {i}"), range(500)))
+    assert [r.text for r in responses] == [f"echo: call {i}" for i in range(500)]
+    assert server.injected_faults > 60  # about 20% of the requests
+    assert server.request_count == 500 + server.injected_faults
+    row = get_usage_summary()["by_role"]["executor"]
+    assert row["calls"] == 500 and row["errors"] == 0
+    assert row["prompt_tokens"] == 1000  # each successful call counted once
+
+
+async def test_500_async_calls_through_litellm_with_20_percent_faults_all_succeed(server):
+    litellm_role(server, **FAST)
+    server.chaos(0.2, delay=0.4, seed=2)
+    semaphore = asyncio.Semaphore(16)
+
+    async def call(i):
+        async with semaphore:
+            return await get_llm().acall(f"call {i}")
+
+    responses = await asyncio.gather(*(call(i) for i in range(500)))
+    assert [r.text for r in responses] == [f"echo: call {i}" for i in range(500)]
+    assert server.injected_faults > 60
+    assert server.request_count == 500 + server.injected_faults
+    assert get_usage_summary()["by_role"]["executor"]["calls"] == 500
+
+
+@pytest.mark.parametrize("role", [custom, litellm_role])
+@pytest.mark.parametrize("status, kind", [(401, AuthenticationFailed), (403, AuthenticationFailed), (400, BadRequest), (404, BadRequest)])
+def test_client_errors_fail_at_once_after_one_request(server, role, status, kind):
+    role(server, **FAST)
+    server.fail(status, times=5)
+    with pytest.raises(kind) as error:
+        get_llm()("x")
+    assert server.request_count == 1
+    assert (error.value.attempts, error.value.role, error.value.status_code) == (1, "executor", status)
+    assert error.value.model in ("m", "openai/gpt-4o-mini")
+    assert error.value.__cause__ is not None
+
+
+def test_exhausted_retries_raise_the_last_error_with_the_attempt_count(server):
+    custom(server, retries=2, retry_backoff=0.001)
+    server.fail(503, times=10)
+    with pytest.raises(ServerError) as error:
+        get_llm()("x")
+    assert server.request_count == 3 and error.value.attempts == 3
+    assert "after 3 attempts" in str(error.value)
+
+
+def test_retry_after_is_honoured(server):
+    custom(server, retry_backoff=0.001)
+    server.fail(429, retry_after=0.4)
+    start = time.monotonic()
+    assert get_llm()("x").text == "echo: x"
+    assert time.monotonic() - start >= 0.4
+    assert server.request_count == 2
+
+
+def test_a_deadline_stops_retrying_on_time(server):
+    custom(server, retries=100, retry_backoff=0.2, deadline=1.0)
+    server.fail(503, times=1000)
+    start = time.monotonic()
+    with pytest.raises(ServerError):
+        get_llm()("x")
+    elapsed = time.monotonic() - start
+    assert elapsed < 1.6  # the deadline, plus one request's round trip at most
+    assert 2 <= server.request_count < 100
+
+
+def test_a_retry_after_longer_than_the_deadline_is_not_waited_for(server):
+    custom(server, deadline=0.5)
+    server.fail(429, retry_after=30)
+    start = time.monotonic()
+    with pytest.raises(RateLimited) as error:
+        get_llm()("x")
+    assert time.monotonic() - start < 1.0
+    assert error.value.retry_after == 30
+
+
+def test_each_attempt_timeout_is_clipped_to_the_deadline(server):
+    custom(server, deadline=0.5, timeout=30)
+    server.delay(5)
+    start = time.monotonic()
+    with pytest.raises(BackendError):
+        get_llm()("x")
+    assert time.monotonic() - start < 1.5
+
+
+async def test_async_retry_does_not_block_the_event_loop(server):
+    custom(server, retry_backoff=0.001)
+    server.fail(429, retry_after=0.5)
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.05)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    response = await get_llm().acall("x")
+    task.cancel()
+    assert response.text == "echo: x"
+    assert ticks >= 6  # the loop kept running through the 0.5 s wait
+
+
+def test_per_call_retries_override_the_role(server):
+    custom(server, retries=5, retry_backoff=0.001)
+    server.fail(500, times=3)
+    with pytest.raises(ServerError):
+        get_llm()("x", retries=0)
+    assert server.request_count == 1
+
+
+def test_our_own_bad_input_is_never_retried_and_never_sent(server):
+    custom(server)
+    with pytest.raises(ValueError):
+        get_llm()("x", temperature=9)
+    assert server.request_count == 0
+
+
+@pytest.mark.parametrize("options", [{"retries": -1}, {"deadline": 0}, {"retry_backoff": -1}, {"reasks": -2}])
+def test_bad_retry_options_are_config_errors(server, options):
+    with pytest.raises(ConfigError):
+        custom(server, **options)
+
+
+def test_retry_describes_itself():
+    assert Retry(retries=2, deadline=9).describe() == "retry (up to 2 retries within 9 s, transient errors only)"
