@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from myopto.backends.base import BaseBackend, backend_error, is_sdk_error
 from myopto.errors import MalformedResponse
+from myopto.pricing import cost_from_map
 from myopto.request import Request
 from myopto.response import Response, Usage, new_response_id
 
@@ -26,6 +27,7 @@ class CustomLLM(BaseBackend):
     kind: ClassVar[str] = "CustomLLM"
     supports_json_schema: ClassVar[bool] = True
     supports_json_object: ClassVar[bool] = True
+    reports_cost: ClassVar[bool] = True
     option_names: ClassVar[frozenset[str]] = frozenset(
         {"base_url", "api_key", "timeout", "max_retries", "extra_headers", "organization"}
     )
@@ -128,11 +130,13 @@ class CustomLLM(BaseBackend):
             )
         choice = choices[0]
         usage = getattr(raw, "usage", None)
+        tokens = Usage.of(getattr(usage, "prompt_tokens", 0), getattr(usage, "completion_tokens", 0))
         return Response(
             text=choice.message.content or "",
             model=getattr(raw, "model", None) or request.model,
-            usage=Usage.of(getattr(usage, "prompt_tokens", 0), getattr(usage, "completion_tokens", 0)),
-            cost=None,
+            usage=tokens,
+            # priced by model name from LiteLLM's map; None (unknown) for models it does not list
+            cost=cost_from_map(request.model, tokens.prompt_tokens, tokens.completion_tokens),
             latency=latency,
             finish_reason=choice.finish_reason,
             id=getattr(raw, "id", None) or new_response_id(),

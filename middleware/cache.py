@@ -139,7 +139,7 @@ class Cache(Middleware):
         record = self.store.get(key)
         if record is not None:
             response = Response.from_dict(record["response"])
-            return response.replace(cached=True, latency=time.perf_counter() - start)
+            return response.replace(cached=True, attempts=0, latency=time.perf_counter() - start)
         if mode == "replay":
             raise CacheMiss(
                 f"replay mode: no cached answer for this request (key {key[:16]}...); nothing was sent. "

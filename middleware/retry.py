@@ -83,7 +83,8 @@ class Retry(Middleware):
             for attempt in policy:
                 with attempt:
                     attempts += 1
-                    return call_next(self._clipped(request, end))
+                    response = call_next(self._clipped(request, end))
+                    return response.replace(attempts=attempts) if attempts > 1 else response
         except BackendError as error:
             error.attempts = attempts
             raise
@@ -96,7 +97,8 @@ class Retry(Middleware):
             async for attempt in policy:
                 with attempt:
                     attempts += 1
-                    return await call_next(self._clipped(request, end))
+                    response = await call_next(self._clipped(request, end))
+                    return response.replace(attempts=attempts) if attempts > 1 else response
         except BackendError as error:
             error.attempts = attempts
             raise

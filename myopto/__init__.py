@@ -22,10 +22,12 @@ from myopto.errors import (
     ServerError,
     StructuredOutputError,
 )
+from myopto.logs import configure_logging
 from myopto.pipeline import FunctionMiddleware, Middleware, Pipeline, as_middleware
 from myopto.request import Request
 from myopto.response import Response, Usage
 from myopto.router import RoleConfig
+from myopto.runs import current_run, run
 from myopto.utils import *  # noqa: F403 - the Trace-compatible API, re-exported
 from myopto.utils import __all__ as _utils_all
 
@@ -56,5 +58,8 @@ __all__ = [
     "Usage",
     "__version__",
     "as_middleware",
+    "configure_logging",
+    "current_run",
+    "run",
     *_utils_all,
 ]

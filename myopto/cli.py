@@ -1,4 +1,4 @@
-"""The `myopto` command line: `myopto roles`, `myopto cache ...`."""
+"""The `myopto` command line: `myopto roles`, `myopto cache ...`, `myopto logs ...`."""
 
 from __future__ import annotations
 
@@ -48,6 +48,51 @@ def _cache_command(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _logs_command(arguments: argparse.Namespace) -> int:
+    from myopto import logs
+
+    if arguments.logs_command == "summary":
+        rows = logs.summarize(logs.read_log(arguments.file))
+        if arguments.json:
+            print(json.dumps(rows, indent=2))
+        elif sys.stdout.isatty() and _rich_table(rows):
+            pass
+        else:
+            print(logs.format_summary(rows))
+        return 0
+    if arguments.logs_command == "show":
+        records = logs.select(logs.read_log(arguments.file), run=arguments.run, role=arguments.role,
+                              errors=arguments.errors, grep=arguments.grep, last=arguments.last)
+        if arguments.json:
+            for record in records:
+                print(json.dumps(record, ensure_ascii=False))
+        else:
+            print("\n\n".join(logs.format_call(record) for record in records))
+        return 0
+    try:
+        for record in logs.follow(arguments.file, lines=arguments.lines, seconds=arguments.seconds):
+            print(json.dumps(record, ensure_ascii=False) if arguments.json else logs.format_call(record), flush=True)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _rich_table(rows: list[dict]) -> bool:
+    """Print the summary with rich when it is installed (terminals only); False when it is not."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        return False
+    from myopto.logs import SUMMARY_HEADERS, summary_cells
+
+    table = Table(*SUMMARY_HEADERS)
+    for cells in summary_cells(rows):
+        table.add_row(*cells)
+    Console().print(table)
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="myopto", description="myopto: inspect roles, chains and the cache.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -63,10 +108,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     export.add_argument("--run", help="only the entries recorded in this run")
     load = cache_commands.add_parser("import", help="read entries from JSON lines")
     load.add_argument("file")
+    logs = commands.add_parser("logs", help="read a call log (MYOPTO_LOG_FILE)")
+    logs_commands = logs.add_subparsers(dest="logs_command", required=True)
+    summary = logs_commands.add_parser("summary", help="a table per run, role and model")
+    summary.add_argument("file")
+    summary.add_argument("--json", action="store_true", help="machine-readable output")
+    show = logs_commands.add_parser("show", help="print calls readably (messages and answer when logged)")
+    show.add_argument("file")
+    show.add_argument("--run")
+    show.add_argument("--role")
+    show.add_argument("--errors", action="store_true", help="failed calls only")
+    show.add_argument("--last", type=int, help="the last N matching calls")
+    show.add_argument("--grep", help="calls whose record contains this text")
+    show.add_argument("--json", action="store_true")
+    tail = logs_commands.add_parser("tail", help="the last calls, then new ones as they are logged")
+    tail.add_argument("file")
+    tail.add_argument("--lines", type=int, default=10)
+    tail.add_argument("--seconds", type=float, help="stop following after this long (default: until Ctrl-C)")
+    tail.add_argument("--json", action="store_true")
     arguments = parser.parse_args(argv)
     if arguments.command == "roles":
         print(roles_report(arguments.role))
         return 0
+    if arguments.command == "logs":
+        return _logs_command(arguments)
     return _cache_command(arguments)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,6 +14,7 @@ from myopto.params import check_params
 from myopto.pipeline import Pipeline
 from myopto.request import Request, check_messages
 from myopto.response import Response
+from myopto.runs import current_run
 from myopto.router import ROUTER, ResolvedRole, RoleConfig, Router, check_role, overrides_from
 
 
@@ -100,6 +102,9 @@ class RoleLLM:
             raise InvalidRequest(f"timeout must be a positive number of seconds, got {timeout!r}")
         if metadata is not None and not isinstance(metadata, Mapping):
             raise InvalidRequest(f"metadata must be a dict, got {type(metadata).__name__}")
+        active = current_run()
+        if active is not None and "run" not in (metadata or {}):
+            metadata = {**(metadata or {}), "run": active.name, "tags": dict(active.tags)}
         return Request(
             model=model or resolved.model,
             messages=check_messages(messages),
@@ -175,7 +180,10 @@ class RoleLLM:
         results: list[Any] = [None] * len(items)
         bar = _progress_bar(len(items)) if progress else None
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(max_concurrency, max(len(items), 1))) as pool:
-            futures = {pool.submit(self, item, **kwargs): index for index, item in enumerate(items)}
+            # each call runs in a copy of the caller's context, so an active `myopto.run` tags it
+            futures = {
+                pool.submit(contextvars.copy_context().run, self, item, **kwargs): index for index, item in enumerate(items)
+            }
             for future in concurrent.futures.as_completed(futures):
                 index = futures[future]
                 error = future.exception()

@@ -69,6 +69,7 @@ class Response(_ItemAccess):
 
     `text` is the answer, `parsed` the JSON value when JSON was asked for, `cost` the USD cost
     (None when unknown), `cached` whether it came from the cache, `latency` seconds spent.
+    `attempts` counts backend calls made for it (0 when served from the cache).
     `raw` is the provider's own object: never cached, never logged, not compared.
     It also reads like an OpenAI chat completion: `response.choices[0].message.content`,
     `response.usage.prompt_tokens`, `response["choices"][0]["message"]["content"]`.
@@ -82,6 +83,7 @@ class Response(_ItemAccess):
     cached: bool = False
     latency: float | None = None
     finish_reason: str | None = "stop"
+    attempts: int = 1
     id: str = dataclasses.field(default_factory=new_response_id)
     created: int = dataclasses.field(default_factory=lambda: int(time.time()))
     raw: Any = dataclasses.field(default=None, repr=False, compare=False)

@@ -20,11 +20,14 @@ from myopto.errors import ConfigError, InvalidRequest
 from myopto.cache_store import disk_store
 from myopto.middleware.cache import MODES as CACHE_MODES
 from myopto.middleware.cache import Cache
+from myopto.middleware.logging import Logging
 from myopto.middleware.retry import Retry
 from myopto.middleware.structured_output import MODES, StructuredOutput
 from myopto.middleware.usage import Usage
 from myopto.params import GENERATION_PARAMS, check_params
 from myopto.pipeline import Middleware, Pipeline, as_middleware
+from myopto.logs import register_secret
+from myopto.pricing import check_pricing
 from myopto.settings import DEFAULT_BACKEND, Environment, default_cache_dir, read_environment, role_variable
 
 DEFAULT_ROLES = ("executor", "optimizer", "metaoptimizer")
@@ -49,6 +52,7 @@ class RoleConfig:
     cache_dir: str | None = None
     retry: Mapping[str, Any] = dataclasses.field(default_factory=lambda: _FROZEN_EMPTY)
     reasks: int | None = None
+    pricing: Mapping[str, float] | None = None
 
     @classmethod
     def from_options(cls, backend: str | None = None, model: str | None = None, **options: Any) -> RoleConfig:
@@ -58,10 +62,14 @@ class RoleConfig:
         if model is not None and (not isinstance(model, str) or not model.strip()):
             raise ConfigError(f"model must be a non-empty string, got {model!r}")
         api_key = options.pop("api_key", None) or options.pop("key", None)
+        register_secret(api_key)  # masked in every log line
         middleware = options.pop("middleware", None)
         if middleware is not None and (isinstance(middleware, (str, bytes)) or not isinstance(middleware, Iterable)):
             middleware = [middleware]
         structured_output = options.pop("structured_output", None)
+        pricing = options.pop("pricing", None)
+        if pricing is not None:
+            pricing = MappingProxyType(check_pricing(pricing))
         reasks = options.pop("reasks", None)
         if reasks is not None and (isinstance(reasks, bool) or not isinstance(reasks, int) or reasks < 0):
             raise ConfigError(f"reasks must be a whole number >= 0, got {reasks!r}")
@@ -95,6 +103,7 @@ class RoleConfig:
             cache_dir=str(cache_dir) if cache_dir is not None else None,
             retry=MappingProxyType(retry),
             reasks=reasks,
+            pricing=pricing,
         )
 
     def merged(self, update: RoleConfig) -> RoleConfig:
@@ -111,6 +120,7 @@ class RoleConfig:
             cache_dir=update.cache_dir or self.cache_dir,
             retry=MappingProxyType({**self.retry, **update.retry}),
             reasks=update.reasks if update.reasks is not None else self.reasks,
+            pricing=update.pricing or self.pricing,
         )
 
 
@@ -129,6 +139,7 @@ class ResolvedRole:
     cache_dir: str
     retry: Mapping[str, Any]
     reasks: int
+    pricing: Mapping[str, float] | None
     source: Mapping[str, str]  # where backend and model came from, for `myopto roles`
 
 
@@ -263,6 +274,7 @@ class Router:
             cache_dir=config.cache_dir or str(default_cache_dir()),
             retry=config.retry,
             reasks=config.reasks if config.reasks is not None else 1,
+            pricing=config.pricing,
             source=MappingProxyType({"backend": backend_source, "model": model_source}),
         )
 
@@ -270,12 +282,14 @@ class Router:
         """The role's chain: the default middleware list with the user's middleware in place."""
         backend = backend_class(resolved.backend)(**resolved.options)
         # The order a request travels, outermost first (DESIGN.md, "Chain order and why"):
+        # logging sees every call as the caller saw it, hit or miss, answer or final error;
         # usage outside the user's middleware and the cache, so it sees every call, cached or not;
         # the user's slot; structured output shapes the request before anything keys or sends it;
         # the cache keys the request as it will be sent, and a hit never reaches retry or the
         # backend; retry sits next to the backend so each attempt is one backend call.
         chain: list[Any] = [
-            Usage(),
+            Logging(),
+            Usage(pricing=resolved.pricing),
             USER_SLOT,
             StructuredOutput(
                 json_schema=backend.supports_json_schema,

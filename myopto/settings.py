@@ -11,6 +11,8 @@
 | `TRACE_CUSTOMLLM_API_KEY` | CustomLLM's API key | `OPENAI_API_KEY`, else none |
 | `MYOPTO_CACHE` | cache mode: on, off, read_only, refresh, replay | `on` |
 | `MYOPTO_CACHE_DIR` | cache directory | the platform's user cache dir + `/myopto` |
+| `MYOPTO_LOG_FILE` | write one JSON line per call to this file | no log |
+| `MYOPTO_LOG_MESSAGES` | `1` to include messages and answers in the log | `0` |
 """
 
 from __future__ import annotations
@@ -93,3 +95,17 @@ def default_cache_dir() -> Path:
     if sys.platform == "win32":
         return Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local") / "myopto" / "Cache"
     return Path(_get("XDG_CACHE_HOME") or Path.home() / ".cache") / "myopto"
+
+
+def log_settings() -> tuple[str | None, bool]:
+    """(`MYOPTO_LOG_FILE`, whether `MYOPTO_LOG_MESSAGES` asks for messages and answers)."""
+    return _get("MYOPTO_LOG_FILE"), (_get("MYOPTO_LOG_MESSAGES") or "0").lower() in ("1", "true", "yes", "on")
+
+
+def secret_values() -> list[str]:
+    """Values of variables that hold credentials (`*_API_KEY`, `*_TOKEN`, `*_SECRET*`), to redact."""
+    return [
+        value
+        for name, value in os.environ.items()
+        if len(value) >= 8 and (name.endswith(("_API_KEY", "_TOKEN", "_KEY")) or "SECRET" in name)
+    ]

@@ -34,50 +34,65 @@ class Tally:
 
 
 class UsageLedger:
-    """Totals of every call made through myopto in this process, by role and by model."""
+    """Totals of every call made through myopto in this process, by run, role and model."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.enabled = True
-        self._by_role: dict[str, Tally] = {}
-        self._by_model: dict[str, Tally] = {}
+        self._tallies: dict[tuple[str | None, str, str], Tally] = {}
 
-    def record(self, role: str, model: str, response: Any = None, *, error: bool = False) -> None:
+    def record(self, role: str, model: str, response: Any = None, *, error: bool = False, run: str | None = None) -> None:
         """Add one finished call (a `Response`) or one failed call (`error=True`)."""
         if not self.enabled:
             return
         with self._lock:
-            for table, key in ((self._by_role, role), (self._by_model, model)):
-                tally = table.get(key)
-                if tally is None:
-                    tally = table[key] = Tally()
-                tally.calls += 1
-                if error or response is None:
-                    tally.errors += 1
-                    continue
-                usage = response.usage
-                tally.prompt_tokens += usage.prompt_tokens
-                tally.completion_tokens += usage.completion_tokens
-                if response.cached:
-                    tally.cache_hits += 1
-                    tally.saved_cost += response.cost or 0.0
-                elif response.cost is None:
-                    tally.unknown_cost_calls += 1
-                else:
-                    tally.cost += response.cost
+            key = (run, role, model)
+            tally = self._tallies.get(key)
+            if tally is None:
+                tally = self._tallies[key] = Tally()
+            tally.calls += 1
+            if error or response is None:
+                tally.errors += 1
+                return
+            usage = response.usage
+            tally.prompt_tokens += usage.prompt_tokens
+            tally.completion_tokens += usage.completion_tokens
+            if response.cached:
+                tally.cache_hits += 1
+                tally.saved_cost += response.cost or 0.0
+            elif response.cost is None:
+                tally.unknown_cost_calls += 1
+            else:
+                tally.cost += response.cost
 
     def reset(self) -> None:
         with self._lock:
-            self._by_role.clear()
-            self._by_model.clear()
+            self._tallies.clear()
 
-    def by_role(self) -> dict[str, Tally]:
+    def _grouped(self, index: int, run: str | None = None, all_runs: bool = True) -> dict[Any, Tally]:
         with self._lock:
-            return {key: dataclasses.replace(value) for key, value in self._by_role.items()}
+            items = [(key, dataclasses.replace(value)) for key, value in self._tallies.items()]
+        grouped: dict[Any, Tally] = {}
+        for key, tally in items:
+            if not all_runs and key[0] != run:
+                continue
+            total = grouped.setdefault(key[index], Tally())
+            _add(total, tally)
+        return grouped
 
-    def by_model(self) -> dict[str, Tally]:
-        with self._lock:
-            return {key: dataclasses.replace(value) for key, value in self._by_model.items()}
+    def by_role(self, run: str | None = None, *, all_runs: bool = True) -> dict[str, Tally]:
+        return self._grouped(1, run, all_runs)
+
+    def by_model(self, run: str | None = None, *, all_runs: bool = True) -> dict[str, Tally]:
+        return self._grouped(2, run, all_runs)
+
+    def by_run(self) -> dict[str | None, Tally]:
+        return self._grouped(0)
+
+
+def _add(total: Tally, tally: Tally) -> None:
+    for field in dataclasses.fields(Tally):
+        setattr(total, field.name, getattr(total, field.name) + getattr(tally, field.name))
 
 
 LEDGER = UsageLedger()
@@ -115,21 +130,29 @@ def get_tokens_by_role() -> dict[str, dict[str, int]]:
     }
 
 
-def get_usage_summary() -> dict[str, Any]:
-    """Everything recorded: totals, and the same figures by role and by model."""
-    by_role = LEDGER.by_role()
+def get_usage_summary(run: str | None = None) -> dict[str, Any]:
+    """Everything recorded: totals, and the same figures by role, by model and by run.
+
+    With `run`, only the calls made inside `myopto.run(run)`.
+    """
+    all_runs = run is None
+    by_role = LEDGER.by_role(run, all_runs=all_runs)
     total = Tally()
     for tally in by_role.values():
-        for field in dataclasses.fields(Tally):
-            setattr(total, field.name, getattr(total, field.name) + getattr(tally, field.name))
-    return {
+        _add(total, tally)
+    summary = {
         "enabled": LEDGER.enabled,
         "total": total.as_dict(),
         "total_cost": total.cost,
         "cost_known": total.unknown_cost_calls == 0,
         "by_role": {role: tally.as_dict() for role, tally in by_role.items()},
-        "by_model": {model: tally.as_dict() for model, tally in LEDGER.by_model().items()},
+        "by_model": {model: tally.as_dict() for model, tally in LEDGER.by_model(run, all_runs=all_runs).items()},
     }
+    if all_runs:
+        summary["by_run"] = {name: tally.as_dict() for name, tally in LEDGER.by_run().items() if name is not None}
+    else:
+        summary["run"] = run
+    return summary
 
 
 def _cost_cell(row: dict[str, Any]) -> str:
@@ -138,18 +161,18 @@ def _cost_cell(row: dict[str, Any]) -> str:
     return f"{row['cost']:.6f}" + ("+?" if row["unknown_cost_calls"] else "")
 
 
-def print_usage_summary(file: TextIO | None = None) -> None:
-    """Print the usage summary as a table (to stdout unless `file` is given)."""
+def print_usage_summary(file: TextIO | None = None, *, run: str | None = None) -> None:
+    """Print the usage summary as a table (to stdout unless `file` is given; one run with `run`)."""
     import sys
 
     out = file or sys.stdout
-    summary = get_usage_summary()
-    labels = [f"role {n}" for n in summary["by_role"]] + [f"model {n}" for n in summary["by_model"]]
+    summary = get_usage_summary(run)
+    labels = [f"{kind} {n}" for kind in ("role", "model", "run") for n in summary.get(f"by_{kind}", {})]
     width = max([22, *(len(label) + 2 for label in labels)])
     header = f"{'':<{width}}{'calls':>7}{'cached':>8}{'errors':>8}{'prompt':>10}{'completion':>12}{'cost USD':>12}"
     print(header, file=out)
     print("-" * len(header), file=out)
-    for title, rows in (("role", summary["by_role"]), ("model", summary["by_model"])):
+    for title, rows in (("role", summary["by_role"]), ("model", summary["by_model"]), ("run", summary.get("by_run", {}))):
         for name, row in rows.items():
             cost = _cost_cell(row)
             print(

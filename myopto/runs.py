@@ -1,0 +1,54 @@
+"""Runs: `with myopto.run("exp-42", lr=0.1):` tags every call, log line, usage record and cache
+entry made inside it. Held in a contextvar, so threads started with `contextvars.copy_context()`,
+`asyncio` tasks, and `llm.batch` inherit it."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from myopto.errors import InvalidRequest
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """The run calls are tagged with: a name and string tags."""
+
+    name: str
+    tags: Mapping[str, Any] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+
+
+_current: contextvars.ContextVar[RunInfo | None] = contextvars.ContextVar("myopto_run", default=None)
+
+
+def current_run() -> RunInfo | None:
+    """The run the calling code is inside, or None."""
+    return _current.get()
+
+
+class run(contextlib.ContextDecorator):  # noqa: N801 - used like a function: `with run(...)`, `@run(...)`
+    """Tag every call made inside with a run name and tags (a context manager or a decorator).
+
+    Runs nest: an inner run's name wins and the tags of both are merged.
+    """
+
+    def __init__(self, name: str, **tags: Any) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidRequest(f"a run needs a non-empty name, got {name!r}")
+        self.name = name
+        self.tags = tags
+        self._tokens: list[contextvars.Token[RunInfo | None]] = []
+
+    def __enter__(self) -> RunInfo:
+        outer = _current.get()
+        tags = {**(outer.tags if outer else {}), **self.tags}
+        info = RunInfo(self.name, MappingProxyType(tags))
+        self._tokens.append(_current.set(info))
+        return info
+
+    def __exit__(self, *exc: object) -> None:
+        _current.reset(self._tokens.pop())
