@@ -50,3 +50,12 @@ def test_reproducible_experiment_example(tmp_path):
     assert "replay of an unrecorded call: CacheMiss" in out
     assert "exported 8 calls of run exp-42" in out
     assert len((tmp_path / "exp-42.jsonl").read_text().splitlines()) == 8
+
+
+def test_inspect_a_run_example(tmp_path):
+    out = run_example("inspect_a_run.py", str(tmp_path))
+    assert "caught: BadRequest after 1 attempt(s)" in out
+    assert "role executor               4       1       0" in out
+    assert "exp-42  executor   gpt-4o-mini      4    25%" in out
+    assert "error: BadRequest: CustomLLM call failed (HTTP 400)" in out
+    assert '[answer] {"x": 1}' in out

@@ -143,7 +143,7 @@ class FakeOpenAIServer:
         if self._server is not None:
             return self
         handler = type("Handler", (_Handler,), {"owner": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server = _Server(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-openai", daemon=True)
         self._thread.start()
@@ -269,6 +269,11 @@ class FakeOpenAIServer:
             answer = self.responder(body)
             return answer if isinstance(answer, str) else json.dumps(answer)
         return default_answer(body)
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 512  # many clients connecting at once (the default backlog is 5)
+    daemon_threads = True
 
 
 class _Handler(BaseHTTPRequestHandler):

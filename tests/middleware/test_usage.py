@@ -85,3 +85,63 @@ def test_print_usage_summary_prints_a_table(two_roles, capsys):
     out = capsys.readouterr().out
     assert "role optimizer" in out and "model openai/gpt-4o-mini" in out
     assert "total: 1 calls" in out
+
+
+def test_usage_is_exact_under_32_threads_by_role_and_model(server):
+    set_role_config("executor", backend="CustomLLM", model="gpt-4o-mini", base_url=server.url, retries=0)
+    set_role_config("optimizer", backend="CustomLLM", model="other-model", base_url=server.url, retries=0)
+
+    def work(n):
+        role = "executor" if n % 2 else "optimizer"
+        for i in range(200):
+            get_llm(role)("a b c")
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    summary = get_usage_summary()
+    assert server.request_count == 6400
+    for role, model in (("executor", "gpt-4o-mini"), ("optimizer", "other-model")):
+        assert summary["by_role"][role]["calls"] == 3200 == summary["by_model"][model]["calls"]
+        assert summary["by_role"][role]["prompt_tokens"] == 3 * 3200
+        assert summary["by_role"][role]["completion_tokens"] == 4 * 3200  # "echo: a b c"
+    from myopto.pricing import cost_from_map
+
+    assert summary["by_role"]["executor"]["cost"] == pytest.approx(3200 * cost_from_map("gpt-4o-mini", 3, 4))
+    assert summary["by_role"]["optimizer"]["unknown_cost_calls"] == 3200
+
+
+def test_cached_calls_count_as_cached_with_the_saving(server, tmp_path):
+    set_role_config("executor", backend="CustomLLM", model="gpt-4o-mini", base_url=server.url, cache="on", cache_dir=str(tmp_path / "c"))
+    first = get_llm()("price me")
+    get_llm()("price me")
+    row = get_usage_summary()["by_role"]["executor"]
+    assert (row["calls"], row["cache_hits"]) == (2, 1)
+    assert row["cost"] == pytest.approx(first.cost)
+    assert row["saved_cost"] == pytest.approx(first.cost)
+
+
+def test_a_customllm_model_named_like_a_known_one_uses_the_price_map(server):
+    set_role_config("executor", backend="CustomLLM", model="gpt-4o", base_url=server.url)
+    response = get_llm()("one two")
+    from myopto.pricing import price_map
+
+    entry = price_map()["gpt-4o"]
+    expected = 2 * entry["input_cost_per_token"] + 3 * entry["output_cost_per_token"]
+    assert response.cost == pytest.approx(expected)
+
+
+def test_user_pricing_per_role(server):
+    set_role_config("executor", backend="CustomLLM", model="my-finetune", base_url=server.url, pricing={"input": 1.0, "output": 2.0})
+    response = get_llm()("a b c d")  # 4 prompt tokens, 5 completion
+    assert response.cost == pytest.approx((4 * 1.0 + 5 * 2.0) / 1e6)
+    assert get_usage_summary()["cost_known"] is True
+
+
+def test_bad_pricing_is_a_config_error(server):
+    from myopto import ConfigError
+
+    with pytest.raises(ConfigError, match="per million tokens"):
+        set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, pricing={"in": 1})
