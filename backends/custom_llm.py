@@ -3,8 +3,10 @@ through the official `openai` SDK."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+import weakref
 from typing import Any, ClassVar
 
 from myopto.backends.base import BaseBackend, backend_error, is_sdk_error
@@ -51,7 +53,9 @@ class CustomLLM(BaseBackend):
         self.organization = organization
         self._lock = threading.Lock()
         self._client: Any = None
-        self._async_client: Any = None
+        # one async client per event loop: an httpx async client cannot outlive its loop, and
+        # scripts often call asyncio.run more than once
+        self._async_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:  # never show the key
         return f"CustomLLM(base_url={self.base_url!r})"
@@ -81,13 +85,16 @@ class CustomLLM(BaseBackend):
         return self._client
 
     def _aclient(self) -> Any:
-        if self._async_client is None:
+        loop = asyncio.get_running_loop()
+        client = self._async_clients.get(loop)
+        if client is None:
             with self._lock:
-                if self._async_client is None:
+                client = self._async_clients.get(loop)
+                if client is None:
                     import openai
 
-                    self._async_client = openai.AsyncOpenAI(**self._client_kwargs())
-        return self._async_client
+                    client = self._async_clients[loop] = openai.AsyncOpenAI(**self._client_kwargs())
+        return client
 
     def _arguments(self, request: Request) -> dict[str, Any]:
         params = request.params_dict()

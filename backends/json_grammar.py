@@ -131,16 +131,22 @@ class JsonConstraint:
 
 
 def _closing_cost(text: str) -> tuple[int, int]:
-    """Lower is better: close what is open, then move on (`,` `:`), then the shortest content.
+    """Lower is better: end the open string, close what is open, move on, then the shortest content.
 
-    Content (digits, letters) never ends a value by itself, so a separator or closer always
-    beats it once the grammar allows one; whitespace is a last resort.
+    A quote first: inside a string it is the only way out (a `]` there is just text), and
+    outside one the grammar allows a quote only where a string must start anyway. Content
+    (digits, letters) never ends a value by itself, so a separator or closer always beats it
+    once the grammar allows one; whitespace is a last resort.
     """
     if not text or text.isspace():
-        return (4, 0)
-    if all(c in _CLOSERS for c in text):
+        return (6, 0)
+    if text[0] == '"' and all(c in _CLOSERS for c in text):
         return (0, -len(text))
+    if all(c in "]}" for c in text):
+        return (1, -len(text))
+    if text[0] == '"' and all(c in _CLOSERS or c == ":" for c in text):
+        return (2, len(text))
     if all(c in _CLOSERS or c in ",:" for c in text):
-        return (1, len(text))
+        return (3, len(text))  # a comma starts another item: only when nothing closes
     opens = sum(text.count(c) for c in "[{-.eE")
-    return (2 + min(opens, 1), len(text))
+    return (4 + min(opens, 1), len(text))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -96,7 +97,7 @@ class LiteLLM(BaseBackend):
             "api_version": self.api_version,
             "extra_headers": self.extra_headers or None,
             "response_format": request.response_format_dict(),
-            "timeout": request.timeout if request.timeout is not None else self.timeout,
+            "timeout": _steady(request.timeout if request.timeout is not None else self.timeout),
         }
         arguments.update({key: value for key, value in optional.items() if value is not None})
         return arguments
@@ -135,7 +136,7 @@ class LiteLLM(BaseBackend):
             text=choice.message.content or "",
             model=getattr(raw, "model", None) or request.model,
             usage=Usage.of(getattr(usage, "prompt_tokens", 0), getattr(usage, "completion_tokens", 0)),
-            cost=_cost(litellm, raw),
+            cost=_cost(litellm, raw, request.model),
             latency=latency,
             finish_reason=getattr(choice, "finish_reason", None),
             id=getattr(raw, "id", None) or new_response_id(),
@@ -143,14 +144,29 @@ class LiteLLM(BaseBackend):
         )
 
 
-def _cost(litellm: Any, raw: Any) -> float | None:
-    """USD cost from LiteLLM's price map; None when the model is not in it (unknown, not free)."""
+def _steady(timeout: float | None) -> float | None:
+    """Whole seconds above 10 s. LiteLLM keeps one HTTP client per distinct timeout value, so the
+    ever-shrinking timeouts retry clips to its deadline would otherwise build a client per call."""
+    if timeout is None or timeout < 10:
+        return timeout
+    return float(math.ceil(timeout))
+
+
+def _cost(litellm: Any, raw: Any, model: str) -> float | None:
+    """USD cost from LiteLLM's price map; None when the model is not in it (unknown, not free).
+
+    Models the map does not list are answered without asking LiteLLM: its `completion_cost`
+    raises for them, and raising costs more than the call's own overhead.
+    """
     hidden = getattr(raw, "_hidden_params", None) or {}
     cost = hidden.get("response_cost")
     if cost is None:
+        prices = litellm.model_cost
+        if model not in prices and model.split("/", 1)[-1] not in prices:
+            return None
         try:
-            cost = litellm.completion_cost(completion_response=raw)
-        except Exception:  # LiteLLM raises a variety of errors for models it has no price for
+            cost = litellm.completion_cost(completion_response=raw, model=model)
+        except Exception:  # LiteLLM raises a variety of errors for models it cannot price
             return None
     try:
         return float(cost)

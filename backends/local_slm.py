@@ -63,7 +63,7 @@ class LocalSLM(BaseBackend):
 
     Options: `device` ("auto": cuda > mps > cpu), `torch_dtype` ("float32", "float16",
     "bfloat16"; default float32 on CPU, float16 on CUDA), `use_mlx`, `trust_remote_code`,
-    `max_batch_size` (8), `batch_wait` (seconds to wait for more concurrent requests, 0.002).
+    `max_batch_size` (8), `batch_wait` (seconds to wait for more concurrent requests, 0.01).
     The parameter `constrained=True` (role default or per call) turns on grammar-constrained
     JSON. Decoding is greedy unless temperature > 0; max_tokens / max_new_tokens default to 256.
     Cost is 0.
@@ -78,7 +78,7 @@ class LocalSLM(BaseBackend):
     default_model: ClassVar[str | None] = "Qwen/Qwen2-0.5B-Instruct"
 
     def __init__(self, *, device: str | None = None, torch_dtype: str | None = None, use_mlx: bool = False,
-                 trust_remote_code: bool = False, max_batch_size: int = 8, batch_wait: float = 0.002) -> None:
+                 trust_remote_code: bool = False, max_batch_size: int = 8, batch_wait: float = 0.01) -> None:
         super().__init__()
         self.device = device
         self.torch_dtype = torch_dtype

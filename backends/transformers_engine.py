@@ -73,7 +73,7 @@ class TransformersEngine:
     """A loaded model and tokenizer, shared by every role that names the same model."""
 
     def __init__(self, source: ModelSource, *, device: str | None = None, torch_dtype: str | None = None,
-                 trust_remote_code: bool = False, max_batch_size: int = 8, batch_wait: float = 0.002) -> None:
+                 trust_remote_code: bool = False, max_batch_size: int = 8, batch_wait: float = 0.01) -> None:
         try:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -45,29 +45,39 @@ class Retry(Middleware):
         self.deadline = deadline
         self.backoff = backoff
         self.max_wait = max_wait
+        self._retrier = self._build(retries, deadline, tenacity.Retrying)
+        self._async_retrier = self._build(retries, deadline, tenacity.AsyncRetrying)
 
-    def _policy(self, request: Request, retrier: type) -> tuple[Any, float]:
-        retries = request.metadata.get("retries", self.retries)
-        deadline = request.metadata.get("deadline", self.deadline)
-        end = time.monotonic() + deadline
+    def _build(self, retries: int, deadline: float, retrier: type) -> Any:
+        """A tenacity retrier for these bounds. The deadline counts from `start_time`, the
+        moment tenacity begins the call, so one retrier serves every call (and thread)."""
+
         def wait(state: tenacity.RetryCallState) -> float:
             error = state.outcome.exception() if state.outcome else None
             asked = getattr(error, "retry_after", None)
             computed = min(self.max_wait, self.backoff * 2 ** (state.attempt_number - 1)) * random.uniform(0.5, 1.0)
             delay = asked if asked is not None else computed
-            return max(0.0, min(delay, end - time.monotonic()))
+            return max(0.0, min(delay, state.start_time + deadline - time.monotonic()))
 
         def out_of_time(state: tenacity.RetryCallState) -> bool:
             # stop when the next wait would reach the deadline: no attempt starts after it
-            return time.monotonic() + wait(state) >= end - 1e-3
+            return time.monotonic() + wait(state) >= state.start_time + deadline - 1e-3
 
-        policy = retrier(
+        return retrier(
             stop=tenacity.stop_after_attempt(retries + 1) | out_of_time,
             wait=wait,
             retry=tenacity.retry_if_exception(lambda e: isinstance(e, BackendError) and e.retryable),
             reraise=True,
         )
-        return policy, end
+
+    def _policy(self, request: Request, asynchronous: bool) -> tuple[Any, float]:
+        retries = request.metadata.get("retries", self.retries)
+        deadline = request.metadata.get("deadline", self.deadline)
+        if retries == self.retries and deadline == self.deadline:
+            # tenacity keeps a call's state per thread: one sync retrier serves all threads, but
+            # asyncio tasks share a thread, so each async call gets its own copy
+            return (self._async_retrier.copy() if asynchronous else self._retrier), deadline
+        return self._build(retries, deadline, tenacity.AsyncRetrying if asynchronous else tenacity.Retrying), deadline
 
     @staticmethod
     def _clipped(request: Request, end: float) -> Request:
@@ -77,12 +87,13 @@ class Retry(Middleware):
         return request
 
     def __call__(self, request: Request, call_next: Handler) -> Response:
-        policy, end = self._policy(request, tenacity.Retrying)
+        policy, deadline = self._policy(request, asynchronous=False)
         attempts = 0
         try:
             for attempt in policy:
                 with attempt:
                     attempts += 1
+                    end = attempt.retry_state.start_time + deadline
                     response = call_next(self._clipped(request, end))
                     return response.replace(attempts=attempts) if attempts > 1 else response
         except BackendError as error:
@@ -91,12 +102,13 @@ class Retry(Middleware):
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def acall(self, request: Request, call_next: AsyncHandler) -> Response:
-        policy, end = self._policy(request, tenacity.AsyncRetrying)
+        policy, deadline = self._policy(request, asynchronous=True)
         attempts = 0
         try:
             async for attempt in policy:
                 with attempt:
                     attempts += 1
+                    end = attempt.retry_state.start_time + deadline
                     response = await call_next(self._clipped(request, end))
                     return response.replace(attempts=attempts) if attempts > 1 else response
         except BackendError as error:

@@ -103,3 +103,8 @@ def test_connection_refused_is_a_retryable_backend_error():
     with pytest.raises(BackendError) as error:
         get_llm()("x")
     assert error.value.retryable
+
+
+def test_async_calls_work_across_several_event_loops(custom_role):
+    for i in range(3):  # each asyncio.run makes and closes a new loop
+        assert asyncio.run(get_llm().acall(f"loop {i}")).text == f"echo: loop {i}"

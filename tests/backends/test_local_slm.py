@@ -27,7 +27,7 @@ SCHEMA = {
 
 
 def engine(model):
-    return local_slm.engine_for(model, use_mlx=False, device=None, torch_dtype=None, trust_remote_code=False, max_batch_size=8, batch_wait=0.002)
+    return local_slm.engine_for(model, use_mlx=False, device=None, torch_dtype=None, trust_remote_code=False, max_batch_size=8, batch_wait=0.01)
 
 
 def test_text_generation_through_a_role_reports_usage_and_zero_cost(local_role):

@@ -1,0 +1,269 @@
+"""`make bench`: myopto's overhead against LiteLLM, DSPy and the raw SDKs, measured side by side.
+
+Every workload runs on this machine in one process family, and every figure is reported with the
+ratio to its anchor measured in the same run. Writes benchmarks/RESULTS.md. Options:
+`--quick` (fewer repeats), `--skip-local` (no local-model workload), `--only NAME`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ["MYOPTO_CACHE"] = "off"
+warnings.filterwarnings("ignore", category=DeprecationWarning)  # DSPy's messages= deprecation notice
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from stats import Row, machine, per_call_us, ratio_to, rounds, run_python, table, versions  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+MESSAGES = [{"role": "user", "content": "hello benchmark"}]
+
+
+def cold_imports(repeats: int) -> list[Row]:
+    env = {**os.environ}
+    rows = {}
+    for name, code in (("import myopto", "import myopto"), ("import litellm", "import litellm"), ("import dspy", "import dspy")):
+        rows[name] = Row("1 cold import", name, rounds(lambda code=code: run_python(code, env), repeats), "s")
+    baseline = Row("1 cold import", "python -c pass", rounds(lambda: run_python("pass", env), repeats), "s")
+    for row in rows.values():
+        row.samples = [max(s - baseline.median, 0.0) for s in row.samples]
+    ratio_to(rows["import myopto"], rows["import litellm"])
+    rows["import myopto"].goal = "light: no SDK imported"
+    ratio_to(rows["import dspy"], rows["import litellm"])
+    rows["import myopto"].note = "measured as the time above `python -c pass`"
+    return [rows["import myopto"], rows["import litellm"], rows["import dspy"]]
+
+
+def chain_overhead(repeats: int, calls: int) -> list[Row]:
+    from myopto import Pipeline, Request, get_llm, set_role_config
+    from myopto.testing import EchoBackend
+
+    backend = EchoBackend()
+    set_role_config("bench", backend="CustomLLM", model="m", base_url="http://127.0.0.1:9/v1", cache="off")
+    default = get_llm("bench").pipeline.middleware
+    request = Request(model="m", messages=MESSAGES, role="bench")
+    bare = Row("2 chain overhead", "backend alone (EchoBackend, no I/O)", rounds(lambda: per_call_us(lambda: backend.complete(request), calls), repeats), "µs/call")
+    chain = Pipeline(backend, default)
+    off = Row("2 chain overhead", "default chain, cache off", rounds(lambda: per_call_us(lambda: chain(request), calls), repeats), "µs/call")
+    directory = tempfile.mkdtemp(prefix="myopto-bench-")
+    set_role_config("bench-cache", backend="CustomLLM", model="m", base_url="http://127.0.0.1:9/v1", cache="on", cache_dir=directory)
+    cached_chain = Pipeline(backend, get_llm("bench-cache").pipeline.middleware)
+    counter = iter(range(10**9))
+
+    def miss() -> None:
+        cached_chain(Request(model="m", messages=[{"role": "user", "content": f"miss {next(counter)}"}], role="bench"))
+
+    on = Row("2 chain overhead", "default chain, cache on (miss, written to disk)", rounds(lambda: per_call_us(miss, max(calls // 10, 50)), repeats), "µs/call")
+    llm = get_llm("bench")
+    build = Row("2 chain overhead", "building the Request in llm(...)", rounds(lambda: per_call_us(lambda: llm.request(MESSAGES), calls), repeats), "µs/call")
+
+    def passthrough(request, call_next):
+        return call_next(request)
+
+    plus = chain
+    for index in range(10):
+        plus = plus.insert(passthrough, name=f"pass{index}")
+    with_ten = rounds(lambda: per_call_us(lambda: plus(request), calls), repeats)
+    added = Row("2 chain overhead", "per added pass-through middleware", [(a - b) / 10 for a, b in zip(with_ten, off.samples)], "µs/call")
+    for row in (off, on, build):
+        row.note = f"+{row.median - bare.median:.1f} µs over the backend"
+    ratio_to(off, bare)
+    return [bare, off, on, build, added]
+
+
+def http_overhead(repeats: int, calls: int) -> list[Row]:
+    import litellm
+    import openai
+
+    from myopto import get_llm, set_role_config
+    from myopto.testing import FakeOpenAIServer
+
+    rows = []
+    with FakeOpenAIServer() as server:
+        client = openai.OpenAI(base_url=server.url, api_key="sk-bench", max_retries=0)
+        set_role_config("bench-custom", backend="CustomLLM", model="m", base_url=server.url, api_key="sk-bench", cache="off")
+        set_role_config("bench-litellm", backend="LiteLLM", model="openai/m", base_url=server.url, api_key="sk-bench", cache="off")
+        ours_custom, ours_lite = get_llm("bench-custom"), get_llm("bench-litellm")
+        for warm in range(20):
+            client.chat.completions.create(model="m", messages=MESSAGES)
+            ours_custom(MESSAGES)
+            litellm.completion(model="openai/m", messages=MESSAGES, api_base=server.url, api_key="sk-bench", max_retries=0)
+            ours_lite(MESSAGES)
+        raw_sdk, ours_sdk, raw_lite, ours_l = [], [], [], []
+        for _ in range(repeats):  # interleaved, so drift hits both sides alike
+            raw_sdk.append(per_call_us(lambda: client.chat.completions.create(model="m", messages=MESSAGES), calls))
+            ours_sdk.append(per_call_us(lambda: ours_custom(MESSAGES), calls))
+            raw_lite.append(per_call_us(lambda: litellm.completion(model="openai/m", messages=MESSAGES, api_base=server.url, api_key="sk-bench", max_retries=0), calls))
+            ours_l.append(per_call_us(lambda: ours_lite(MESSAGES), calls))
+        a = Row("3 HTTP, 0 ms server", "raw openai SDK", raw_sdk, "µs/call")
+        b = ratio_to(Row("3 HTTP, 0 ms server", "myopto CustomLLM role", ours_sdk, "µs/call", goal="≤ 1.05"), a)
+        c = Row("3 HTTP, 0 ms server", "raw litellm.completion", raw_lite, "µs/call")
+        d = ratio_to(Row("3 HTTP, 0 ms server", "myopto LiteLLM role", ours_l, "µs/call", goal="≤ 1.05"), c)
+        rows += [a, b, c, d]
+    return rows
+
+
+HIT_SCRIPT = """
+import json, os, sys, time
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+import warnings; warnings.filterwarnings("ignore")
+kind, url, directory, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+prompts = [[{"role": "user", "content": f"hit {i}"}] for i in range(n)]
+if kind == "myopto":
+    from myopto import get_llm, set_role_config
+    set_role_config("b", backend="CustomLLM", model="m", base_url=url, api_key="k", cache="on", cache_dir=directory)
+    call = lambda m: get_llm("b")(m)
+elif kind == "dspy":
+    import dspy
+    dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=False, disk_cache_dir=directory)
+    lm = dspy.LM("openai/m", api_base=url, api_key="k", cache=True, num_retries=0)
+    call = lambda m: lm(messages=m)
+if sys.argv[5] == "fill":
+    for m in prompts: call(m)
+else:
+    start = time.perf_counter()
+    for m in prompts: call(m)
+    print(json.dumps((time.perf_counter() - start) / n * 1e6))
+"""
+
+
+def cache_hits(repeats: int, calls: int) -> list[Row]:
+    import dspy
+
+    from myopto import get_llm, set_role_config
+    from myopto.testing import FakeOpenAIServer
+
+    rows: dict[str, Row] = {}
+    with FakeOpenAIServer() as server:
+        directory = tempfile.mkdtemp(prefix="myopto-hit-")
+        set_role_config("bench-hit", backend="CustomLLM", model="m", base_url=server.url, api_key="k", cache="on", cache_dir=directory)
+        llm = get_llm("bench-hit")
+        llm(MESSAGES)
+        rows["myopto memory"] = Row("4 cache hit", "myopto, memory (LRU)", rounds(lambda: per_call_us(lambda: llm(MESSAGES), calls), repeats), "µs/call")
+        lm = dspy.LM("openai/m", api_base=server.url, api_key="k", cache=True, num_retries=0)
+        lm(messages=MESSAGES)
+        rows["dspy memory"] = Row("4 cache hit", "DSPy, memory", rounds(lambda: per_call_us(lambda: lm(messages=MESSAGES), calls), repeats), "µs/call")
+        script = Path(tempfile.mkdtemp()) / "hits.py"
+        script.write_text(HIT_SCRIPT)
+        for kind, label in (("myopto", "myopto, disk (new process)"), ("dspy", "DSPy, disk (new process)")):
+            folder = tempfile.mkdtemp(prefix=f"hit-{kind}-")
+            subprocess.run([sys.executable, str(script), kind, server.url, folder, "200", "fill"], check=True, capture_output=True)
+            samples = []
+            for _ in range(repeats):
+                out = subprocess.run([sys.executable, str(script), kind, server.url, folder, "200", "read"], check=True, capture_output=True, text=True).stdout
+                samples.append(json.loads(out.strip().splitlines()[-1]))
+            rows[label] = Row("4 cache hit", label, samples, "µs/call")
+    ratio_to(rows["myopto memory"], rows["dspy memory"])
+    ratio_to(rows["myopto, disk (new process)"], rows["DSPy, disk (new process)"])
+    return list(rows.values())
+
+
+def concurrency(repeats: int) -> list[Row]:
+    from myopto import get_llm, set_role_config
+    from myopto.testing import FakeOpenAIServer
+
+    calls, latency, width = 200, 0.05, 16
+    ideal = calls * latency / width
+    with FakeOpenAIServer(latency=latency) as server:
+        set_role_config("bench-conc", backend="CustomLLM", model="m", base_url=server.url, api_key="k", cache="off")
+        llm = get_llm("bench-conc")
+
+        def threads() -> float:
+            start = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(width) as pool:
+                list(pool.map(lambda i: llm(f"c{i}"), range(calls)))
+            return time.perf_counter() - start
+
+        async def gathered() -> None:
+            gate = asyncio.Semaphore(width)
+
+            async def one(i: int) -> None:
+                async with gate:
+                    await llm.acall(f"a{i}")
+
+            await asyncio.gather(*(one(i) for i in range(calls)))
+
+        def tasks() -> float:
+            start = time.perf_counter()
+            asyncio.run(gathered())
+            return time.perf_counter() - start
+
+        threads()
+        ideal_row = Row("5 concurrency", f"ideal {calls}×{latency * 1000:.0f} ms / {width}", [ideal], "s")
+        rows = [
+            ideal_row,
+            ratio_to(Row("5 concurrency", "threads, 16-way", rounds(threads, repeats), "s", goal="≤ 1.15"), ideal_row),
+            ratio_to(Row("5 concurrency", "asyncio, 16-way", rounds(tasks, repeats), "s", goal="≤ 1.15"), ideal_row),
+        ]
+    return rows
+
+
+def local_models(quick: bool) -> list[Row]:
+    rows = []
+    models = ["smollm2", "qwen2-0.5b-arch"]
+    for name in models:
+        out = subprocess.run([sys.executable, str(HERE / "local_model.py"), name, *(["--quick"] if quick else [])],
+                             check=True, capture_output=True, text=True).stdout
+        for row in json.loads(out.strip().splitlines()[-1]):
+            rows.append(Row(**row))
+    return rows
+
+
+WORKLOADS = ("imports", "chain", "http", "cache", "concurrency", "local")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--skip-local", action="store_true")
+    parser.add_argument("--only", choices=WORKLOADS)
+    arguments = parser.parse_args()
+    repeats = 3 if arguments.quick else 5
+    calls = 200 if arguments.quick else 1000
+    chosen = [arguments.only] if arguments.only else [w for w in WORKLOADS if not (w == "local" and arguments.skip_local)]
+    rows: list[Row] = []
+    started = time.time()
+    for workload in chosen:
+        print(f"running {workload} ...", file=sys.stderr, flush=True)
+        if workload == "imports":
+            rows += cold_imports(repeats)
+        elif workload == "chain":
+            rows += chain_overhead(repeats, calls * 10)
+        elif workload == "http":
+            rows += http_overhead(repeats, calls // 2)
+        elif workload == "cache":
+            rows += cache_hits(repeats, calls * 5)
+        elif workload == "concurrency":
+            rows += concurrency(repeats)
+        elif workload == "local":
+            rows += local_models(arguments.quick)
+    result = table(rows)
+    print(result)
+    notes = "\n".join(f"- {row.workload} / {row.name}: {row.note}" for row in rows if row.note)
+    header = (
+        "# Benchmark results\n\n"
+        f"Produced by `make bench` ({' '.join(sys.argv[1:]) or 'full run'}) on {time.strftime('%Y-%m-%d', time.gmtime(started))}, "
+        f"{time.time() - started:.0f} s.\n\n"
+        f"Machine: {machine()}.\n\n"
+        f"Versions: {versions(['myopto', 'litellm', 'openai', 'dspy', 'diskcache', 'torch', 'transformers', 'xgrammar'])}.\n\n"
+        "Median and spread (min..max) over repeats. The ratio is figure / anchor, both measured in "
+        "this run: for times (s, µs) lower is better, for throughputs (tokens/s) higher is better.\n\n"
+    )
+    analysis = (HERE / "ANALYSIS.md").read_text() if (HERE / "ANALYSIS.md").exists() else ""
+    (HERE / "RESULTS.md").write_text(header + result + "\n\n" + (f"Notes:\n{notes}\n\n" if notes else "") + analysis)
+    print(f"\nwrote {HERE / 'RESULTS.md'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
