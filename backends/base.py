@@ -78,10 +78,6 @@ class BaseBackend:
         return f"{self.kind}{where} [{', '.join(abilities) or 'text only'}]"
 
 
-def elapsed_since(start: float) -> float:
-    return time.perf_counter() - start
-
-
 _SDK_PACKAGES = frozenset({"openai", "litellm", "httpx", "httpcore", "aiohttp"})
 
 

@@ -52,12 +52,6 @@ def engine_for(model: str, *, use_mlx: bool, device: str | None, torch_dtype: st
     return engine
 
 
-def unload_all() -> None:
-    """Drop every loaded model (tests, or to free memory)."""
-    with _registry_lock:
-        _engines.clear()
-
-
 class LocalSLM(BaseBackend):
     """A local model via transformers, or MLX with `use_mlx=True`.
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any
 
 from myopto.cache_store import CacheStore
 from myopto.errors import CacheMiss, ConfigError

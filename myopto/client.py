@@ -15,6 +15,7 @@ from myopto.pipeline import Pipeline
 from myopto.request import Request, check_messages
 from myopto.response import Response
 from myopto.runs import current_run
+from myopto.settings import Environment, read_environment
 from myopto.router import ROUTER, ResolvedRole, RoleConfig, Router, check_role, overrides_from
 
 
@@ -30,19 +31,19 @@ class RoleLLM:
         self.role = check_role(role)
         self._overrides = overrides
         self._router = router
-        self._cache: tuple[int, ResolvedRole, Pipeline] | None = None
+        self._cache: tuple[int, Environment, ResolvedRole, Pipeline] | None = None
         self._chain()  # fail now, not on the first call, when the config cannot work
 
     def _chain(self) -> tuple[ResolvedRole, Pipeline]:
         if self._overrides is None:
-            return self._router.chain(self.role)
+            return self._router.chain(self.role)  # shared, cached by the router
+        # this object's own chain: rebuilt when any config or the role's environment changes
+        version, environment = self._router.version, read_environment(self.role)
         cached = self._cache
-        if cached is not None and cached[0] == self._router.version:
-            resolved = self._router.resolve(self.role, self._overrides)
-            if resolved == cached[1]:
-                return cached[1], cached[2]
+        if cached is not None and cached[0] == version and cached[1] == environment:
+            return cached[2], cached[3]
         resolved, pipeline = self._router.chain(self.role, self._overrides)
-        self._cache = (self._router.version, resolved, pipeline)
+        self._cache = (version, environment, resolved, pipeline)
         return resolved, pipeline
 
     @property

@@ -257,3 +257,16 @@ def test_add_middleware_for_all_roles_and_at_named_positions(server):
     assert get_llm("optimizer").pipeline.names == ["logging", "usage", "outer", "structured_output", "cache", "retry"]
     with pytest.raises(ConfigError):
         remove_middleware("inner")
+
+
+def test_an_llm_with_overrides_follows_environment_and_config_changes(custom_role, monkeypatch):
+    llm = get_llm("executor", temperature=0.2)
+    assert llm("a").model == "test-model"
+    set_role_config("executor", model="changed-model")
+    assert llm("b").model == "changed-model"
+    clear_role_config("executor")
+    monkeypatch.setenv("TRACE_DEFAULT_LLM_BACKEND", "CustomLLM")
+    monkeypatch.setenv("TRACE_CUSTOMLLM_URL", custom_role.url)
+    monkeypatch.setenv("TRACE_LLM_MODEL_EXECUTOR", "from-env")
+    assert llm("c").model == "from-env"
+    assert custom_role.last_request.body["temperature"] == 0.2
