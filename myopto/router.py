@@ -31,9 +31,9 @@ from myopto.pricing import check_pricing
 from myopto.settings import DEFAULT_BACKEND, Environment, default_cache_dir, read_environment, role_variable
 
 DEFAULT_ROLES = ("executor", "optimizer", "metaoptimizer")
-USER_SLOT = "user"
+USER_SLOT = "user"  # where a user's middleware goes unless placed before/after a named one
 # Role options that configure the retry middleware -> its constructor's names.
-_RETRY_OPTIONS = {"retries": "retries", "deadline": "deadline", "retry_backoff": "backoff", "retry_max_wait": "max_wait"}  # where a user's middleware goes unless placed before/after a named one
+_RETRY_OPTIONS = {"retries": "retries", "deadline": "deadline", "retry_backoff": "backoff", "retry_max_wait": "max_wait"}
 _FROZEN_EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
