@@ -60,7 +60,9 @@ def main() -> None:
         llm = get_llm("executor")
         start = time.perf_counter()
         response = llm(messages=[{"role": "user", "content": "Hello!"}], max_tokens=40)
-        print(f"Hello! -> {response.choices[0].message.content!r}  ({time.perf_counter() - start:.1f} s, first call loads the model)\n")
+        took = "from the cache: rerun with MYOPTO_CACHE=off for fresh calls" if response.cached else \
+            f"{time.perf_counter() - start:.1f} s, the first call loads the model"
+        print(f"Hello! -> {response.choices[0].message.content!r}  ({took})\n")
 
         print("Three questions, sent together (a local model answers them in one batch):")
         for question, answer in zip(QUESTIONS, llm.batch(QUESTIONS, max_tokens=24)):
