@@ -6,7 +6,7 @@ import asyncio
 import email.utils
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from myopto.errors import (
@@ -20,7 +20,7 @@ from myopto.errors import (
     ServerError,
 )
 from myopto.request import Request
-from myopto.response import Response
+from myopto.response import Response, Usage, new_response_id
 
 _RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 _RETRYABLE_KINDS = (RateLimited, ServerError, BackendTimeout, ConnectionFailed, MalformedResponse)
@@ -76,6 +76,31 @@ class BaseBackend:
         ]
         where = f" at {self.endpoint()}" if self.endpoint() else ""
         return f"{self.kind}{where} [{', '.join(abilities) or 'text only'}]"
+
+
+def completion_response(raw: Any, request: Request, latency: float, backend: str,
+                        price: Callable[[Usage], float | None]) -> Response:
+    """A `Response` from an OpenAI-shaped chat completion (openai's or LiteLLM's object).
+
+    `price(usage)` gives the call's USD cost, or None when unknown. An answer without choices
+    is a `MalformedResponse` (retryable).
+    """
+    choices = getattr(raw, "choices", None)
+    if not choices:
+        raise MalformedResponse(f"{backend} answered with no choices", retryable=True, role=request.role, model=request.model)
+    choice = choices[0]
+    usage = getattr(raw, "usage", None)
+    tokens = Usage.of(getattr(usage, "prompt_tokens", 0), getattr(usage, "completion_tokens", 0))
+    return Response(
+        text=choice.message.content or "",
+        model=getattr(raw, "model", None) or request.model,
+        usage=tokens,
+        cost=price(tokens),
+        latency=latency,
+        finish_reason=getattr(choice, "finish_reason", None),
+        id=getattr(raw, "id", None) or new_response_id(),
+        raw=raw,
+    )
 
 
 _SDK_PACKAGES = frozenset({"openai", "litellm", "httpx", "httpcore", "aiohttp"})

@@ -9,11 +9,10 @@ import time
 import weakref
 from typing import Any, ClassVar
 
-from myopto.backends.base import BaseBackend, backend_error, is_sdk_error
-from myopto.errors import MalformedResponse
+from myopto.backends.base import BaseBackend, backend_error, completion_response, is_sdk_error
 from myopto.pricing import cost_from_map
 from myopto.request import Request
-from myopto.response import Response, Usage, new_response_id
+from myopto.response import Response
 
 PLACEHOLDER_KEY = "sk-no-key-required"
 
@@ -130,22 +129,8 @@ class CustomLLM(BaseBackend):
         return self._response(raw, request, time.perf_counter() - start)
 
     def _response(self, raw: Any, request: Request, latency: float) -> Response:
-        choices = getattr(raw, "choices", None)
-        if not choices:
-            raise MalformedResponse(
-                f"{self.kind} answered with no choices", retryable=True, role=request.role, model=request.model
-            )
-        choice = choices[0]
-        usage = getattr(raw, "usage", None)
-        tokens = Usage.of(getattr(usage, "prompt_tokens", 0), getattr(usage, "completion_tokens", 0))
-        return Response(
-            text=choice.message.content or "",
-            model=getattr(raw, "model", None) or request.model,
-            usage=tokens,
-            # priced by model name from LiteLLM's map; None (unknown) for models it does not list
-            cost=cost_from_map(request.model, tokens.prompt_tokens, tokens.completion_tokens),
-            latency=latency,
-            finish_reason=choice.finish_reason,
-            id=getattr(raw, "id", None) or new_response_id(),
-            raw=raw,
+        # priced by model name from LiteLLM's map; None (unknown) for models it does not list
+        return completion_response(
+            raw, request, latency, self.kind,
+            lambda tokens: cost_from_map(request.model, tokens.prompt_tokens, tokens.completion_tokens),
         )

@@ -8,10 +8,9 @@ import threading
 import time
 from typing import Any, ClassVar
 
-from myopto.backends.base import BaseBackend, backend_error, is_sdk_error
-from myopto.errors import MalformedResponse
+from myopto.backends.base import BaseBackend, backend_error, completion_response, is_sdk_error
 from myopto.request import Request
-from myopto.response import Response, Usage, new_response_id
+from myopto.response import Response
 
 _import_lock = threading.Lock()
 _litellm: Any = None
@@ -125,23 +124,7 @@ class LiteLLM(BaseBackend):
         return self._response(litellm, raw, request, time.perf_counter() - start)
 
     def _response(self, litellm: Any, raw: Any, request: Request, latency: float) -> Response:
-        choices = getattr(raw, "choices", None)
-        if not choices:
-            raise MalformedResponse(
-                f"{self.kind} answered with no choices", retryable=True, role=request.role, model=request.model
-            )
-        choice = choices[0]
-        usage = getattr(raw, "usage", None)
-        return Response(
-            text=choice.message.content or "",
-            model=getattr(raw, "model", None) or request.model,
-            usage=Usage.of(getattr(usage, "prompt_tokens", 0), getattr(usage, "completion_tokens", 0)),
-            cost=_cost(litellm, raw, request.model),
-            latency=latency,
-            finish_reason=getattr(choice, "finish_reason", None),
-            id=getattr(raw, "id", None) or new_response_id(),
-            raw=raw,
-        )
+        return completion_response(raw, request, latency, self.kind, lambda tokens: _cost(litellm, raw, request.model))
 
 
 def _steady(timeout: float | None) -> float | None:

@@ -7,8 +7,9 @@ import threading
 from typing import Any
 
 from myopto.backends.model_files import ModelSource
-from myopto.backends.transformers_engine import Generated, Generation, _text
+from myopto.backends.transformers_engine import Generated, Generation
 from myopto.errors import BackendUnavailable, ConfigError
+from myopto.parsing import content_text
 
 
 class MlxEngine:
@@ -36,7 +37,7 @@ class MlxEngine:
         self._lock = threading.Lock()
 
     def prompt_ids(self, messages: list[dict[str, Any]]) -> tuple[int, ...]:
-        messages = [{"role": m["role"], "content": _text(m.get("content"))} for m in messages]
+        messages = [{"role": m["role"], "content": content_text(m.get("content"))} for m in messages]
         if getattr(self.tokenizer, "chat_template", None):
             ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
             if isinstance(ids, dict) or hasattr(ids, "keys"):

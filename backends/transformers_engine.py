@@ -11,6 +11,7 @@ from myopto.backends.batcher import Batcher
 from myopto.backends.json_grammar import GrammarCache, JsonConstraint
 from myopto.backends.model_files import ModelSource
 from myopto.errors import BackendUnavailable
+from myopto.parsing import content_text
 
 DEFAULT_MAX_NEW_TOKENS = 256
 
@@ -116,7 +117,7 @@ class TransformersEngine:
     # -- prompts -----------------------------------------------------------------------------
     def prompt_ids(self, messages: list[dict[str, Any]]) -> tuple[int, ...]:
         """Token ids of the chat prompt (the model's chat template, or a plain format without one)."""
-        messages = [{"role": m["role"], "content": _text(m.get("content"))} for m in messages]
+        messages = [{"role": m["role"], "content": content_text(m.get("content"))} for m in messages]
         if self.has_chat_template:
             encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
             ids = encoded["input_ids"]
@@ -216,9 +217,3 @@ class _RowBudget:
         last = input_ids[:, -1].tolist()
         done = [d or (generated > 0 and token in self.stop_ids) for d, token in zip(done, last)]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, list):
-        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-    return "" if content is None else str(content)

@@ -82,28 +82,31 @@ class StructuredOutput(Middleware):
     def __call__(self, request: Request, call_next: Handler) -> Response:
         shaped = self.process_request(request)
         response = call_next(shaped)
-        for attempt in range(self.reasks + 1):
-            try:
-                return self.parse(request, response)
-            except SchemaError as error:
-                if attempt == self.reasks:
-                    raise
-                shaped = _reask(shaped, response, error)
-                response = _added(response, call_next(shaped))
-        raise AssertionError("unreachable")  # pragma: no cover
+        for _ in range(self.reasks):
+            outcome = self._settle(request, shaped, response)
+            if isinstance(outcome, Response):
+                return outcome
+            shaped = outcome
+            response = _added(response, call_next(shaped))
+        return self.parse(request, response)
 
     async def acall(self, request: Request, call_next: AsyncHandler) -> Response:
         shaped = self.process_request(request)
         response = await call_next(shaped)
-        for attempt in range(self.reasks + 1):
-            try:
-                return self.parse(request, response)
-            except SchemaError as error:
-                if attempt == self.reasks:
-                    raise
-                shaped = _reask(shaped, response, error)
-                response = _added(response, await call_next(shaped))
-        raise AssertionError("unreachable")  # pragma: no cover
+        for _ in range(self.reasks):
+            outcome = self._settle(request, shaped, response)
+            if isinstance(outcome, Response):
+                return outcome
+            shaped = outcome
+            response = _added(response, await call_next(shaped))
+        return self.parse(request, response)
+
+    def _settle(self, request: Request, shaped: Request, response: Response) -> Response | Request:
+        """The parsed response, or the re-ask to send when the answer does not fit the schema."""
+        try:
+            return self.parse(request, response)
+        except SchemaError as error:
+            return _reask(shaped, response, error)
 
     def parse(self, request: Request, response: Response) -> Response:
         """Fill `response.parsed` for a JSON request; validate it against the schema when one was given."""

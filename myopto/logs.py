@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from myopto.parsing import content_text
 from myopto.settings import log_settings, secret_values
 
 _SECRET_KEYS = frozenset({"api_key", "apikey", "api-key", "x-api-key", "authorization", "password", "secret"})
@@ -251,10 +252,8 @@ def format_call(record: dict[str, Any]) -> str:
     if status == "error":
         lines.append(f"  error: {record.get('error_type')}: {record.get('error')}")
     for message in record.get("messages") or []:
-        content = message.get("content")
-        if isinstance(content, list):
-            content = "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-        lines.append(f"  [{message.get('role')}] " + str(content).replace("\n", "\n    "))
+        content = content_text(message.get("content"))
+        lines.append(f"  [{message.get('role')}] " + content.replace("\n", "\n    "))
     if "answer" in record:
         lines.append("  [answer] " + str(record["answer"]).replace("\n", "\n    "))
     return "\n".join(lines)

@@ -32,15 +32,15 @@ def extract_text(response: Any) -> str:
         first = choices[0]
         message = _get(first, "message")
         if message is not None:
-            return _content_text(_get(message, "content"))
-        return _content_text(_get(first, "text"))
+            return content_text(_get(message, "content"))
+        return content_text(_get(first, "text"))
     if isinstance(response, Mapping):
         for key in ("content", "text", "output"):
             if key in response:
-                return _content_text(response[key])
+                return content_text(response[key])
     content = getattr(response, "content", None)
     if content is not None:
-        return _content_text(content)
+        return content_text(content)
     raise TypeError(f"cannot find the answer text in a {type(response).__name__}")
 
 
@@ -50,7 +50,8 @@ def _get(obj: Any, key: str) -> Any:
     return getattr(obj, key, None)
 
 
-def _content_text(content: Any) -> str:
+def content_text(content: Any) -> str:
+    """The text of a message's `content`: a string, or a list of content parts (their text joined)."""
     if content is None:
         return ""
     if isinstance(content, str):

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from myopto.parsing import content_text
+
 Responder = Callable[[dict[str, Any]], Any]
 
 
@@ -57,14 +59,8 @@ class RecordedRequest:
     def last_user_content(self) -> str:
         for message in reversed(self.messages):
             if message.get("role") == "user":
-                return _text(message.get("content"))
+                return content_text(message.get("content"))
         return ""
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, list):
-        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-    return "" if content is None else str(content)
 
 
 def count_tokens(text: str) -> int:
@@ -115,7 +111,7 @@ def default_answer(body: dict[str, Any]) -> str:
     last = ""
     for message in reversed(body.get("messages", [])):
         if message.get("role") == "user":
-            last = _text(message.get("content"))
+            last = content_text(message.get("content"))
             break
     if response_format.get("type") == "json_object":
         return json.dumps({"echo": last})
@@ -332,7 +328,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(400, {"error": {"message": "'model' and 'messages' are required", "type": "invalid_request_error"}})
             return
         answer = owner._answer(body, reply)
-        prompt_tokens = sum(count_tokens(_text(m.get("content"))) for m in body["messages"])
+        prompt_tokens = sum(count_tokens(content_text(m.get("content"))) for m in body["messages"])
         completion_tokens = count_tokens(answer)
         self._send_json(200, {
             "id": "chatcmpl-" + uuid.uuid4().hex[:24],
