@@ -112,7 +112,11 @@ class Cache(Middleware):
             return await call_next(request)
         key = request.fingerprint()
         if mode != "refresh":
-            hit = await asyncio.to_thread(self._lookup, key, mode) if self._on_disk_only(key) else self._lookup(key, mode)
+            in_memory = getattr(self.store, "in_memory", None)
+            if in_memory is not None and in_memory(key):
+                hit = self._lookup(key, mode)
+            else:  # a disk or network read must not block the event loop
+                hit = await asyncio.to_thread(self._lookup, key, mode)
             if hit is not None:
                 return hit
         flight, leader = self._join(key)
@@ -129,10 +133,6 @@ class Cache(Middleware):
         return response
 
     # -- parts -------------------------------------------------------------------------------
-    def _on_disk_only(self, key: str) -> bool:
-        memory = getattr(self.store, "_memory", None)
-        return memory is None or key not in memory
-
     def _lookup(self, key: str, mode: str) -> Response | None:
         start = time.perf_counter()
         record = self.store.get(key)

@@ -21,6 +21,10 @@ class CacheStore(Protocol):
 
     def get(self, key: str) -> dict[str, Any] | None: ...
 
+    def in_memory(self, key: str) -> bool:
+        """True when `get(key)` answers without I/O (async callers then skip the worker thread)."""
+        ...
+
     def set(self, key: str, record: dict[str, Any]) -> None: ...
 
     def items(self) -> Iterator[tuple[str, dict[str, Any]]]: ...
@@ -81,6 +85,9 @@ class DiskStore:
             self._memory.move_to_end(key)
             while len(self._memory) > self._memory_entries:
                 self._memory.popitem(last=False)
+
+    def in_memory(self, key: str) -> bool:
+        return key in self._memory
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:

@@ -71,8 +71,8 @@ class RoleConfig:
         if pricing is not None:
             pricing = MappingProxyType(check_pricing(pricing))
         reasks = options.pop("reasks", None)
-        if reasks is not None and (isinstance(reasks, bool) or not isinstance(reasks, int) or reasks < 0):
-            raise ConfigError(f"reasks must be a whole number >= 0, got {reasks!r}")
+        if reasks is not None:
+            StructuredOutput(reasks=reasks)  # checks the value now, as Retry does below
         if structured_output is not None and structured_output not in MODES:
             raise ConfigError(f"structured_output must be one of {MODES}, got {structured_output!r}")
         cache = options.pop("cache", None)
