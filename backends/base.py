@@ -19,6 +19,7 @@ from myopto.errors import (
     RateLimited,
     ServerError,
 )
+from myopto.pricing import cost_from_map
 from myopto.request import Request
 from myopto.response import Response, Usage, new_response_id
 
@@ -62,6 +63,11 @@ class BaseBackend:
     def endpoint(self) -> str | None:
         """Where calls go (a base URL), when that decides the answer; part of the cache key."""
         return None
+
+    @classmethod
+    def knows_price(cls, model: str) -> bool:
+        """Whether this backend can price a call to `model` (a budget needs a measurable cost)."""
+        return cls.reports_cost and cost_from_map(model, 1, 1) is not None
 
     def describe(self) -> str:
         abilities = [

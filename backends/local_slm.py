@@ -121,6 +121,10 @@ class LocalSLM(BaseBackend):
             finish_reason=result.finish_reason,
         )
 
+    @classmethod
+    def knows_price(cls, model: str) -> bool:
+        return True  # a local model costs nothing
+
     def describe(self) -> str:
         engine = "mlx" if self.use_mlx else "transformers"
         return f"{self.kind} [{engine}, batching, JSON by prompt or grammar, cost 0]"

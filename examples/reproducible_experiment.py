@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from myopto import CacheMiss
-from myopto.cache_store import disk_store
+from myopto.stores.disk import disk_store
 from myopto.cache_transfer import export_records
 from myopto.testing import FakeOpenAIServer
 from myopto.utils import get_llm, set_role_config

@@ -11,7 +11,9 @@ timeouts or run tags). Modes:
 - `replay`: read only, and a miss raises `CacheMiss` instead of calling the backend.
 
 Errors are never cached. Identical concurrent requests make one backend call (single flight);
-every caller gets its answer.
+every caller gets its answer. With a store that can coordinate processes (`RedisStore.claim`),
+that holds across processes and machines too: in `on` mode the caller that takes the store's
+lease calls the backend, and the others wait for its answer (or take over when it fails or dies).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import Any
 
-from myopto.cache_store import CacheStore
+from myopto.stores import CacheStore
 from myopto.errors import CacheMiss, ConfigError
 from myopto.pipeline import AsyncHandler, Handler, Middleware
 from myopto.request import Request
@@ -28,6 +31,9 @@ from myopto.response import Response
 
 MODES = ("on", "off", "read_only", "refresh", "replay")
 RECORD_VERSION = 1
+# Waiting on another process's call: polls start 5 ms apart and slow to 100 ms (one Redis round
+# trip each), so a short call is picked up at once and a long one costs ~10 polls a second.
+_FIRST_POLL, _LAST_POLL = 0.005, 0.1
 
 
 class _Flight:
@@ -97,11 +103,17 @@ class Cache(Middleware):
             flight.done.wait()
             return self._result(flight)
         try:
-            response = call_next(request)
+            response, lease = self._claim(key, mode)
+            if response is None:
+                try:
+                    response = call_next(request)
+                    self._save(key, request, response, mode)
+                finally:
+                    if lease is not None:
+                        lease.release()
         except BaseException as error:
             self._land(key, flight, error=error)
             raise
-        self._save(key, request, response, mode)
         self._land(key, flight, response=response)
         return response
 
@@ -124,21 +136,31 @@ class Cache(Middleware):
             await flight.wait_async()
             return self._result(flight)
         try:
-            response = await call_next(request)
+            response, lease = await self._aclaim(key, mode)
+            if response is None:
+                try:
+                    response = await call_next(request)
+                    await asyncio.to_thread(self._save, key, request, response, mode)
+                finally:
+                    if lease is not None:
+                        await asyncio.to_thread(lease.release)
         except BaseException as error:
             self._land(key, flight, error=error)
             raise
-        await asyncio.to_thread(self._save, key, request, response, mode)
         self._land(key, flight, response=response)
         return response
 
     # -- parts -------------------------------------------------------------------------------
+    @staticmethod
+    def _hit(record: dict, start: float) -> Response:
+        response = Response.from_dict(record["response"])
+        return response.replace(cached=True, attempts=0, latency=time.perf_counter() - start)
+
     def _lookup(self, key: str, mode: str) -> Response | None:
         start = time.perf_counter()
         record = self.store.get(key)
         if record is not None:
-            response = Response.from_dict(record["response"])
-            return response.replace(cached=True, attempts=0, latency=time.perf_counter() - start)
+            return self._hit(record, start)
         if mode == "replay":
             raise CacheMiss(
                 f"replay mode: no cached answer for this request (key {key[:16]}...); nothing was sent. "
@@ -146,6 +168,33 @@ class Cache(Middleware):
                 key=key,
             )
         return None
+
+    def _claim(self, key: str, mode: str) -> tuple[Response | None, Any]:
+        """Across processes: (another worker's answer, None) or (None, our lease, or None when the
+        store cannot coordinate processes or the mode does not write)."""
+        claim = getattr(self.store, "claim", None)
+        if claim is None or mode != "on":
+            return None, None
+        start, pause = time.perf_counter(), _FIRST_POLL
+        while True:
+            record, lease, left = claim(key)
+            if record is not None or lease is not None:
+                return (self._hit(record, start) if record is not None else None), lease
+            time.sleep(min(pause, max(left, 0.001)))
+            pause = min(pause * 1.5, _LAST_POLL)
+
+    async def _aclaim(self, key: str, mode: str) -> tuple[Response | None, Any]:
+        """`_claim` for async callers: the polls run in a worker thread, the waits on the loop."""
+        claim = getattr(self.store, "claim", None)
+        if claim is None or mode != "on":
+            return None, None
+        start, pause = time.perf_counter(), _FIRST_POLL
+        while True:
+            record, lease, left = await asyncio.to_thread(claim, key)
+            if record is not None or lease is not None:
+                return (self._hit(record, start) if record is not None else None), lease
+            await asyncio.sleep(min(pause, max(left, 0.001)))
+            pause = min(pause * 1.5, _LAST_POLL)
 
     def _join(self, key: str) -> tuple[_Flight, bool]:
         with self._lock:
@@ -182,5 +231,5 @@ class Cache(Middleware):
         self.store.set(key, record)
 
     def describe(self) -> str:
-        where = getattr(self.store, "directory", type(self.store).__name__)
+        where = getattr(self.store, "location", type(self.store).__name__)
         return f"{self.name} ({self.mode}, {where})"

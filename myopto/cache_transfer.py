@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
-from myopto.cache_store import CacheStore
+from myopto.stores import CacheStore
 from myopto.errors import InvalidRequest
 
 

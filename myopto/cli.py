@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from myopto.router import ROUTER
 
@@ -29,22 +30,45 @@ def roles_report(roles: Sequence[str] | None = None) -> str:
     return "\n\n".join(blocks)
 
 
-def _cache_command(arguments: argparse.Namespace) -> int:
-    from myopto.cache_store import disk_store
-    from myopto.cache_transfer import export_records, import_records
-    from myopto.settings import default_cache_dir
+def _cache_store(arguments: argparse.Namespace) -> Any:
+    """The store the cache command works on: `--url`, else `--dir`, else the environment's."""
+    from myopto.redis_connection import check_url
+    from myopto.settings import default_cache_dir, read_environment
+    from myopto.stores import open_store
 
-    store = disk_store(arguments.dir or default_cache_dir())
-    if arguments.cache_command == "stats":
-        print(json.dumps(store.stats(), indent=2))
-    elif arguments.cache_command == "clear":
-        print(f"removed {store.clear()} entries from {store.directory}")
-    elif arguments.cache_command == "export":
-        with open(arguments.file, "w", encoding="utf-8") as out:
-            count = export_records(store, out, run=arguments.run)
-        print(f"exported {count} entries to {arguments.file}", file=sys.stderr)
-    elif arguments.cache_command == "import":
-        print(f"imported {import_records(store, arguments.file)} entries into {store.directory}", file=sys.stderr)
+    environment = read_environment("executor")
+    namespace = arguments.namespace or environment.cache_namespace or "myopto"
+    if arguments.url:
+        return open_store(check_url(arguments.url, what="--url"), namespace=namespace)
+    if arguments.dir:
+        return open_store(str(arguments.dir))
+    if environment.cache_url:
+        return open_store(check_url(environment.cache_url), namespace=namespace)
+    return open_store(str(default_cache_dir()))
+
+
+def _cache_command(arguments: argparse.Namespace) -> int:
+    from myopto.cache_transfer import export_records, import_records
+    from myopto.errors import MyoptoError
+
+    try:
+        store = _cache_store(arguments)
+        if arguments.cache_command == "stats":
+            stats = store.stats()
+            print(json.dumps(stats, indent=2))
+            if "warning" in stats:
+                print(f"warning: {stats['warning']}", file=sys.stderr)
+        elif arguments.cache_command == "clear":
+            print(f"removed {store.clear()} entries from {store.location}")
+        elif arguments.cache_command == "export":
+            with open(arguments.file, "w", encoding="utf-8") as out:
+                count = export_records(store, out, run=arguments.run)
+            print(f"exported {count} entries to {arguments.file}", file=sys.stderr)
+        elif arguments.cache_command == "import":
+            print(f"imported {import_records(store, arguments.file)} entries into {store.location}", file=sys.stderr)
+    except MyoptoError as error:
+        print(f"myopto cache: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -98,15 +122,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     roles = commands.add_parser("roles", help="print each role's resolved backend, model and chain")
     roles.add_argument("role", nargs="*", help="roles to show (default: executor, optimizer, metaoptimizer)")
-    cache = commands.add_parser("cache", help="look after the disk cache")
-    cache.add_argument("--dir", help="cache directory (default: MYOPTO_CACHE_DIR or the user cache dir)")
+    # --dir / --url / --namespace are accepted before or after the subcommand
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--dir", help="cache directory (default: MYOPTO_CACHE_DIR or the user cache dir)")
+    where.add_argument("--url", help="a Redis URL instead of a directory (default: MYOPTO_CACHE_URL)")
+    where.add_argument("--namespace", help="Redis key namespace (default: MYOPTO_CACHE_NAMESPACE or myopto)")
+    after = argparse.ArgumentParser(add_help=False)
+    for action in where._actions:
+        after.add_argument(*action.option_strings, help=action.help, default=argparse.SUPPRESS)
+    cache = commands.add_parser("cache", help="look after the cache (a directory or a Redis server)", parents=[where])
     cache_commands = cache.add_subparsers(dest="cache_command", required=True)
-    cache_commands.add_parser("stats", help="entries, size on disk, hits and misses of this process")
-    cache_commands.add_parser("clear", help="remove every entry")
-    export = cache_commands.add_parser("export", help="write entries as JSON lines")
+    cache_commands.add_parser("stats", parents=[after],
+                              help="entries and size; on Redis its memory and maxmemory-policy too")
+    cache_commands.add_parser("clear", parents=[after], help="remove every entry")
+    export = cache_commands.add_parser("export", parents=[after], help="write entries as JSON lines")
     export.add_argument("file")
     export.add_argument("--run", help="only the entries recorded in this run")
-    load = cache_commands.add_parser("import", help="read entries from JSON lines")
+    load = cache_commands.add_parser("import", parents=[after], help="read entries from JSON lines")
     load.add_argument("file")
     logs = commands.add_parser("logs", help="read a call log (MYOPTO_LOG_FILE)")
     logs_commands = logs.add_subparsers(dest="logs_command", required=True)

@@ -106,6 +106,8 @@ class RoleLLM:
         active = current_run()
         if active is not None and "run" not in (metadata or {}):
             metadata = {**(metadata or {}), "run": active.name, "tags": dict(active.tags)}
+            if active.budgets:
+                metadata["budgets"] = active.budgets
         return Request(
             model=model or resolved.model,
             messages=check_messages(messages),

@@ -117,3 +117,29 @@ class CacheMiss(MyoptoError):
     def __init__(self, message: str, *, key: str | None = None) -> None:
         super().__init__(message)
         self.key = key
+
+
+class CacheUnavailable(MyoptoError):
+    """The store that records answers (a Redis server, a cache directory) cannot be used.
+
+    Raised before the request is sent: an answer that cannot be recorded would break replay, so
+    nothing is sent. `location` names the store (a Redis URL with its password masked, or a path).
+    """
+
+    def __init__(self, message: str, *, location: str | None = None) -> None:
+        super().__init__(message)
+        self.location = location
+
+
+class BudgetExceeded(MyoptoError):
+    """A run's or a role's spending limit (`max_cost_usd`) is reached; the request was not sent.
+
+    Never retried; cached answers are still served. `scope` is `"run <name>"` or `"role <name>"`,
+    `spent` and `budget` are USD.
+    """
+
+    def __init__(self, message: str, *, scope: str, spent: float, budget: float) -> None:
+        super().__init__(message)
+        self.scope = scope
+        self.spent = spent
+        self.budget = budget

@@ -17,16 +17,19 @@ from typing import Any
 
 from myopto.backends import backend_class, canonical_backend_name
 from myopto.errors import ConfigError, InvalidRequest
-from myopto.cache_store import disk_store
 from myopto.middleware.cache import MODES as CACHE_MODES
 from myopto.middleware.cache import Cache
+from myopto.middleware.limits import Limits
 from myopto.middleware.logging import Logging
 from myopto.middleware.retry import Retry
 from myopto.middleware.structured_output import MODES, StructuredOutput
 from myopto.middleware.usage import Usage
 from myopto.params import GENERATION_PARAMS, check_params
 from myopto.pipeline import Middleware, Pipeline, as_middleware
+from myopto.limiter import limiter_for
 from myopto.logs import register_secret
+from myopto.redis_connection import check_url, is_redis_url
+from myopto.stores import open_store
 from myopto.pricing import check_pricing
 from myopto.settings import DEFAULT_BACKEND, Environment, default_cache_dir, read_environment, role_variable
 
@@ -53,6 +56,11 @@ class RoleConfig:
     retry: Mapping[str, Any] = dataclasses.field(default_factory=lambda: _FROZEN_EMPTY)
     reasks: int | None = None
     pricing: Mapping[str, float] | None = None
+    cache_url: str | None = None
+    limits_url: str | None = None
+    rpm: float | None = None
+    tpm: float | None = None
+    max_cost_usd: float | None = None
 
     @classmethod
     def from_options(cls, backend: str | None = None, model: str | None = None, **options: Any) -> RoleConfig:
@@ -79,6 +87,13 @@ class RoleConfig:
         if cache is not None and cache not in CACHE_MODES:
             raise ConfigError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
         cache_dir = options.pop("cache_dir", None)
+        cache_url = options.pop("cache_url", None)
+        if cache_url is not None:
+            check_url(cache_url, what="cache_url")
+        limits_url = options.pop("limits_url", None)
+        if limits_url is not None:
+            check_url(limits_url, what="limits_url")
+        rpm, tpm, max_cost_usd = (_positive(options.pop(name, None), name) for name in ("rpm", "tpm", "max_cost_usd"))
         retry = {name: options.pop(key) for key, name in _RETRY_OPTIONS.items() if options.get(key) is not None}
         for key in _RETRY_OPTIONS:
             options.pop(key, None)
@@ -104,6 +119,11 @@ class RoleConfig:
             retry=MappingProxyType(retry),
             reasks=reasks,
             pricing=pricing,
+            cache_url=cache_url,
+            limits_url=limits_url,
+            rpm=rpm,
+            tpm=tpm,
+            max_cost_usd=max_cost_usd,
         )
 
     def merged(self, update: RoleConfig) -> RoleConfig:
@@ -121,6 +141,11 @@ class RoleConfig:
             retry=MappingProxyType({**self.retry, **update.retry}),
             reasks=update.reasks if update.reasks is not None else self.reasks,
             pricing=update.pricing or self.pricing,
+            cache_url=update.cache_url or self.cache_url,
+            limits_url=update.limits_url or self.limits_url,
+            rpm=update.rpm or self.rpm,
+            tpm=update.tpm or self.tpm,
+            max_cost_usd=update.max_cost_usd or self.max_cost_usd,
         )
 
 
@@ -136,10 +161,16 @@ class ResolvedRole:
     middleware: tuple[Middleware, ...]
     structured_output: str
     cache: str
-    cache_dir: str
+    cache_location: str  # a cache directory or a Redis URL
     retry: Mapping[str, Any]
     reasks: int
     pricing: Mapping[str, float] | None
+    namespace: str  # of the Redis keys
+    lease_seconds: float
+    limits_url: str | None  # None: rate limits and budgets are this process's own
+    rpm: float | None
+    tpm: float | None
+    max_cost_usd: float | None
     source: Mapping[str, str]  # where backend and model came from, for `myopto roles`
 
 
@@ -262,6 +293,13 @@ class Router:
                 f"{sorted(cls.option_names)} and generation parameters such as temperature. "
                 f"If an earlier call set them, clear_role_config({role!r}) starts over"
             )
+        cache_location, limits_url, namespace, lease_seconds = _shared_state(config, environment)
+        if config.max_cost_usd is not None and config.pricing is None and not cls.knows_price(model):
+            raise ConfigError(
+                f"role {role!r} has max_cost_usd but the price of model {model!r} is unknown: a budget that "
+                f"cannot be measured is no budget. Give set_role_config({role!r}, pricing={{'input': ..., "
+                "'output': ...}) in USD per million tokens"
+            )
         return ResolvedRole(
             role=role,
             backend=backend,
@@ -271,10 +309,16 @@ class Router:
             middleware=config.middleware,
             structured_output=config.structured_output or "auto",
             cache=config.cache or environment.cache_mode or "on",
-            cache_dir=config.cache_dir or str(default_cache_dir()),
+            cache_location=cache_location,
             retry=config.retry,
             reasks=config.reasks if config.reasks is not None else 1,
             pricing=config.pricing,
+            namespace=namespace,
+            lease_seconds=lease_seconds,
+            limits_url=limits_url,
+            rpm=config.rpm,
+            tpm=config.tpm,
+            max_cost_usd=config.max_cost_usd,
             source=MappingProxyType({"backend": backend_source, "model": model_source}),
         )
 
@@ -286,7 +330,8 @@ class Router:
         # usage outside the user's middleware and the cache, so it sees every call, cached or not;
         # the user's slot; structured output shapes the request before anything keys or sends it;
         # the cache keys the request as it will be sent, and a hit never reaches retry or the
-        # backend; retry sits next to the backend so each attempt is one backend call.
+        # backend; retry wraps each attempt; limits sits next to the backend, so every request
+        # actually sent (each retry too) counts against rates and budgets, and no hit does.
         chain: list[Any] = [
             Logging(),
             Usage(pricing=resolved.pricing),
@@ -298,8 +343,20 @@ class Router:
                 mode=resolved.structured_output,
                 reasks=resolved.reasks,
             ),
-            Cache(disk_store(resolved.cache_dir), mode=resolved.cache),
+            Cache(
+                open_store(resolved.cache_location, namespace=resolved.namespace, lease_seconds=resolved.lease_seconds),
+                mode=resolved.cache,
+            ),
             Retry(**resolved.retry),
+            Limits(
+                limiter_for(resolved.limits_url, resolved.namespace),
+                rpm=resolved.rpm,
+                tpm=resolved.tpm,
+                max_cost_usd=resolved.max_cost_usd,
+                role=resolved.role,
+                pricing=resolved.pricing,
+                price_known=backend.knows_price,
+            ),
         ]
         slot = chain.index(USER_SLOT)
         placed = [p for p in self._placements if p.roles is None or resolved.role in p.roles]
@@ -335,6 +392,41 @@ class Router:
     @property
     def version(self) -> int:
         return self._version
+
+
+def _positive(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{name} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def _shared_state(config: RoleConfig, environment: Environment) -> tuple[str, str | None, str, float]:
+    """Where the role's cache and limits live: (cache directory or Redis URL, limits Redis URL or
+    None, Redis key namespace, lease seconds). Explicit config wins over the environment; the
+    limits follow a Redis cache unless told otherwise."""
+    if config.cache_url or config.cache_dir:
+        cache_location = config.cache_url or str(config.cache_dir)
+    elif environment.cache_url:
+        cache_location = check_url(environment.cache_url, what="MYOPTO_CACHE_URL")
+    else:
+        cache_location = str(default_cache_dir())
+    limits_url = config.limits_url or environment.limits_url
+    if limits_url is None and is_redis_url(cache_location):
+        limits_url = cache_location
+    elif limits_url is not None:
+        check_url(limits_url, what="MYOPTO_LIMITS_URL")
+    namespace = environment.cache_namespace or "myopto"
+    if any(character in namespace for character in "{}* "):
+        raise ConfigError(f"MYOPTO_CACHE_NAMESPACE must not contain braces, '*' or spaces, got {namespace!r}")
+    try:
+        lease_seconds = float(environment.lease_seconds or 10)
+    except ValueError:
+        lease_seconds = 0.0
+    if not 0.1 <= lease_seconds <= 3600:
+        raise ConfigError(f"MYOPTO_CACHE_LEASE_SECONDS must be 0.1-3600 seconds, got {environment.lease_seconds!r}")
+    return cache_location, limits_url, namespace, lease_seconds
 
 
 def check_role(role: Any) -> str:

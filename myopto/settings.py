@@ -11,6 +11,10 @@
 | `TRACE_CUSTOMLLM_API_KEY` | CustomLLM's API key | `OPENAI_API_KEY`, else none |
 | `MYOPTO_CACHE` | cache mode: on, off, read_only, refresh, replay | `on` |
 | `MYOPTO_CACHE_DIR` | cache directory | the platform's user cache dir + `/myopto` |
+| `MYOPTO_CACHE_URL` | a Redis URL (`redis://`, `rediss://`, `unix://`): the cache lives there instead | - |
+| `MYOPTO_CACHE_NAMESPACE` | prefix of every Redis key, to keep experiments or teams apart | `myopto` |
+| `MYOPTO_CACHE_LEASE_SECONDS` | life of a single-flight lease on Redis (renewed while the call runs) | `10` |
+| `MYOPTO_LIMITS_URL` | a Redis URL: rate limits and budgets shared by every worker | a Redis `MYOPTO_CACHE_URL` |
 | `MYOPTO_LOG_FILE` | write one JSON line per call to this file | no log |
 | `MYOPTO_LOG_MESSAGES` | `1` to include messages and answers in the log | `0` |
 """
@@ -47,6 +51,10 @@ class Environment:
     openai_api_key: str | None = dataclasses.field(repr=False)
     cache_mode: str | None = None
     cache_dir: str | None = None
+    cache_url: str | None = None
+    cache_namespace: str | None = None
+    lease_seconds: str | None = None
+    limits_url: str | None = None
 
     def backend_defaults(self, backend: str) -> dict[str, str]:
         """Model, base URL and key a backend falls back to when the role config gives none."""
@@ -82,6 +90,10 @@ def read_environment(role: str) -> Environment:
         openai_api_key=_get("OPENAI_API_KEY"),
         cache_mode=_get("MYOPTO_CACHE"),
         cache_dir=_get("MYOPTO_CACHE_DIR"),
+        cache_url=_get("MYOPTO_CACHE_URL"),
+        cache_namespace=_get("MYOPTO_CACHE_NAMESPACE"),
+        lease_seconds=_get("MYOPTO_CACHE_LEASE_SECONDS"),
+        limits_url=_get("MYOPTO_LIMITS_URL"),
     )
 
 

@@ -9,6 +9,7 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from myopto import clear_role_config, configure_usage, reset_usage  # noqa: E402
+from myopto.limiter import LOCAL  # noqa: E402
 from myopto.testing import FakeOpenAIServer  # noqa: E402
 
 _ENV_PREFIXES = ("TRACE_", "MYOPTO_")
@@ -45,6 +46,7 @@ def clean_state(monkeypatch, tmp_path):
     clear_role_config()
     reset_usage()
     configure_usage(True)
+    LOCAL.reset()
     yield
     clear_role_config()
     reset_usage()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from myopto import CacheMiss, get_llm, get_usage_summary, set_role_config
-from myopto.cache_store import DiskStore, UnsafeCacheEntry, disk_store
+from myopto.stores.disk import DiskStore, UnsafeCacheEntry, disk_store
 from myopto.testing import FakeOpenAIServer
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
@@ -183,13 +183,14 @@ def test_export_and_import_between_directories(cached, tmp_path):
         get_llm()("two", cache="replay")
 
 
-def test_import_rejects_a_file_that_is_not_an_export(tmp_path):
+def test_import_rejects_a_file_that_is_not_an_export(tmp_path, capsys):
     from myopto.cli import main
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"hello": 1}\n')
-    with pytest.raises(ValueError, match="not a myopto cache record"):
-        main(["cache", "--dir", str(tmp_path / "c"), "import", str(bad)])
+    assert main(["cache", "--dir", str(tmp_path / "c"), "import", str(bad)]) == 2
+    assert "not a myopto cache record" in capsys.readouterr().err
+    assert len(disk_store(tmp_path / "c")) == 0
 
 
 def test_stats_and_clear(cached, capsys):
@@ -256,7 +257,7 @@ def test_a_run_killed_half_way_resumes_calling_only_what_had_not_finished(tmp_pa
 WRITER = """
 import sys
 from myopto import Pipeline, Request
-from myopto.cache_store import disk_store
+from myopto.stores.disk import disk_store
 from myopto.middleware.cache import Cache
 from myopto.testing import EchoBackend
 worker, directory = sys.argv[1], sys.argv[2]

@@ -1,37 +1,21 @@
-"""Where cached answers live: a small store interface, and its diskcache implementation.
+"""`DiskStore`: cached answers in a diskcache directory, one machine's default store.
 
 Values are JSON text, never pickle: `SafeDisk` refuses to unpickle anything it finds, so a cache
 directory from someone else cannot run code. Nothing is evicted unless a size limit is set.
+A directory whose database is damaged is reported with its path and never deleted.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from myopto.errors import MyoptoError
-
-
-class CacheStore(Protocol):
-    """What the cache middleware needs from a store. A Redis store would implement the same."""
-
-    def get(self, key: str) -> dict[str, Any] | None: ...
-
-    def in_memory(self, key: str) -> bool:
-        """True when `get(key)` answers without I/O (async callers then skip the worker thread)."""
-        ...
-
-    def set(self, key: str, record: dict[str, Any]) -> None: ...
-
-    def items(self) -> Iterator[tuple[str, dict[str, Any]]]: ...
-
-    def stats(self) -> dict[str, Any]: ...
-
-    def clear(self) -> int: ...
+from myopto.errors import CacheUnavailable, MyoptoError
+from myopto.stores.memory import MemoryLRU
 
 
 class UnsafeCacheEntry(MyoptoError):
@@ -68,48 +52,44 @@ class DiskStore:
         import diskcache
 
         self.directory = Path(directory).expanduser()
+        self.location = str(self.directory)
         settings: dict[str, Any] = {"eviction_policy": "none", "size_limit": 2**62}
         if size_limit is not None:
             settings = {"eviction_policy": "least-recently-stored", "size_limit": int(size_limit)}
-        self._cache = diskcache.Cache(str(self.directory), disk=_safe_disk(), statistics=False, **settings)
-        self._memory: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._memory_entries = memory_entries
+        try:
+            self._cache = diskcache.Cache(str(self.directory), disk=_safe_disk(), statistics=False, **settings)
+        except sqlite3.DatabaseError as error:
+            raise CacheUnavailable(
+                f"the cache directory {self.directory} holds a {self.directory / 'cache.db'} that is not a "
+                f"usable SQLite database ({error}). Nothing was deleted: move that directory aside (or "
+                "delete it if it holds nothing you need), or point MYOPTO_CACHE_DIR / cache_dir= elsewhere",
+                location=str(self.directory),
+            ) from error
+        self.memory = MemoryLRU(memory_entries)
         self._lock = threading.Lock()
-        self.memory_hits = 0
         self.disk_hits = 0
         self.misses = 0
 
-    def _remember(self, key: str, record: dict[str, Any]) -> None:
-        with self._lock:
-            self._memory[key] = record
-            self._memory.move_to_end(key)
-            while len(self._memory) > self._memory_entries:
-                self._memory.popitem(last=False)
-
     def in_memory(self, key: str) -> bool:
-        return key in self._memory
+        return key in self.memory
 
     def get(self, key: str) -> dict[str, Any] | None:
-        with self._lock:
-            record = self._memory.get(key)
-            if record is not None:
-                self._memory.move_to_end(key)
-                self.memory_hits += 1
-                return record
+        record = self.memory.get(key)
+        if record is not None:
+            return record
         text = self._cache.get(key)
-        if text is None:
-            with self._lock:
-                self.misses += 1
-            return None
-        record = json.loads(text)
         with self._lock:
+            if text is None:
+                self.misses += 1
+                return None
             self.disk_hits += 1
-        self._remember(key, record)
+        record = json.loads(text)
+        self.memory.put(key, record)
         return record
 
     def set(self, key: str, record: dict[str, Any]) -> None:
         self._cache.set(key, json.dumps(record, ensure_ascii=False, sort_keys=True))
-        self._remember(key, record)
+        self.memory.put(key, record)
 
     def items(self) -> Iterator[tuple[str, dict[str, Any]]]:
         for key in self._cache.iterkeys():
@@ -125,14 +105,13 @@ class DiskStore:
             "directory": str(self.directory),
             "entries": len(self._cache),
             "size_bytes": self._cache.volume(),
-            "memory_hits": self.memory_hits,
+            "memory_hits": self.memory.hits,
             "disk_hits": self.disk_hits,
             "misses": self.misses,
         }
 
     def clear(self) -> int:
-        with self._lock:
-            self._memory.clear()
+        self.memory.clear()
         return self._cache.clear()
 
     def close(self) -> None:

@@ -1,0 +1,162 @@
+"""`Limits`: rate limits and budgets, checked before each request is actually sent.
+
+It sits between retry and the backend, so every attempt counts (retries too) and cached answers
+never reach it. Per request:
+
+1. budgets: the role's `max_cost_usd` and those of every `myopto.run(..., max_cost_usd=...)` the
+   call is inside; spent >= budget raises `BudgetExceeded` (never retried, nothing sent);
+2. rates: `rpm` / `tpm` per model, spread evenly (see `myopto.limiter`); the caller sleeps
+   until its slot, also while the model is paused after a 429;
+3. the call; a 429 with Retry-After pauses every caller of that model, here or, with a shared
+   limiter, in the whole fleet;
+4. the token estimate is corrected with the real usage, and the cost is added to each budget.
+
+Where the state lives is the limiter's business: this process (`LocalLimiter`) or Redis
+(`RedisLimiter`, when `MYOPTO_LIMITS_URL` or a Redis `MYOPTO_CACHE_URL` is set).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from myopto.errors import BudgetExceeded, ConfigError, RateLimited
+from myopto.limiter import LOCAL
+from myopto.parsing import content_text
+from myopto.pipeline import AsyncHandler, Handler, Middleware
+from myopto.pricing import cost_from_pricing
+from myopto.request import Request
+from myopto.response import Response
+
+
+def estimate_tokens(request: Request) -> int:
+    """Tokens a request may use, before it is sent: ~4 characters a token of prompt, plus the
+    completion cap when one is given (corrected with the real usage afterwards)."""
+    characters = sum(len(content_text(message.get("content"))) for message in request.messages)
+    params = request.params
+    cap = params.get("max_tokens") or params.get("max_completion_tokens") or 0
+    return characters // 4 + 1 + int(cap)
+
+
+class Limits(Middleware):
+    """Rate limits (`rpm`, `tpm` per model) and budgets (`max_cost_usd`) for one role's calls."""
+
+    name = "limits"
+
+    def __init__(
+        self,
+        limiter: Any = None,
+        *,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        max_cost_usd: float | None = None,
+        role: str | None = None,
+        pricing: Mapping[str, float] | None = None,
+        price_known: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.limiter = limiter or LOCAL
+        self.rpm, self.tpm = rpm, tpm
+        self.budgets = ((f"role:{role}", max_cost_usd),) if max_cost_usd is not None else ()
+        self.pricing = pricing
+        self.price_known = price_known or (lambda model: False)
+
+    # -- before and after ------------------------------------------------------------------
+    def _budgets(self, request: Request) -> tuple[tuple[str, float], ...]:
+        runs = request.metadata.get("budgets")
+        if not runs:
+            return self.budgets
+        if self.pricing is None and not self.price_known(request.model):
+            raise ConfigError(
+                f"run budget on model {request.model!r}, whose price is unknown: a budget that cannot be "
+                f"measured is no budget. Give the role pricing={{'input': ..., 'output': ...}} (USD per "
+                "million tokens)"
+            )
+        return (*self.budgets, *((f"run:{name}", limit) for name, limit in runs))
+
+    def _check(self, budgets: tuple[tuple[str, float], ...]) -> None:
+        for scope, budget in budgets:
+            spent = self.limiter.spent(scope)
+            if spent >= budget:
+                kind, name = scope.split(":", 1)
+                raise BudgetExceeded(
+                    f"{kind} {name!r} has spent ${spent:.4f} of its ${budget:g} budget (max_cost_usd); "
+                    "nothing was sent. Cached answers are still served",
+                    scope=f"{kind} {name}", spent=spent, budget=budget,
+                )
+
+    def _cost(self, response: Response) -> float:
+        if self.pricing is not None:
+            usage = response.usage
+            return cost_from_pricing(self.pricing, usage.prompt_tokens, usage.completion_tokens)
+        return response.cost or 0.0
+
+    def _settle(self, request: Request, response: Response, estimate: int,
+                budgets: tuple[tuple[str, float], ...]) -> None:
+        if self.tpm:
+            self.limiter.adjust(request.model, self.tpm, response.usage.total_tokens - estimate)
+        if budgets:
+            cost = self._cost(response)
+            for scope, _ in budgets:
+                self.limiter.spend(scope, cost)
+
+    @staticmethod
+    def _held_back(request: Request, wait: float) -> None:
+        """A wait longer than the request's time left (retry clips it to the deadline) is not
+        slept: the request fails as rate limited, unsent, and retry decides what comes next."""
+        if request.timeout is not None and wait > request.timeout:
+            raise RateLimited(
+                f"model {request.model!r} is held back {wait:.2f} s by its rate limit or a provider's "
+                f"Retry-After, longer than the {request.timeout:.2f} s left; nothing was sent",
+                retryable=True, retry_after=wait, role=request.role, model=request.model,
+            )
+
+    def _pause_on(self, request: Request, error: RateLimited) -> None:
+        if error.retry_after:
+            self.limiter.pause(request.model, error.retry_after)
+
+    # -- sync and async --------------------------------------------------------------------
+    def __call__(self, request: Request, call_next: Handler) -> Response:
+        budgets = self._budgets(request)
+        self._check(budgets)
+        estimate = estimate_tokens(request) if self.tpm else 0
+        wait = self.limiter.reserve(request.model, self.rpm, self.tpm, estimate)
+        if wait > 0:
+            self._held_back(request, wait)
+            time.sleep(wait)
+        try:
+            response = call_next(request)
+        except RateLimited as error:
+            self._pause_on(request, error)
+            raise
+        self._settle(request, response, estimate, budgets)
+        return response
+
+    async def _io(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run a limiter step: off the event loop when it does network I/O, inline when it does not."""
+        if self.limiter.blocking:
+            return await asyncio.to_thread(function, *args)
+        return function(*args)
+
+    async def acall(self, request: Request, call_next: AsyncHandler) -> Response:
+        budgets = self._budgets(request)
+        await self._io(self._check, budgets)
+        estimate = estimate_tokens(request) if self.tpm else 0
+        wait = await self._io(self.limiter.reserve, request.model, self.rpm, self.tpm, estimate)
+        if wait > 0:
+            self._held_back(request, wait)
+            await asyncio.sleep(wait)
+        try:
+            response = await call_next(request)
+        except RateLimited as error:
+            await self._io(self._pause_on, request, error)
+            raise
+        await self._io(self._settle, request, response, estimate, budgets)
+        return response
+
+    def describe(self) -> str:
+        parts = [f"rpm {self.rpm:g}" if self.rpm else "", f"tpm {self.tpm:g}" if self.tpm else "",
+                 f"budget ${self.budgets[0][1]:g}" if self.budgets else ""]
+        shown = ", ".join(part for part in parts if part) or "run budgets and 429 pauses only"
+        return f"{self.name} ({shown}; state in {self.limiter.location})"

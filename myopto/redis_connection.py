@@ -1,0 +1,166 @@
+"""One Redis connection setup for everything a fleet of workers shares: the cache store, the
+single-flight leases, and the rate and budget counters.
+
+URLs: `redis://[user:password@]host:port/db`, `rediss://...` (TLS) and `unix:///path?db=N`.
+A URL is checked when it is configured (scheme, port, db), and the server is first reached on
+the first command, which always comes before a request is sent. Connection failures are
+retried briefly (redis-py's own retry: 3 tries, 50-500 ms apart), then become
+`CacheUnavailable` naming the URL with its password masked; refused credentials and a db the
+server does not have are `ConfigError`s that say what to fix. redis-py (with hiredis, when
+installed, parsing replies) is imported on first use only.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+from myopto.errors import CacheUnavailable, ConfigError
+
+SCHEMES = ("redis", "rediss", "unix")
+T = TypeVar("T")
+
+
+def is_redis_url(location: str | None) -> bool:
+    """True when `location` names a Redis server (any URL scheme at all counts, to be checked)."""
+    return bool(location) and "://" in str(location)
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by `***`, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def check_url(url: Any, *, what: str = "MYOPTO_CACHE_URL") -> str:
+    """Check a Redis URL's shape (before anything is sent) and return it; `ConfigError` otherwise."""
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError(f"{what} must be a Redis URL such as redis://localhost:6379/0, got {url!r}")
+    parts = urlsplit(url)
+    shown = redact(url)
+    if parts.scheme not in SCHEMES:
+        raise ConfigError(
+            f"{what} {shown!r} has scheme {parts.scheme!r}; use redis://, rediss:// (TLS) or unix:// "
+            "(a cache directory is given as a path, with cache_dir= or MYOPTO_CACHE_DIR)"
+        )
+    try:
+        port = parts.port
+    except ValueError as error:
+        raise ConfigError(f"{what} {shown!r} has a port that is not a number 1-65535") from error
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ConfigError(f"{what} {shown!r} names no socket path: unix:///path/to/redis.sock?db=0")
+        db = parse_qs(parts.query).get("db", ["0"])[0]
+    else:
+        if not parts.hostname:
+            raise ConfigError(f"{what} {shown!r} names no host: redis://host:6379/0")
+        if port == 0:
+            raise ConfigError(f"{what} {shown!r} has port 0")
+        db = parts.path.strip("/") or "0"
+    if not db.isdigit():
+        raise ConfigError(f"{what} {shown!r}: the database must be a number (redis://host:6379/0), got {db!r}")
+    return url
+
+
+class RedisConnection:
+    """A lazily opened redis-py client for one URL, shared by the store and the limiter of a process.
+
+    `run(fn)` calls `fn(client)` and turns redis-py's errors into myopto's.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+        self.url = check_url(url)
+        self.where = redact(url)
+        self.timeout = timeout
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._open()
+        return self._client
+
+    def _open(self) -> Any:
+        try:
+            import redis
+            from redis.backoff import ExponentialWithJitterBackoff
+            from redis.retry import Retry
+        except ImportError as error:
+            raise ConfigError(
+                f"{self.where} needs the Redis client: pip install 'myopto[redis]' (redis-py and hiredis)"
+            ) from error
+        client = redis.Redis.from_url(
+            self.url,
+            socket_connect_timeout=min(self.timeout, 2.0),
+            socket_timeout=self.timeout,
+            retry=Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), 3),
+            retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
+            health_check_interval=30,
+            decode_responses=True,
+            client_name="myopto",
+        )
+        self._translate(client.ping)
+        return client
+
+    def run(self, command: Callable[[Any], T]) -> T:
+        """`command(client)`, with redis-py's errors turned into `CacheUnavailable` / `ConfigError`."""
+        client = self.client
+        return self._translate(lambda: command(client))
+
+    def _translate(self, call: Callable[[], T]) -> T:
+        import redis.exceptions as errors
+
+        try:
+            return call()
+        except errors.AuthenticationError as error:
+            raise ConfigError(
+                f"Redis at {self.where} refused the credentials ({error}); fix the user and password "
+                "in the URL (redis://user:password@host:port/db)"
+            ) from error
+        except errors.ResponseError as error:
+            text = str(error)
+            if "DB index" in text or "invalid DB" in text:
+                raise ConfigError(
+                    f"Redis at {self.where} has no such database ({text}); use a db number the server "
+                    "has (0-15 unless its `databases` setting says more)"
+                ) from error
+            if text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
+                raise ConfigError(f"Redis at {self.where} refused the credentials ({text})") from error
+            raise CacheUnavailable(f"Redis at {self.where} refused a command: {text}", location=self.where) from error
+        except errors.RedisError as error:
+            raise CacheUnavailable(
+                f"Redis at {self.where} cannot be reached ({type(error).__name__}: {error}) after brief "
+                "retries; nothing was sent to the model, since its answer could not be recorded",
+                location=self.where,
+            ) from error
+        except OSError as error:
+            raise CacheUnavailable(f"Redis at {self.where} cannot be reached ({error})", location=self.where) from error
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+_connections: dict[str, RedisConnection] = {}
+_connections_lock = threading.Lock()
+
+
+def redis_connection(url: str) -> RedisConnection:
+    """The process's connection for `url` (one pool per URL, shared by store and limiter)."""
+    with _connections_lock:
+        connection = _connections.get(url)
+        if connection is None:
+            connection = _connections[url] = RedisConnection(url)
+        return connection

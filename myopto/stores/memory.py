@@ -1,0 +1,43 @@
+"""`MemoryLRU`: the in-process layer in front of every store, so a repeated request costs no I/O."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+
+class MemoryLRU:
+    """A thread-safe least-recently-used map of cache key -> record, holding at most `entries`.
+
+    Records are immutable once written (a key always names the same request), so a copy kept
+    here never goes stale; `clear()` empties it when the store behind it is cleared.
+    """
+
+    def __init__(self, entries: int = 4096) -> None:
+        self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._entries = entries
+        self._lock = threading.Lock()
+        self.hits = 0
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            record = self._items.get(key)
+            if record is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+            return record
+
+    def put(self, key: str, record: dict[str, Any]) -> None:
+        with self._lock:
+            self._items[key] = record
+            self._items.move_to_end(key)
+            while len(self._items) > self._entries:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()

@@ -1,0 +1,226 @@
+"""`RedisStore`: cached answers on a Redis server, shared by every worker of an experiment.
+
+The same keys and the same JSON records as `DiskStore`, with the same memory LRU in front.
+Keys live under a namespace (`myopto` unless `MYOPTO_CACHE_NAMESPACE` says otherwise):
+`<ns>:cache:{<key>}` holds a record and `<ns>:lease:{<key>}` the single-flight lease of a
+request in flight. The braces are a Redis Cluster hash tag: a record and its lease live in one
+slot, so the one script that reads both works on a cluster too; every other command touches one
+key. Nothing expires and nothing is evicted by us; `stats()` warns when the server's own
+`maxmemory-policy` could evict entries.
+
+Single flight across processes and machines: the first caller of a request takes the lease
+(`SET NX PX` with a random token), renewed every third of its life while the call runs; the
+others poll for the answer (one round trip each, 5 ms growing to 100 ms apart). An owner that
+dies stops renewing, its lease runs out, and one waiter takes over; an owner that fails releases
+the lease at once (errors are never cached), so a waiter tries itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from myopto.errors import CacheUnavailable
+from myopto.redis_connection import RedisConnection, redis_connection
+from myopto.stores.memory import MemoryLRU
+
+_log = logging.getLogger("myopto.cache")
+
+# One round trip per poll: the answer if it has landed, else the lease if it is free, else how
+# long the current lease has left (ms). Both keys share a hash slot (see the module doc).
+_CLAIM = """
+local record = redis.call('GET', KEYS[1])
+if record then return {1, record} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, ''} end
+return {0, tostring(redis.call('PTTL', KEYS[2]))}
+"""
+# Renew or release a lease only while it is still ours (its token), never another owner's.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_EVICTING_POLICIES = ("allkeys-lru", "allkeys-lfu", "allkeys-random")
+
+
+class Lease:
+    """This process's right to make one request's backend call; `release()` when done."""
+
+    def __init__(self, store: RedisStore, key: str, token: str) -> None:
+        self.store, self.key, self.token = store, key, token
+
+    def release(self) -> None:
+        self.store._release(self)
+
+
+class RedisStore:
+    """Cached answers on a Redis server, with an in-memory LRU in front. See the module doc."""
+
+    def __init__(
+        self,
+        url: str | RedisConnection,
+        *,
+        namespace: str = "myopto",
+        lease_seconds: float = 10.0,
+        memory_entries: int = 4096,
+    ) -> None:
+        self.connection = url if isinstance(url, RedisConnection) else redis_connection(url)
+        self.location = self.connection.where
+        self.namespace = namespace
+        self.lease_ms = max(int(lease_seconds * 1000), 100)
+        self.memory = MemoryLRU(memory_entries)
+        self._scripts: dict[str, Any] = {}
+        self._held: dict[str, Lease] = {}
+        self._held_lock = threading.Lock()
+        self._renewer: threading.Thread | None = None
+        self._wake = threading.Event()
+
+    # -- keys ------------------------------------------------------------------------------
+    def _record_key(self, key: str) -> str:
+        return f"{self.namespace}:cache:{{{key}}}"
+
+    def _lease_key(self, key: str) -> str:
+        return f"{self.namespace}:lease:{{{key}}}"
+
+    def _script(self, source: str) -> Any:
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = self.connection.run(lambda client: client.register_script(source))
+        return script
+
+    # -- the store interface ---------------------------------------------------------------
+    def in_memory(self, key: str) -> bool:
+        return key in self.memory
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        record = self.memory.get(key)
+        if record is not None:
+            return record
+        text = self.connection.run(lambda client: client.get(self._record_key(key)))
+        if text is None:
+            return None
+        record = json.loads(text)
+        self.memory.put(key, record)
+        return record
+
+    def set(self, key: str, record: dict[str, Any]) -> None:
+        text = json.dumps(record, ensure_ascii=False, sort_keys=True)
+        self.connection.run(lambda client: client.set(self._record_key(key), text))
+        self.memory.put(key, record)
+
+    def _keys(self) -> Iterator[str]:
+        pattern = f"{self.namespace}:cache:*"
+        yield from self.connection.run(lambda client: list(client.scan_iter(match=pattern, count=1000)))
+
+    def items(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        prefix = len(self.namespace) + len(":cache:{")
+        for redis_key in self._keys():
+            text = self.connection.run(lambda client: client.get(redis_key))
+            if text is not None:
+                yield redis_key[prefix:-1], json.loads(text)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._keys())
+
+    def stats(self) -> dict[str, Any]:
+        """Entries under this namespace, the server's memory use and its eviction policy."""
+        memory = self.connection.run(lambda client: client.info("memory"))
+        policy = str(memory.get("maxmemory_policy", "unknown"))
+        stats: dict[str, Any] = {
+            "url": self.location,
+            "namespace": self.namespace,
+            "entries": len(self),
+            "used_memory_bytes": memory.get("used_memory"),
+            "maxmemory_bytes": memory.get("maxmemory"),
+            "maxmemory_policy": policy,
+            "memory_hits": self.memory.hits,
+        }
+        if policy in _EVICTING_POLICIES:
+            stats["warning"] = (
+                f"maxmemory-policy is {policy}: when the server fills up it will evict cached answers "
+                "and a replay will miss them. Set `maxmemory-policy noeviction` (and AOF for durability)"
+            )
+        return stats
+
+    def clear(self) -> int:
+        self.memory.clear()
+        removed = 0
+        for redis_key in list(self._keys()):
+            removed += int(self.connection.run(lambda client: client.delete(redis_key)))
+        return removed
+
+    def close(self) -> None:
+        self._wake.set()
+
+    # -- single flight across processes ----------------------------------------------------
+    def claim(self, key: str) -> tuple[dict[str, Any] | None, Lease | None, float]:
+        """One poll: (the record, None, 0) when the answer is there; (None, a lease, 0) when this
+        caller now owns the call; (None, None, seconds the current owner's lease has left)."""
+        token = secrets.token_hex(16)
+        kind, value = self.connection.run(
+            lambda client: self._script(_CLAIM)(keys=[self._record_key(key), self._lease_key(key)], args=[token, self.lease_ms])
+        )
+        if int(kind) == 1:
+            record = json.loads(value)
+            self.memory.put(key, record)
+            return record, None, 0.0
+        if int(kind) == 2:
+            lease = Lease(self, key, token)
+            with self._held_lock:
+                self._held[token] = lease
+            self._start_renewer()
+            return None, lease, 0.0
+        return None, None, max(int(value), 0) / 1000
+
+    def _release(self, lease: Lease) -> None:
+        with self._held_lock:
+            self._held.pop(lease.token, None)
+        try:
+            self.connection.run(lambda client: self._script(_RELEASE)(keys=[self._lease_key(lease.key)], args=[lease.token]))
+        except CacheUnavailable as error:
+            # the lease runs out on its own; the call's outcome (answer or error) matters more
+            _log.warning("could not release a single-flight lease on %s (it expires by itself): %s", self.location, error)
+
+    def _start_renewer(self) -> None:
+        with self._held_lock:
+            if self._renewer is not None and self._renewer.is_alive():
+                return
+            self._renewer = threading.Thread(target=self._renew_forever, name="myopto-lease-renewer", daemon=True)
+            self._renewer.start()
+
+    def _renew_forever(self) -> None:
+        """Every third of a lease's life, extend every lease this process holds."""
+        while not self._wake.wait(self.lease_ms / 3000):
+            with self._held_lock:
+                held = list(self._held.values())
+            for lease in held:
+                try:
+                    kept = self.connection.run(
+                        lambda client: self._script(_RENEW)(keys=[self._lease_key(lease.key)], args=[lease.token, self.lease_ms])
+                    )
+                except Exception as error:  # the call's own save will report a dead server
+                    _log.warning("could not renew a single-flight lease on %s: %s", self.location, error)
+                    continue
+                if not kept and lease.token in self._held:
+                    _log.warning("lost the single-flight lease of %s... on %s; another worker may call too",
+                                 lease.key[:16], self.location)
+
+
+_stores: dict[tuple[str, str], RedisStore] = {}
+_stores_lock = threading.Lock()
+
+
+def redis_store(url: str, *, namespace: str = "myopto", lease_seconds: float = 10.0) -> RedisStore:
+    """The process-wide store of a Redis URL and namespace (roles sharing them share its memory)."""
+    with _stores_lock:
+        store = _stores.get((url, namespace))
+        if store is None:
+            store = _stores[(url, namespace)] = RedisStore(url, namespace=namespace, lease_seconds=lease_seconds)
+        return store
