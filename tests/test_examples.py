@@ -59,3 +59,11 @@ def test_inspect_a_run_example(tmp_path):
     assert "exp-42  executor   gpt-4o-mini      4    25%" in out
     assert "error: BadRequest: CustomLLM call failed (HTTP 400)" in out
     assert '[answer] {"x": 1}' in out
+
+
+def test_many_workers_example_shares_one_cache_and_one_rate():
+    out = run_example("many_workers.py")
+    assert "prompts asked by 4 workers: 100; backend calls made: 40" in out
+    assert "all workers got the same shared answers: True" in out
+    span = float(out.split("40 requests in ")[1].split(" s")[0])
+    assert span >= (40 - 10) / 10 * 0.9  # 10 a second for the fleet after a one-second burst
