@@ -124,6 +124,10 @@ if kind == "myopto":
     from myopto import get_llm, set_role_config
     set_role_config("b", backend="CustomLLM", model="m", base_url=url, api_key="k", cache="on", cache_dir=directory)
     call = lambda m: get_llm("b")(m)
+elif kind == "myopto-redis":  # `directory` is a Redis URL here
+    from myopto import get_llm, set_role_config
+    set_role_config("b", backend="CustomLLM", model="m", base_url=url, api_key="k", cache="on", cache_url=directory)
+    call = lambda m: get_llm("b")(m)
 elif kind == "dspy":
     import dspy
     dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=False, disk_cache_dir=directory)
@@ -167,6 +171,83 @@ def cache_hits(repeats: int, calls: int) -> list[Row]:
     ratio_to(rows["myopto memory"], rows["dspy memory"])
     ratio_to(rows["myopto, disk (new process)"], rows["DSPy, disk (new process)"])
     return list(rows.values())
+
+
+FLEET_SCRIPT = """
+import concurrent.futures, json, os, sys, time
+from myopto import get_llm, set_role_config
+url, redis_url, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+set_role_config("b", backend="CustomLLM", model="m", base_url=url, api_key="k", cache="on", cache_url=redis_url)
+llm = get_llm("b")
+llm("warm up")  # imports and connections, not measured
+start = time.perf_counter()
+with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    list(pool.map(lambda i: llm(f"shared {i}"), range(n)))
+print(json.dumps(time.perf_counter() - start))
+"""
+
+
+def redis_workloads(repeats: int) -> list[Row]:
+    """A Redis cache hit in a new process beside disk and DSPy; Redis commands per call; 4
+    processes sharing single flight through Redis against one process alone."""
+    import redis as redis_py
+
+    from myopto.testing import FakeOpenAIServer, RedisServer
+
+    rows: list[Row] = []
+    script = Path(tempfile.mkdtemp()) / "hits.py"
+    script.write_text(HIT_SCRIPT)
+    fleet = Path(tempfile.mkdtemp()) / "fleet.py"
+    fleet.write_text(FLEET_SCRIPT)
+    env = {**os.environ, "MYOPTO_CACHE": "on"}
+    with RedisServer() as redis, FakeOpenAIServer() as server:
+        hits: dict[str, Row] = {}
+        for kind, label, where in (("myopto-redis", "myopto, Redis (new process)", redis.url),
+                                   ("myopto", "myopto, disk (new process)", tempfile.mkdtemp(prefix="hit-disk-")),
+                                   ("dspy", "DSPy, disk (new process)", tempfile.mkdtemp(prefix="hit-dspy-"))):
+            subprocess.run([sys.executable, str(script), kind, server.url, where, "200", "fill"], check=True, capture_output=True, env=env)
+            samples = []
+            for _ in range(repeats):
+                out = subprocess.run([sys.executable, str(script), kind, server.url, where, "200", "read"],
+                                     check=True, capture_output=True, text=True, env=env).stdout
+                samples.append(json.loads(out.strip().splitlines()[-1]))
+            hits[label] = Row("6 many machines", f"cache hit, {label}", samples, "µs/call")
+        ratio_to(hits["myopto, Redis (new process)"], hits["DSPy, disk (new process)"])
+        ratio_to(hits["myopto, disk (new process)"], hits["DSPy, disk (new process)"])
+        rows += hits.values()
+
+        client = redis_py.Redis.from_url(redis.url)
+
+        def commands_per_call(kind: str, count: int = 50) -> float:
+            before = client.info("stats")["total_commands_processed"]
+            subprocess.run([sys.executable, str(script), kind, server.url, redis.url, str(count), "fill"], check=True, capture_output=True, env=env)
+            return (client.info("stats")["total_commands_processed"] - before) / count
+
+        client.flushall()
+        miss = commands_per_call("myopto-redis")
+        hit = commands_per_call("myopto-redis")
+        # each new process also sends a PING and loads its scripts once; over 50 calls that is < 0.1 a call
+        rows.append(Row("6 many machines", "Redis commands per call: miss (lookup, lease, save, release, limits)", [miss], "commands"))
+        rows.append(Row("6 many machines", "Redis commands per call: hit in a new process (one GET)", [hit], "commands"))
+
+        server.latency = 0.02
+        alone, together = [], []
+        for round_number in range(repeats):
+            client.flushall()
+            solo = subprocess.run([sys.executable, str(fleet), server.url, redis.url, "100"], check=True, capture_output=True, text=True, env=env)
+            alone.append(json.loads(solo.stdout.strip().splitlines()[-1]))
+            client.flushall()
+            before = server.request_count
+            workers = [subprocess.Popen([sys.executable, str(fleet), server.url, redis.url, "100"], stdout=subprocess.PIPE, text=True, env=env)
+                       for _ in range(4)]
+            together.append(max(json.loads(w.communicate()[0].strip().splitlines()[-1]) for w in workers))
+            calls = server.request_count - before
+        anchor = Row("6 many machines", "1 process: 100 prompts × 20 ms, 4 threads, Redis cache", alone, "s")
+        shared = ratio_to(Row("6 many machines", "4 processes asking the same 100 prompts at once, single flight via Redis",
+                              together, "s", goal="≈ 1: the others wait, not pay"), anchor)
+        shared.note = f"the backend saw {calls} calls for 4 processes × (100 prompts + 1 warm-up), all asked at once"
+        rows += [anchor, shared]
+    return rows
 
 
 def concurrency(repeats: int) -> list[Row]:
@@ -220,7 +301,7 @@ def local_models(quick: bool) -> list[Row]:
     return rows
 
 
-WORKLOADS = ("imports", "chain", "http", "cache", "concurrency", "local")
+WORKLOADS = ("imports", "chain", "http", "cache", "redis", "concurrency", "local")
 
 
 def main() -> None:
@@ -244,6 +325,8 @@ def main() -> None:
             rows += http_overhead(repeats, calls // 2)
         elif workload == "cache":
             rows += cache_hits(repeats, calls * 5)
+        elif workload == "redis":
+            rows += redis_workloads(repeats)
         elif workload == "concurrency":
             rows += concurrency(repeats)
         elif workload == "local":
@@ -256,7 +339,7 @@ def main() -> None:
         f"Produced by `make bench` ({' '.join(sys.argv[1:]) or 'full run'}) on {time.strftime('%Y-%m-%d', time.gmtime(started))}, "
         f"{time.time() - started:.0f} s.\n\n"
         f"Machine: {machine()}.\n\n"
-        f"Versions: {versions(['myopto', 'litellm', 'openai', 'dspy', 'diskcache', 'torch', 'transformers', 'xgrammar'])}.\n\n"
+        f"Versions: {versions(['myopto', 'litellm', 'openai', 'dspy', 'diskcache', 'redis', 'hiredis', 'torch', 'transformers', 'xgrammar'])}.\n\n"
         "Median and spread (min..max) over repeats. The ratio is figure / anchor, both measured in "
         "this run: for times (s, µs) lower is better, for throughputs (tokens/s) higher is better.\n\n"
     )
