@@ -31,9 +31,9 @@ from myopto.response import Response
 
 MODES = ("on", "off", "read_only", "refresh", "replay")
 RECORD_VERSION = 1
-# Waiting on another process's call: polls start 5 ms apart and slow to 100 ms (one Redis round
-# trip each), so a short call is picked up at once and a long one costs ~10 polls a second.
-_FIRST_POLL, _LAST_POLL = 0.005, 0.1
+# Waiting on another process's call: the store wakes waiters when the call ends; they look again
+# at least this often, so an owner that died is noticed soon after its lease runs out.
+_LONGEST_WAIT = 1.0
 
 
 class _Flight:
@@ -175,26 +175,24 @@ class Cache(Middleware):
         claim = getattr(self.store, "claim", None)
         if claim is None or mode != "on":
             return None, None
-        start, pause = time.perf_counter(), _FIRST_POLL
+        start = time.perf_counter()
         while True:
             record, lease, left = claim(key)
             if record is not None or lease is not None:
                 return (self._hit(record, start) if record is not None else None), lease
-            time.sleep(min(pause, max(left, 0.001)))
-            pause = min(pause * 1.5, _LAST_POLL)
+            self.store.wait(key, min(left, _LONGEST_WAIT))
 
     async def _aclaim(self, key: str, mode: str) -> tuple[Response | None, Any]:
-        """`_claim` for async callers: the polls run in a worker thread, the waits on the loop."""
+        """`_claim` for async callers: the store's blocking steps run in a worker thread."""
         claim = getattr(self.store, "claim", None)
         if claim is None or mode != "on":
             return None, None
-        start, pause = time.perf_counter(), _FIRST_POLL
+        start = time.perf_counter()
         while True:
             record, lease, left = await asyncio.to_thread(claim, key)
             if record is not None or lease is not None:
                 return (self._hit(record, start) if record is not None else None), lease
-            await asyncio.sleep(min(pause, max(left, 0.001)))
-            pause = min(pause * 1.5, _LAST_POLL)
+            await asyncio.to_thread(self.store.wait, key, min(left, _LONGEST_WAIT))
 
     def _join(self, key: str) -> tuple[_Flight, bool]:
         with self._lock:

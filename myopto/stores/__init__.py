@@ -19,7 +19,8 @@ from myopto.redis_connection import is_redis_url
 class CacheStore(Protocol):
     """What the cache middleware needs from a store.
 
-    A store that can coordinate processes also has `claim(key)` (see `RedisStore.claim`).
+    A store that can coordinate processes also has `claim(key)` and `wait(key, seconds)` (see
+    `RedisStore`).
     `location` names it in messages (a path, or a URL with its password masked).
     """
 

@@ -2,15 +2,16 @@
 
 The same keys and the same JSON records as `DiskStore`, with the same memory LRU in front.
 Keys live under a namespace (`myopto` unless `MYOPTO_CACHE_NAMESPACE` says otherwise):
-`<ns>:cache:{<key>}` holds a record and `<ns>:lease:{<key>}` the single-flight lease of a
-request in flight. The braces are a Redis Cluster hash tag: a record and its lease live in one
-slot, so the one script that reads both works on a cluster too; every other command touches one
-key. Nothing expires and nothing is evicted by us; `stats()` warns when the server's own
+`<ns>:cache:{<key>}` holds a record, `<ns>:lease:{<key>}` the single-flight lease of a request
+in flight and `<ns>:done:{<key>}` the signal that its flight ended. The braces are a Redis
+Cluster hash tag: the three live in one slot, so the scripts that touch them work on a cluster
+too; every other command touches one key. Nothing expires and nothing is evicted by us; `stats()` warns when the server's own
 `maxmemory-policy` could evict entries.
 
 Single flight across processes and machines: the first caller of a request takes the lease
 (`SET NX PX` with a random token), renewed every third of its life while the call runs; the
-others poll for the answer (one round trip each, 5 ms growing to 100 ms apart). An owner that
+others block on the flight's done signal (`BRPOPLPUSH` of the done list onto itself, so one
+signal wakes every waiter, at most a second at a time) and then read the answer. An owner that
 dies stops renewing, its lease runs out, and one waiter takes over; an owner that fails releases
 the lease at once (errors are never cached), so a waiter tries itself.
 """
@@ -30,12 +31,16 @@ from myopto.stores.memory import MemoryLRU
 
 _log = logging.getLogger("myopto.cache")
 
-# One round trip per poll: the answer if it has landed, else the lease if it is free, else how
-# long the current lease has left (ms). Both keys share a hash slot (see the module doc).
+# One round trip: the answer if it has landed, else the lease if it is free (clearing the done
+# signal of an earlier flight), else how long the current lease has left (ms). KEYS: record,
+# lease, done; one hash slot (see the module doc).
 _CLAIM = """
 local record = redis.call('GET', KEYS[1])
 if record then return {1, record} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, ''} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('DEL', KEYS[3])
+  return {2, ''}
+end
 return {0, tostring(redis.call('PTTL', KEYS[2]))}
 """
 # Renew or release a lease only while it is still ours (its token), never another owner's.
@@ -43,8 +48,14 @@ _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
+# Release: drop the lease and raise the done signal (kept a minute for late waiters).
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('RPUSH', KEYS[2], '1')
+  redis.call('PEXPIRE', KEYS[2], 60000)
+  return 1
+end
 return 0
 """
 _EVICTING_POLICIES = ("allkeys-lru", "allkeys-lfu", "allkeys-random")
@@ -88,6 +99,9 @@ class RedisStore:
 
     def _lease_key(self, key: str) -> str:
         return f"{self.namespace}:lease:{{{key}}}"
+
+    def _done_key(self, key: str) -> str:
+        return f"{self.namespace}:done:{{{key}}}"
 
     def _script(self, source: str) -> Any:
         script = self._scripts.get(source)
@@ -164,9 +178,8 @@ class RedisStore:
         """One poll: (the record, None, 0) when the answer is there; (None, a lease, 0) when this
         caller now owns the call; (None, None, seconds the current owner's lease has left)."""
         token = secrets.token_hex(16)
-        kind, value = self.connection.run(
-            lambda client: self._script(_CLAIM)(keys=[self._record_key(key), self._lease_key(key)], args=[token, self.lease_ms])
-        )
+        keys = [self._record_key(key), self._lease_key(key), self._done_key(key)]
+        kind, value = self.connection.run(lambda client: self._script(_CLAIM)(keys=keys, args=[token, self.lease_ms]))
         if int(kind) == 1:
             record = json.loads(value)
             self.memory.put(key, record)
@@ -179,11 +192,17 @@ class RedisStore:
             return None, lease, 0.0
         return None, None, max(int(value), 0) / 1000
 
+    def wait(self, key: str, seconds: float) -> None:
+        """Block until the flight of `key` ends (its owner released the lease) or `seconds` pass."""
+        done = self._done_key(key)
+        self.connection.run(lambda client: client.brpoplpush(done, done, timeout=max(seconds, 0.01)))
+
     def _release(self, lease: Lease) -> None:
         with self._held_lock:
             self._held.pop(lease.token, None)
+        keys = [self._lease_key(lease.key), self._done_key(lease.key)]
         try:
-            self.connection.run(lambda client: self._script(_RELEASE)(keys=[self._lease_key(lease.key)], args=[lease.token]))
+            self.connection.run(lambda client: self._script(_RELEASE)(keys=keys, args=[lease.token]))
         except CacheUnavailable as error:
             # the lease runs out on its own; the call's outcome (answer or error) matters more
             _log.warning("could not release a single-flight lease on %s (it expires by itself): %s", self.location, error)

@@ -211,3 +211,30 @@ def test_a_lease_is_renewed_while_its_call_runs_and_expires_when_its_owner_is_go
     owner._held.clear()  # the owner stops renewing, as a killed process would
     time.sleep(0.6)
     assert RedisStore(redis_server.url, namespace="renew-test").claim("long")[1] is not None
+
+
+def test_waiters_wake_when_the_flight_ends_not_when_their_wait_runs_out(redis_server):
+    import threading
+
+    owner = RedisStore(redis_server.url, namespace="wake-test")
+    waiter = RedisStore(redis_server.url, namespace="wake-test")
+    _, lease, _ = owner.claim("k")
+    woke = []
+    thread = threading.Thread(target=lambda: (waiter.wait("k", 4.0), woke.append(time.monotonic())))
+    thread.start()
+    time.sleep(0.3)
+    assert not woke  # still waiting while the call runs
+    owner.set("k", {"response": {"text": "landed"}})
+    released = time.monotonic()
+    lease.release()
+    thread.join(5)
+    assert woke and woke[0] - released < 1.0
+    assert waiter.claim("k")[0] == {"response": {"text": "landed"}}
+    # the next flight of the same key starts with no stale signal: a waiter blocks again
+    raw(redis_server).delete("wake-test:cache:{k}")
+    waiter.memory.clear()
+    _, second, _ = owner.claim("k")
+    start = time.monotonic()
+    waiter.wait("k", 0.3)
+    assert time.monotonic() - start >= 0.25
+    second.release()
