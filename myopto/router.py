@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 from myopto.backends import backend_class, canonical_backend_name
 from myopto.errors import ConfigError, InvalidRequest
@@ -286,6 +287,8 @@ class Router:
         options.update(config.options)
         if config.api_key and "api_key" in cls.option_names:
             options["api_key"] = config.api_key
+        if options.get("base_url") is not None:
+            check_base_url(options["base_url"], role)
         unknown = sorted(set(options) - cls.option_names)
         if unknown:
             raise ConfigError(
@@ -393,6 +396,16 @@ class Router:
     @property
     def version(self) -> int:
         return self._version
+
+
+def check_base_url(url: Any, role: str) -> None:
+    """A backend's `base_url` must be an http(s) URL with a host; caught here, not after retries."""
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(
+            f"role {role!r}: base_url must be an http(s) URL such as http://localhost:8000/v1, got {url!r} "
+            "(from set_role_config(..., base_url=...) or TRACE_CUSTOMLLM_URL)"
+        )
 
 
 def _positive(value: Any, name: str) -> float | None:

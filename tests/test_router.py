@@ -270,3 +270,19 @@ def test_an_llm_with_overrides_follows_environment_and_config_changes(custom_rol
     monkeypatch.setenv("TRACE_LLM_MODEL_EXECUTOR", "from-env")
     assert llm("c").model == "from-env"
     assert custom_role.last_request.body["temperature"] == 0.2
+
+
+@pytest.mark.parametrize("url", ["not a url", "localhost:8000/v1", "ftp://host/v1", "http://"])
+def test_a_base_url_that_is_not_an_http_url_is_refused_at_configuration(server, url):
+    with pytest.raises(ConfigError, match="base_url must be an http"):
+        set_role_config("executor", backend="CustomLLM", model="m", base_url=url)
+    assert server.request_count == 0
+
+
+def test_a_bad_customllm_url_in_the_environment_is_refused_before_anything_is_sent(server, monkeypatch):
+    monkeypatch.setenv("TRACE_DEFAULT_LLM_BACKEND", "CustomLLM")
+    monkeypatch.setenv("TRACE_CUSTOMLLM_MODEL", "m")
+    monkeypatch.setenv("TRACE_CUSTOMLLM_URL", "not a url")
+    with pytest.raises(ConfigError, match="TRACE_CUSTOMLLM_URL"):
+        get_llm()("hello")
+    assert server.request_count == 0
