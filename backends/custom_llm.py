@@ -8,6 +8,7 @@ import threading
 import time
 import weakref
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from myopto.backends.base import BaseBackend, backend_error, completion_response, is_sdk_error
 from myopto.pricing import cost_from_map
@@ -73,6 +74,10 @@ class CustomLLM(BaseBackend):
         if self.timeout is not None:
             kwargs["timeout"] = self.timeout
         return kwargs
+
+    def provider_name(self, model: str) -> str:
+        host = urlsplit(self.base_url).hostname if self.base_url else "api.openai.com"
+        return "openai" if host == "api.openai.com" else (host or "unknown")
 
     def prepare(self) -> None:
         self._sync_client()

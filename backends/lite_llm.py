@@ -35,6 +35,14 @@ def import_litellm() -> Any:
     return _litellm
 
 
+# LiteLLM's provider names -> OpenTelemetry GenAI `gen_ai.provider.name` where they differ.
+_GENAI_PROVIDERS = {
+    "azure": "azure.ai.openai", "azure_ai": "azure.ai.inference", "bedrock": "aws.bedrock",
+    "vertex_ai": "gcp.vertex_ai", "gemini": "gcp.gemini", "mistral": "mistral_ai", "xai": "x_ai",
+    "watsonx": "ibm.watsonx.ai",
+}
+
+
 class LiteLLM(BaseBackend):
     """Calls `litellm.completion` / `litellm.acompletion`.
 
@@ -100,6 +108,13 @@ class LiteLLM(BaseBackend):
         }
         arguments.update({key: value for key, value in optional.items() if value is not None})
         return arguments
+
+    def provider_name(self, model: str) -> str:
+        try:
+            provider = import_litellm().get_llm_provider(model)[1]
+        except Exception:  # a model LiteLLM cannot place: the span says so rather than failing
+            return "unknown"
+        return _GENAI_PROVIDERS.get(provider, provider)
 
     def prepare(self) -> None:
         import_litellm()

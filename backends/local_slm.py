@@ -85,6 +85,9 @@ class LocalSLM(BaseBackend):
         # through, and decoding is constrained by its grammar.
         self.wants_json_instruction = True
 
+    def provider_name(self, model: str) -> str:
+        return "mlx" if self.use_mlx else "transformers"
+
     def engine(self, model: str) -> Any:
         return engine_for(model, use_mlx=self.use_mlx, device=self.device, torch_dtype=self.torch_dtype,
                           trust_remote_code=self.trust_remote_code, max_batch_size=self.max_batch_size,

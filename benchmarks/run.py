@@ -285,6 +285,51 @@ def redis_workloads(repeats: int) -> list[Row]:
     return rows
 
 
+TRACING_SCRIPT = """
+import json, sys
+from stats import per_call_us, rounds
+from myopto import Pipeline, Request, get_llm, set_role_config
+from myopto.testing import EchoBackend
+repeats, calls = int(sys.argv[1]), int(sys.argv[2])
+set_role_config("bench", backend="CustomLLM", model="m", base_url="http://127.0.0.1:9/v1", cache="off")
+chain = Pipeline(EchoBackend(), get_llm("bench").pipeline.middleware)
+request = Request(model="m", messages=[{"role": "user", "content": "hello benchmark"}], role="bench")
+without = Pipeline(EchoBackend(), [m for m in chain.middleware if m.name != "tracing"])
+off, bare = [], []
+for _ in range(repeats):  # interleaved, so drift hits both alike
+    off.append(per_call_us(lambda: chain(request), calls))
+    bare.append(per_call_us(lambda: without(request), calls))
+imported = "opentelemetry" in sys.modules
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+class Drop(SpanExporter):
+    def export(self, spans): return SpanExportResult.SUCCESS
+provider = TracerProvider()
+provider.add_span_processor(BatchSpanProcessor(Drop()))
+trace.set_tracer_provider(provider)
+on = rounds(lambda: per_call_us(lambda: chain(request), calls), repeats)
+print(json.dumps({"off": off, "bare": bare, "on": on, "imported_when_off": imported}))
+"""
+
+
+def tracing_cost(repeats: int, calls: int) -> list[Row]:
+    """The default chain with tracing off (no provider, nothing imported) and on (the SDK with a
+    batch processor and an exporter that drops spans), in a fresh process."""
+    script = Path(tempfile.mkdtemp()) / "tracing.py"
+    script.write_text(TRACING_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    out = subprocess.run([sys.executable, str(script), str(repeats), str(calls)], check=True, capture_output=True, text=True, env=env).stdout
+    measured = json.loads(out.strip().splitlines()[-1])
+    off = Row("8 tracing", "default chain, tracing off (no provider)", measured["off"], "µs/call")
+    off.note = "OpenTelemetry imported while off: " + ("yes" if measured["imported_when_off"] else "no")
+    on = ratio_to(Row("8 tracing", "default chain, tracing on (SDK, batch processor, dropping exporter)", measured["on"], "µs/call"), off)
+    on.note = f"+{on.median - off.median:.1f} µs a call for the span"
+    layer = Row("8 tracing", "the tracing layer while off (chain with it minus chain without it)",
+                [a - b for a, b in zip(measured["off"], measured["bare"])], "µs/call", goal="< 1 µs")
+    return [off, on, layer]
+
+
 def concurrency(repeats: int) -> list[Row]:
     from myopto import get_llm, set_role_config
     from myopto.testing import FakeOpenAIServer
@@ -336,7 +381,7 @@ def local_models(quick: bool) -> list[Row]:
     return rows
 
 
-WORKLOADS = ("imports", "chain", "http", "cache", "concurrency", "local", "redis")
+WORKLOADS = ("imports", "chain", "http", "cache", "concurrency", "local", "redis", "tracing")
 
 
 def main() -> None:
@@ -362,6 +407,8 @@ def main() -> None:
             rows += cache_hits(repeats, calls * 5)
         elif workload == "redis":
             rows += redis_workloads(repeats)
+        elif workload == "tracing":
+            rows += tracing_cost(repeats, calls * 10)
         elif workload == "concurrency":
             rows += concurrency(repeats)
         elif workload == "local":

@@ -24,6 +24,18 @@ from myopto.errors import BackendError, ConfigError
 from myopto.pipeline import AsyncHandler, Handler, Middleware
 from myopto.request import Request
 from myopto.response import Response
+from myopto.tracing import span_event
+
+
+def _note_retry(state: tenacity.RetryCallState) -> None:
+    """A failed attempt about to be retried: an event on the call's span, when it is traced."""
+    error = state.outcome.exception() if state.outcome else None
+    span_event("myopto.retry", {
+        "myopto.attempt": state.attempt_number,
+        "error.type": type(error).__name__ if error is not None else None,
+        "http.response.status_code": getattr(error, "status_code", None),
+        "myopto.retry.wait_s": state.next_action.sleep if state.next_action else None,
+    })
 
 
 class Retry(Middleware):
@@ -66,6 +78,7 @@ class Retry(Middleware):
         return retrier(
             stop=tenacity.stop_after_attempt(retries + 1) | out_of_time,
             wait=wait,
+            before_sleep=_note_retry,
             retry=tenacity.retry_if_exception(lambda e: isinstance(e, BackendError) and e.retryable),
             reraise=True,
         )

@@ -30,6 +30,7 @@ from myopto.request import Request
 from myopto.response import Response, Usage
 from myopto.router import RoleConfig
 from myopto.runs import current_run, run
+from myopto.tracing import configure_tracing, flush_tracing
 from myopto.utils import *  # noqa: F403 - the Trace-compatible API, re-exported
 from myopto.utils import __all__ as _utils_all
 
@@ -63,6 +64,8 @@ __all__ = [
     "__version__",
     "as_middleware",
     "configure_logging",
+    "configure_tracing",
+    "flush_tracing",
     "current_run",
     "run",
     *_utils_all,

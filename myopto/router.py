@@ -23,6 +23,7 @@ from myopto.middleware.cache import Cache
 from myopto.middleware.limits import Limits
 from myopto.middleware.logging import Logging
 from myopto.middleware.retry import Retry
+from myopto.middleware.tracing import Tracing
 from myopto.middleware.structured_output import MODES, StructuredOutput
 from myopto.middleware.usage import Usage
 from myopto.params import GENERATION_PARAMS, check_params
@@ -32,7 +33,7 @@ from myopto.logs import register_secret
 from myopto.redis_connection import check_url, is_redis_url
 from myopto.stores import open_store
 from myopto.pricing import check_pricing
-from myopto.settings import DEFAULT_BACKEND, Environment, default_cache_dir, read_environment, role_variable
+from myopto.settings import DEFAULT_BACKEND, Environment, default_cache_dir, read_environment, role_variable, tracing_setting
 
 DEFAULT_ROLES = ("executor", "optimizer", "metaoptimizer")
 USER_SLOT = "user"  # where a user's middleware goes unless placed before/after a named one
@@ -328,8 +329,10 @@ class Router:
     def build(self, resolved: ResolvedRole) -> Pipeline:
         """The role's chain: the default middleware list with the user's middleware in place."""
         backend = backend_class(resolved.backend)(**resolved.options)
+        _tracing_from_environment()
         # The order a request travels, outermost first (DESIGN.md, "Chain order and why"):
-        # logging sees every call as the caller saw it, hit or miss, answer or final error;
+        # logging and tracing see every call as the caller saw it, hit or miss, answer or final
+        # error (tracing's span is current below it, so retry's attempts land on it as events);
         # usage outside the user's middleware and the cache, so it sees every call, cached or not;
         # the user's slot; structured output shapes the request before anything keys or sends it;
         # the cache keys the request as it will be sent, and a hit never reaches retry or the
@@ -337,6 +340,7 @@ class Router:
         # actually sent (each retry too) counts against rates and budgets, and no hit does.
         chain: list[Any] = [
             Logging(),
+            Tracing(provider_name=backend.provider_name),
             Usage(pricing=resolved.pricing),
             USER_SLOT,
             StructuredOutput(
@@ -406,6 +410,18 @@ def check_base_url(url: Any, role: str) -> None:
             f"role {role!r}: base_url must be an http(s) URL such as http://localhost:8000/v1, got {url!r} "
             "(from set_role_config(..., base_url=...) or TRACE_CUSTOMLLM_URL)"
         )
+
+
+def _tracing_from_environment() -> None:
+    """`MYOPTO_TRACING=otlp` sets up the OTLP exporter once, when the first chain is built."""
+    setting = tracing_setting()
+    if setting is None or setting in ("0", "off", "false", "no"):
+        return
+    if setting != "otlp":
+        raise ConfigError(f"MYOPTO_TRACING must be 'otlp' (or unset), got {setting!r}")
+    from myopto.tracing import configure_tracing
+
+    configure_tracing()
 
 
 def _positive(value: Any, name: str) -> float | None:

@@ -16,7 +16,8 @@
 | `MYOPTO_CACHE_LEASE_SECONDS` | life of a single-flight lease on Redis (renewed while the call runs) | `10` |
 | `MYOPTO_LIMITS_URL` | a Redis URL: rate limits and budgets shared by every worker | a Redis `MYOPTO_CACHE_URL` |
 | `MYOPTO_LOG_FILE` | write one JSON line per call to this file | no log |
-| `MYOPTO_LOG_MESSAGES` | `1` to include messages and answers in the log | `0` |
+| `MYOPTO_LOG_MESSAGES` | `1` to include messages and answers in the log (and on spans) | `0` |
+| `MYOPTO_TRACING` | `otlp`: send OpenTelemetry spans over OTLP/HTTP (`OTEL_EXPORTER_OTLP_*` say where) | off |
 """
 
 from __future__ import annotations
@@ -112,6 +113,12 @@ def default_cache_dir() -> Path:
 def log_settings() -> tuple[str | None, bool]:
     """(`MYOPTO_LOG_FILE`, whether `MYOPTO_LOG_MESSAGES` asks for messages and answers)."""
     return _get("MYOPTO_LOG_FILE"), (_get("MYOPTO_LOG_MESSAGES") or "0").lower() in ("1", "true", "yes", "on")
+
+
+def tracing_setting() -> str | None:
+    """`MYOPTO_TRACING`, lower-cased (`otlp` turns tracing on without code), or None."""
+    value = _get("MYOPTO_TRACING")
+    return value.lower() if value else None
 
 
 def secret_values() -> list[str]:

@@ -86,3 +86,13 @@ def test_optimize_with_trace_example_applies_its_steps_and_replays(tmp_path):
                            timeout=600, check=True).stdout
     assert [line for line in again.splitlines() if line.startswith("step ")] == steps
     assert "calls: 3, served from the cache: 3" in again
+
+
+def test_trace_a_run_example_prints_the_spans_a_collector_would_get():
+    out = run_example("trace_a_run.py").splitlines()
+    assert out[0] == "optimizer step 1 (your span)"
+    assert out[1].startswith("  chat opt-model: ok, cached=False, attempts=2 (1 retry events)")
+    assert out[2].startswith("  chat opt-model: ok, cached=False, attempts=1")
+    assert out[3].startswith("  chat opt-model: ok, cached=True, attempts=0")
+    assert out[4].startswith("  chat opt-model: ERROR BadRequest")
+    assert all("run=trace-demo" in line for line in out[1:])

@@ -59,7 +59,7 @@ def check_migration(server, out, namespace):
 
 
 def check_middleware(server, out, namespace):
-    assert ROUTER.chain("optimizer")[1].names == ["logging", "usage", "house_rules", "structured_output", "cache", "retry", "limits"]
+    assert ROUTER.chain("optimizer")[1].names == ["logging", "tracing", "usage", "house_rules", "structured_output", "cache", "retry", "limits"]
 
 
 CHECKS = [

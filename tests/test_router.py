@@ -230,7 +230,7 @@ def test_user_middleware_for_one_role_sees_that_role_only(server):
     get_llm("optimizer")("c")
     get_llm("executor")("d")
     assert seen == ["optimizer", "optimizer"]
-    assert get_llm("optimizer").pipeline.names == ["logging", "usage", "spy", "structured_output", "cache", "retry", "limits"]
+    assert get_llm("optimizer").pipeline.names == ["logging", "tracing", "usage", "spy", "structured_output", "cache", "retry", "limits"]
 
 
 def test_add_middleware_for_all_roles_and_at_named_positions(server):
@@ -249,12 +249,12 @@ def test_add_middleware_for_all_roles_and_at_named_positions(server):
     set_role_config("optimizer", base_url=server.url)
     add_middleware(outer)
     add_middleware(inner, role="optimizer", after="structured_output")
-    assert get_llm("executor").pipeline.names == ["logging", "usage", "outer", "structured_output", "cache", "retry", "limits"]
-    assert get_llm("optimizer").pipeline.names == ["logging", "usage", "outer", "structured_output", "inner", "cache", "retry", "limits"]
+    assert get_llm("executor").pipeline.names == ["logging", "tracing", "usage", "outer", "structured_output", "cache", "retry", "limits"]
+    assert get_llm("optimizer").pipeline.names == ["logging", "tracing", "usage", "outer", "structured_output", "inner", "cache", "retry", "limits"]
     get_llm("optimizer")("x", response_format={"type": "json_object"})
     assert order == ["outer", "inner:False"]
     remove_middleware("inner")
-    assert get_llm("optimizer").pipeline.names == ["logging", "usage", "outer", "structured_output", "cache", "retry", "limits"]
+    assert get_llm("optimizer").pipeline.names == ["logging", "tracing", "usage", "outer", "structured_output", "cache", "retry", "limits"]
     with pytest.raises(ConfigError):
         remove_middleware("inner")
 

@@ -1,0 +1,163 @@
+"""`Tracing`: one OpenTelemetry span per call, in the GenAI semantic conventions' form.
+
+Span `chat {model}`, kind CLIENT, nested under whatever span is current (the caller's own,
+Trace's, MLflow's). Attributes: `gen_ai.operation.name`, `gen_ai.provider.name`,
+`gen_ai.request.model` and the request parameters (`temperature`, `max_tokens`, `top_p`, `seed`),
+`gen_ai.response.model` / `id` / `finish_reasons`, `gen_ai.usage.input_tokens` /
+`output_tokens`, `server.address` / `server.port`; on failure `error.type` and an ERROR status.
+Ours under `myopto.*`: role, backend, run and its tags, cached, attempts, cost_usd, request_key.
+Each retried attempt is an event on the span (`myopto.retry`, from the retry middleware).
+Messages and answers (`gen_ai.input.messages`, `gen_ai.output.messages`) only when asked for,
+masked as the call log masks them.
+
+Off, and nearly free, until a tracer provider exists (see `myopto.tracing`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from myopto.logs import redact
+from myopto.pipeline import AsyncHandler, Handler, Middleware
+from myopto.request import Request
+from myopto.response import Response
+from myopto.tracing import active_tracer, messages_wanted
+
+_PARAMS = {"temperature": "temperature", "max_tokens": "max_tokens", "max_completion_tokens": "max_tokens",
+           "max_new_tokens": "max_tokens", "top_p": "top_p", "seed": "seed", "stop": "stop_sequences"}
+
+
+def _parts(content: Any) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "content": content}]
+    return [{"type": "text", "content": part.get("text", "")} if isinstance(part, dict) and part.get("type") == "text"
+            else {"type": str(part.get("type", "unknown")) if isinstance(part, dict) else "unknown"} for part in content or []]
+
+
+class Tracing(Middleware):
+    """One span per call (see the module doc). `provider_name(model)` names the provider
+    (`openai`, `anthropic`, a server's host, a local engine), as the backend reports it."""
+
+    name = "tracing"
+
+    def __init__(self, *, provider_name: Callable[[str], str] | None = None) -> None:
+        self.provider_name = provider_name or (lambda model: "unknown")
+        self._providers: dict[str, str] = {}
+
+    # -- attributes ------------------------------------------------------------------------
+    def _provider(self, model: str) -> str:
+        provider = self._providers.get(model)
+        if provider is None:
+            try:
+                provider = self.provider_name(model) or "unknown"
+            except Exception:  # naming the provider must never fail a call
+                provider = "unknown"
+            self._providers[model] = provider
+        return provider
+
+    def _start_attributes(self, request: Request) -> dict[str, Any]:
+        metadata = request.metadata
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": self._provider(request.model),
+            "gen_ai.request.model": request.model,
+            "myopto.role": request.role,
+            "myopto.backend": request.backend,
+            "myopto.request_key": request.fingerprint(),
+        }
+        for name, value in request.params.items():
+            key = _PARAMS.get(name)
+            if key is not None and value is not None:
+                attributes[f"gen_ai.request.{key}"] = list(value) if isinstance(value, (list, tuple)) else value
+        if request.endpoint:
+            parts = urlsplit(request.endpoint)
+            if parts.hostname:
+                attributes["server.address"] = parts.hostname
+                attributes["server.port"] = parts.port or (443 if parts.scheme == "https" else 80)
+        if metadata.get("run") is not None:
+            attributes["myopto.run"] = metadata["run"]
+            for tag, value in (metadata.get("tags") or {}).items():
+                attributes[f"myopto.run.tags.{tag}"] = value if isinstance(value, (str, bool, int, float)) else str(value)
+        if request.response_format is not None:
+            attributes["gen_ai.output.type"] = "json"
+        if messages_wanted():
+            messages = [{"role": m.get("role"), "parts": _parts(m.get("content"))} for m in request.messages_list()]
+            attributes["gen_ai.input.messages"] = json.dumps(redact(messages), ensure_ascii=False)
+        return attributes
+
+    @staticmethod
+    def _finish(span: Any, response: Response) -> None:
+        usage = response.usage
+        attributes: dict[str, Any] = {
+            "gen_ai.response.model": response.model,
+            "gen_ai.response.id": response.id,
+            "gen_ai.usage.input_tokens": usage.prompt_tokens,
+            "gen_ai.usage.output_tokens": usage.completion_tokens,
+            "myopto.cached": response.cached,
+            "myopto.attempts": response.attempts,
+        }
+        if response.finish_reason:
+            attributes["gen_ai.response.finish_reasons"] = [response.finish_reason]
+        if response.cost is not None:
+            attributes["myopto.cost_usd"] = response.cost
+        if messages_wanted():
+            answer = [{"role": "assistant", "parts": [{"type": "text", "content": response.text}],
+                       "finish_reason": response.finish_reason or "stop"}]
+            attributes["gen_ai.output.messages"] = json.dumps(redact(answer), ensure_ascii=False)
+        span.set_attributes(attributes)
+
+    @staticmethod
+    def _fail(span: Any, error: BaseException) -> None:
+        from opentelemetry.trace import Status, StatusCode
+
+        span.set_attributes({
+            "error.type": type(error).__name__,
+            "myopto.cached": False,
+            "myopto.attempts": getattr(error, "attempts", 1),
+        })
+        status_code = getattr(error, "status_code", None)
+        if status_code is not None:
+            span.set_attribute("http.response.status_code", status_code)
+        span.record_exception(error, attributes={"exception.message": str(redact(str(error)))})
+        span.set_status(Status(StatusCode.ERROR, str(redact(str(error)))[:500]))
+
+    def _span(self, tracer: Any, request: Request) -> Any:
+        from opentelemetry.trace import SpanKind
+
+        return tracer.start_as_current_span(
+            f"chat {request.model}", kind=SpanKind.CLIENT, attributes=self._start_attributes(request),
+            record_exception=False, set_status_on_exception=False,
+        )
+
+    # -- sync and async --------------------------------------------------------------------
+    def __call__(self, request: Request, call_next: Handler) -> Response:
+        tracer = active_tracer()
+        if tracer is None:
+            return call_next(request)
+        with self._span(tracer, request) as span:
+            try:
+                response = call_next(request)
+            except Exception as error:
+                self._fail(span, error)
+                raise
+            self._finish(span, response)
+            return response
+
+    async def acall(self, request: Request, call_next: AsyncHandler) -> Response:
+        tracer = active_tracer()
+        if tracer is None:
+            return await call_next(request)
+        with self._span(tracer, request) as span:
+            try:
+                response = await call_next(request)
+            except Exception as error:
+                self._fail(span, error)
+                raise
+            self._finish(span, response)
+            return response
+
+    def describe(self) -> str:
+        return f"{self.name} ({'on' if active_tracer() is not None else 'off: no tracer provider'})"
