@@ -27,7 +27,7 @@ from myopto.stores import CacheStore
 from myopto.errors import CacheMiss, ConfigError
 from myopto.pipeline import AsyncHandler, Handler, Middleware
 from myopto.request import Request
-from myopto.response import Response
+from myopto.response import Response, Usage
 
 MODES = ("on", "off", "read_only", "refresh", "replay")
 RECORD_VERSION = 1
@@ -153,8 +153,10 @@ class Cache(Middleware):
     # -- parts -------------------------------------------------------------------------------
     @staticmethod
     def _hit(record: dict, start: float) -> Response:
-        response = Response.from_dict(record["response"])
-        return response.replace(cached=True, attempts=0, latency=time.perf_counter() - start)
+        fields = {**record["response"], "cached": True, "attempts": 0}
+        fields["usage"] = Usage(**fields.get("usage", {}))
+        fields["latency"] = time.perf_counter() - start
+        return Response(**fields)
 
     def _lookup(self, key: str, mode: str) -> Response | None:
         start = time.perf_counter()

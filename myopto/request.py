@@ -66,6 +66,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _as_dict(value: Any) -> Any:
+    """json.dumps' fallback for the read-only mappings a request holds."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+# One encoder for every fingerprint: sorted keys, no spaces, text as is; deeper read-only
+# mappings (content parts, schemas) through `_as_dict`.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_as_dict)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Request:
     """One chat-completion call: everything that decides the answer, plus call-scoped extras.
@@ -85,6 +97,8 @@ class Request:
     endpoint: str | None = None
     timeout: float | None = None
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=lambda: _EMPTY)
+    # fingerprint() computed once per request (a replace() makes a new request and a new key)
+    _key: str | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.messages, tuple) or not all(
@@ -133,8 +147,23 @@ class Request:
         return data
 
     def fingerprint(self) -> str:
-        """A stable SHA-256 hex digest of `fingerprint_data()`, the same in any process or machine."""
-        canonical = json.dumps(
-            self.fingerprint_data(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        )
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+        """A stable SHA-256 hex digest of `fingerprint_data()`, the same in any process or machine.
+
+        Computed once per request. The read-only mappings are serialised as they stand (tuples
+        as lists, mappings as objects with sorted keys), the same text `fingerprint_data()` gives.
+        """
+        key = self._key
+        if key is None:
+            data = {
+                "backend": self.backend,
+                "endpoint": self.endpoint,
+                "model": self.model,
+                "messages": [dict(message) for message in self.messages],
+                "params": dict(self.params),
+                "response_format": self.response_format,
+            }
+            if "sample" in self.metadata:
+                data["sample"] = self.metadata["sample"]
+            key = hashlib.sha256(_CANONICAL.encode(data).encode("utf-8")).hexdigest()
+            object.__setattr__(self, "_key", key)
+        return key

@@ -26,7 +26,11 @@ import dataclasses
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 DEFAULT_BACKEND = "LiteLLM"
 DEFAULT_LITELLM_MODEL = "gpt-4o"
@@ -78,24 +82,71 @@ def _get(name: str) -> str | None:
     return value.strip() or None if value is not None else None
 
 
+# The variables of one role's Environment, in field order after the role's own model variable.
+_ROLE_FIELDS = (
+    ("default_backend", "TRACE_DEFAULT_LLM_BACKEND"),
+    ("litellm_model", "TRACE_LITELLM_MODEL"),
+    ("localslm_model", "TRACE_LOCALSLM_MODEL"),
+    ("customllm_url", "TRACE_CUSTOMLLM_URL"),
+    ("customllm_model", "TRACE_CUSTOMLLM_MODEL"),
+    ("customllm_api_key", "TRACE_CUSTOMLLM_API_KEY"),
+    ("openai_api_key", "OPENAI_API_KEY"),
+    ("cache_mode", "MYOPTO_CACHE"),
+    ("cache_dir", "MYOPTO_CACHE_DIR"),
+    ("cache_url", "MYOPTO_CACHE_URL"),
+    ("cache_namespace", "MYOPTO_CACHE_NAMESPACE"),
+    ("lease_seconds", "MYOPTO_CACHE_LEASE_SECONDS"),
+    ("limits_url", "MYOPTO_LIMITS_URL"),
+)
+
+
+class _Snapshots:
+    """Reads a fixed set of variables as one tuple of raw values, cheaply enough for every call.
+
+    `os.environ` re-encodes the key and decodes the value on each lookup; the raw values come
+    straight from the mapping it keeps (`os.environ._data`, present on CPython everywhere), so a
+    change check costs a few dictionary lookups and the parsed result is reused while nothing
+    changed. Falls back to `os.environ` where that mapping is missing.
+    """
+
+    def __init__(self) -> None:
+        self._data = getattr(os.environ, "_data", None)
+        self._encode = getattr(os.environ, "encodekey", None)
+        self._keys: dict[tuple[str, ...], tuple[object, ...]] = {}
+        self._parsed: dict[tuple[str, ...], tuple[tuple[object, ...], object]] = {}
+
+    def raw(self, names: tuple[str, ...]) -> tuple[object, ...]:
+        if self._data is None or self._encode is None or getattr(os.environ, "_data", None) is not self._data:
+            return tuple(os.environ.get(name) for name in names)
+        keys = self._keys.get(names)
+        if keys is None:
+            keys = self._keys[names] = tuple(self._encode(name) for name in names)
+        return tuple(map(self._data.get, keys))
+
+    def parsed(self, names: tuple[str, ...], parse: Callable[[], T]) -> T:
+        """`parse()` (which reads `names`), reused until one of the variables changes."""
+        raw = self.raw(names)
+        cached = self._parsed.get(names)
+        if cached is not None and cached[0] == raw:
+            return cached[1]  # type: ignore[return-value]
+        value = parse()
+        self._parsed[names] = (raw, value)
+        return value
+
+
+_SNAPSHOTS = _Snapshots()
+_ROLE_NAMES: dict[str, tuple[str, ...]] = {}
+
+
 def read_environment(role: str) -> Environment:
-    """Read the variables that decide `role`'s chain (cheap; called on each chain lookup)."""
-    return Environment(
-        default_backend=_get("TRACE_DEFAULT_LLM_BACKEND"),
-        role_model=_get(role_variable(role)),
-        litellm_model=_get("TRACE_LITELLM_MODEL"),
-        localslm_model=_get("TRACE_LOCALSLM_MODEL"),
-        customllm_url=_get("TRACE_CUSTOMLLM_URL"),
-        customllm_model=_get("TRACE_CUSTOMLLM_MODEL"),
-        customllm_api_key=_get("TRACE_CUSTOMLLM_API_KEY"),
-        openai_api_key=_get("OPENAI_API_KEY"),
-        cache_mode=_get("MYOPTO_CACHE"),
-        cache_dir=_get("MYOPTO_CACHE_DIR"),
-        cache_url=_get("MYOPTO_CACHE_URL"),
-        cache_namespace=_get("MYOPTO_CACHE_NAMESPACE"),
-        lease_seconds=_get("MYOPTO_CACHE_LEASE_SECONDS"),
-        limits_url=_get("MYOPTO_LIMITS_URL"),
-    )
+    """Read the variables that decide `role`'s chain. Cheap: the same `Environment` object comes
+    back while none of them changed, so callers may compare by identity first."""
+    names = _ROLE_NAMES.get(role)
+    if names is None:
+        names = _ROLE_NAMES[role] = (role_variable(role), *(name for _, name in _ROLE_FIELDS))
+    return _SNAPSHOTS.parsed(names, lambda: Environment(
+        role_model=_get(names[0]), **{field: _get(name) for field, name in _ROLE_FIELDS},
+    ))
 
 
 def default_cache_dir() -> Path:
@@ -110,9 +161,14 @@ def default_cache_dir() -> Path:
     return Path(_get("XDG_CACHE_HOME") or Path.home() / ".cache") / "myopto"
 
 
+_LOG_NAMES = ("MYOPTO_LOG_FILE", "MYOPTO_LOG_MESSAGES")
+
+
 def log_settings() -> tuple[str | None, bool]:
     """(`MYOPTO_LOG_FILE`, whether `MYOPTO_LOG_MESSAGES` asks for messages and answers)."""
-    return _get("MYOPTO_LOG_FILE"), (_get("MYOPTO_LOG_MESSAGES") or "0").lower() in ("1", "true", "yes", "on")
+    return _SNAPSHOTS.parsed(_LOG_NAMES, lambda: (
+        _get("MYOPTO_LOG_FILE"), (_get("MYOPTO_LOG_MESSAGES") or "0").lower() in ("1", "true", "yes", "on"),
+    ))
 
 
 def tracing_setting() -> str | None:

@@ -35,13 +35,17 @@ def active_tracer() -> Any:
     trace = sys.modules.get("opentelemetry.trace")
     if trace is None:  # nobody imported OpenTelemetry: nobody is collecting spans
         return None
-    provider = trace.get_tracer_provider()
-    cached_provider, tracer = _tracer
-    if provider is cached_provider:
-        return tracer
+    try:
+        provider = trace.get_tracer_provider()
+        cached_provider, tracer = _tracer
+        if provider is cached_provider:
+            return tracer
+        recording = _is_recording_provider(provider, trace)
+    except AttributeError:  # another thread is importing OpenTelemetry right now: not set up yet
+        return None
     from myopto import __version__
 
-    tracer = provider.get_tracer("myopto", __version__) if _is_recording_provider(provider, trace) else None
+    tracer = provider.get_tracer("myopto", __version__) if recording else None
     _tracer = (provider, tracer)
     return tracer
 
@@ -57,7 +61,7 @@ def messages_wanted() -> bool:
 def span_event(name: str, attributes: Mapping[str, Any]) -> None:
     """Add an event to the current span, if there is a recording one (retry attempts use this)."""
     trace = sys.modules.get("opentelemetry.trace")
-    if trace is None:
+    if trace is None or active_tracer() is None:
         return
     span = trace.get_current_span()
     if span.is_recording():

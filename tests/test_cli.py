@@ -12,7 +12,7 @@ def test_roles_prints_backend_model_their_sources_and_the_chain(capsys):
     out = capsys.readouterr().out
     assert "executor\n  backend: LiteLLM (from default)\n  model:   gpt-4o (from LiteLLM default)" in out
     assert "optimizer\n  backend: CustomLLM (from config)\n  model:   opt-model (from config)" in out
-    assert "3. <lambda>" in out and "backend: CustomLLM at http://127.0.0.1:9/v1" in out
+    assert "4. <lambda>" in out and "backend: CustomLLM at http://127.0.0.1:9/v1" in out
 
 
 def test_roles_reports_a_broken_role_instead_of_crashing(capsys, monkeypatch):

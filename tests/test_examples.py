@@ -36,7 +36,7 @@ def test_local_slm_example_on_the_tiny_model(tiny_model_path):
 
 def test_custom_middleware_example_touches_one_role_only():
     out = run_example("custom_middleware.py")
-    assert "3. prefix_for_optimizer" in out
+    assert "4. prefix_for_optimizer" in out
     assert "optimizer's request as the server saw it: [{'role': 'system', 'content': 'Be concise." in out
     assert "executor's request as the server saw it: [{'role': 'user', 'content': 'Solve the task.'}]" in out
     assert "executor calls counted: 1" in out

@@ -185,3 +185,15 @@ def test_a_bad_myopto_tracing_value_is_refused(server, monkeypatch):
     monkeypatch.setenv("MYOPTO_TRACING", "jaeger")
     with pytest.raises(myopto.ConfigError, match="MYOPTO_TRACING must be 'otlp'"):
         get_llm("executor", backend="CustomLLM", model="m", base_url=server.url)
+
+
+def test_a_half_imported_opentelemetry_counts_as_off(monkeypatch):
+    """Another thread importing OpenTelemetry (redis-py does, lazily) must not fail a call."""
+    import types
+
+    from myopto.tracing import active_tracer, span_event
+
+    half = types.ModuleType("opentelemetry.trace")  # in sys.modules, nothing defined yet
+    monkeypatch.setitem(sys.modules, "opentelemetry.trace", half)
+    assert active_tracer() is None
+    span_event("myopto.retry", {"myopto.attempt": 1})  # no error either
