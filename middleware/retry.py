@@ -99,31 +99,62 @@ class Retry(Middleware):
             return request.replace(timeout=max(left, 0.001))
         return request
 
+    def _first_failed(self, request: Request, error: BackendError) -> bool:
+        """Whether a failed first attempt goes on to tenacity (retryable, and retries allowed)."""
+        if error.retryable and request.metadata.get("retries", self.retries) > 0:
+            return True
+        error.attempts = 1
+        return False
+
+    # The first attempt runs without tenacity (its bookkeeping costs microseconds a call, and
+    # most calls succeed); a retryable failure hands over to the tenacity loop, whose first
+    # iteration replays that failure with the call's real start time, so waits, Retry-After,
+    # the deadline and the retry events are exactly what they would have been.
     def __call__(self, request: Request, call_next: Handler) -> Response:
+        start = time.monotonic()
+        try:
+            return call_next(self._clipped(request, start + request.metadata.get("deadline", self.deadline)))
+        except BackendError as error:
+            if not self._first_failed(request, error):
+                raise
+            first = error
         policy, deadline = self._policy(request, asynchronous=False)
         attempts = 0
         try:
             for attempt in policy:
                 with attempt:
                     attempts += 1
+                    if attempts == 1:
+                        attempt.retry_state.start_time = start
+                        raise first
                     end = attempt.retry_state.start_time + deadline
                     response = call_next(self._clipped(request, end))
-                    return response.replace(attempts=attempts) if attempts > 1 else response
+                    return response.replace(attempts=attempts)
         except BackendError as error:
             error.attempts = attempts
             raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def acall(self, request: Request, call_next: AsyncHandler) -> Response:
+        start = time.monotonic()
+        try:
+            return await call_next(self._clipped(request, start + request.metadata.get("deadline", self.deadline)))
+        except BackendError as error:
+            if not self._first_failed(request, error):
+                raise
+            first = error
         policy, deadline = self._policy(request, asynchronous=True)
         attempts = 0
         try:
             async for attempt in policy:
                 with attempt:
                     attempts += 1
+                    if attempts == 1:
+                        attempt.retry_state.start_time = start
+                        raise first
                     end = attempt.retry_state.start_time + deadline
                     response = await call_next(self._clipped(request, end))
-                    return response.replace(attempts=attempts) if attempts > 1 else response
+                    return response.replace(attempts=attempts)
         except BackendError as error:
             error.attempts = attempts
             raise
