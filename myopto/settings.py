@@ -17,6 +17,8 @@
 | `MYOPTO_LIMITS_URL` | a Redis URL: rate limits and budgets shared by every worker | a Redis `MYOPTO_CACHE_URL` |
 | `MYOPTO_LOG_FILE` | write one JSON line per call to this file | no log |
 | `MYOPTO_LOG_MESSAGES` | `1` to include messages and answers in the log (and on spans) | `0` |
+| `HF_HUB_OFFLINE` | Hugging Face's own switch: `1` and a hub id missing from the cache fails at once | - |
+| `HF_ENDPOINT` | Hugging Face's own: the hub's address, probed before a download | `https://huggingface.co` |
 | `MYOPTO_TRACING` | `otlp`: send OpenTelemetry spans over OTLP/HTTP (`OTEL_EXPORTER_OTLP_*` say where) | off |
 """
 
@@ -169,6 +171,12 @@ def log_settings() -> tuple[str | None, bool]:
     return _SNAPSHOTS.parsed(_LOG_NAMES, lambda: (
         _get("MYOPTO_LOG_FILE"), (_get("MYOPTO_LOG_MESSAGES") or "0").lower() in ("1", "true", "yes", "on"),
     ))
+
+
+def hub_settings() -> tuple[bool, str]:
+    """(whether `HF_HUB_OFFLINE` forbids the hub, the hub's address from `HF_ENDPOINT`)."""
+    offline = (_get("HF_HUB_OFFLINE") or "0").lower() in ("1", "true", "yes", "on")
+    return offline, (_get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
 
 
 def tracing_setting() -> str | None:

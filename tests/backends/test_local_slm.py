@@ -175,3 +175,38 @@ def test_unknown_local_options_are_rejected(tiny_model_path):
 def test_constrained_must_be_a_bool(local_role):
     with pytest.raises(ValueError, match="constrained must be True or False"):
         get_llm()("x", constrained="yes")
+
+
+@pytest.fixture
+def fresh_probe(monkeypatch):
+    from myopto.backends import model_files
+
+    monkeypatch.setattr(model_files, "_probe", None)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    return model_files
+
+
+@pytest.mark.parametrize("setting", [("HF_ENDPOINT", "http://127.0.0.1:9"), ("HF_HUB_OFFLINE", "1")], ids=["hub-unreachable", "hf-hub-offline"])
+def test_an_uncached_hub_id_offline_fails_in_seconds_naming_the_alternatives(fresh_probe, monkeypatch, capfd, setting):
+    import time
+
+    from myopto import BackendUnavailable
+
+    monkeypatch.setenv(*setting)
+    set_role_config("executor", backend="LocalSLM", model="someone/not-in-the-cache-model")
+    start = time.monotonic()
+    with pytest.raises(BackendUnavailable) as error:
+        get_llm()("hi")
+    assert time.monotonic() - start < 5
+    message = str(error.value)
+    assert "cannot be reached" in message and ".gguf" in message and "HuggingFaceTB/SmolLM2-135M-Instruct" in message
+    assert ("HF_HUB_OFFLINE is set" in message) == (setting[0] == "HF_HUB_OFFLINE")
+    assert "Retrying" not in capfd.readouterr().err
+
+
+def test_a_hub_that_answers_counts_as_reachable_and_the_answer_is_remembered(fresh_probe, monkeypatch, server):
+    monkeypatch.setenv("HF_ENDPOINT", server.url.rsplit("/v1", 1)[0])  # any HTTP answer, even a 404
+    assert fresh_probe.hub_unreachable() is None
+    assert fresh_probe._probe is not None and fresh_probe._probe[2] is None
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    assert "did not answer" in fresh_probe.hub_unreachable()
