@@ -1,14 +1,20 @@
 """The MLX engine of LocalSLM (`use_mlx=True`), through mlx-lm: Apple Silicon, or the CPU
-backend of `mlx[cpu]` on Linux."""
+backend of `mlx[cpu]` on Linux.
+
+`constrained=True` works here as on the transformers engine, with the same xgrammar grammars
+and the same closer (`JsonConstraint`): an mlx-lm logits processor hands each step's logits to
+the constraint and takes the masked ones back, and an answer cut off by the token budget is
+closed into valid JSON for the schema."""
 
 from __future__ import annotations
 
 import threading
 from typing import Any
 
+from myopto.backends.json_grammar import GrammarCache, JsonConstraint
 from myopto.backends.model_files import ModelSource
 from myopto.backends.transformers_engine import Generated, Generation
-from myopto.errors import BackendUnavailable, ConfigError
+from myopto.errors import BackendUnavailable
 from myopto.parsing import content_text
 
 
@@ -35,6 +41,37 @@ class MlxEngine:
         self.source = source
         self.model, self.tokenizer = mlx_lm.load(source.path)
         self._lock = threading.Lock()
+        self._grammars: GrammarCache | None = None
+
+    @property
+    def stop_ids(self) -> set[int]:
+        return {int(i) for i in getattr(self.tokenizer, "eos_token_ids", None) or ()}
+
+    @property
+    def grammars(self) -> GrammarCache:
+        """Compiled grammars for this model's Hugging Face tokenizer, sized to its logits."""
+        if self._grammars is None:
+            try:
+                hf_tokenizer = getattr(self.tokenizer, "_tokenizer", self.tokenizer)
+                vocab_size = self.model(self.mx.array([[0]])).shape[-1]  # the logits' width, padding included
+                self._grammars = GrammarCache(hf_tokenizer, int(vocab_size))
+            except ImportError as error:
+                raise BackendUnavailable("constrained decoding needs xgrammar: pip install xgrammar") from error
+        return self._grammars
+
+    def _mlx_processor(self, constraint: JsonConstraint) -> Any:
+        """An mlx-lm logits processor that masks through the (torch-based) JSON constraint."""
+        import numpy as np
+        import torch
+
+        mx = self.mx
+
+        def process(tokens: Any, logits: Any) -> Any:
+            ids = torch.from_numpy(np.array(tokens, dtype=np.int64))[None]
+            scores = torch.from_numpy(np.array(logits.astype(mx.float32)))
+            return mx.array(constraint(ids, scores).numpy()).astype(logits.dtype)
+
+        return process
 
     def prompt_ids(self, messages: list[dict[str, Any]]) -> tuple[int, ...]:
         messages = [{"role": m["role"], "content": content_text(m.get("content"))} for m in messages]
@@ -48,23 +85,36 @@ class MlxEngine:
         return tuple(int(i) for i in ids)
 
     def generate(self, generation: Generation) -> Generated:
-        if generation.constrained:
-            raise ConfigError("constrained decoding runs on the transformers engine; set use_mlx=False for constrained=True")
         sampler = self.make_sampler(
             temp=generation.temperature, top_p=generation.top_p or 0.0, top_k=generation.top_k or 0
         )
-        text, last = "", None
+        constraint = None
+        processors = []
+        if generation.constrained:
+            grammar = self.grammars.compile(generation.json_schema or None)
+            constraint = JsonConstraint(self.grammars, [grammar], [generation.max_new_tokens], len(generation.prompt_ids))
+            processors.append(self._mlx_processor(constraint))
+        text, tokens, last = "", [], None
         with self._lock:
             if generation.seed is not None:
                 self.mx.random.seed(generation.seed)
             for step in self.mlx_lm.stream_generate(
-                self.model, self.tokenizer, list(generation.prompt_ids), max_tokens=generation.max_new_tokens, sampler=sampler
+                self.model, self.tokenizer, list(generation.prompt_ids), max_tokens=generation.max_new_tokens,
+                sampler=sampler, logits_processors=processors or None,
             ):
                 text += step.text
+                tokens.append(int(step.token))
                 last = step
-                if generation.stop and any(s in text for s in generation.stop):
+                if generation.stop and not constraint and any(s in text for s in generation.stop):
                     break
         finish = getattr(last, "finish_reason", None) or "stop"
+        if constraint is not None:
+            stop_ids = self.stop_ids
+            ended = any(token in stop_ids for token in tokens)
+            closed = constraint.finish(0, tokens, stop_ids)
+            finish = "stop" if ended or len(closed) > len([t for t in tokens if t not in stop_ids]) else finish
+            text = self.tokenizer.decode(closed)
+            return Generated(text, len(generation.prompt_ids), len(closed), finish)
         if generation.stop:
             cut = min((i for i in (text.find(s) for s in generation.stop) if i >= 0), default=-1)
             if cut >= 0:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from myopto import BackendUnavailable, ConfigError, get_llm, llm_json, set_role_config
+from myopto import BackendUnavailable, get_llm, llm_json, set_role_config
 
 mlx_lm = pytest.importorskip("mlx_lm", reason="the mlx extra is not installed")
 
@@ -32,9 +32,38 @@ def test_mlx_greedy_is_deterministic(mlx_role):
     assert get_llm()("x y z", max_tokens=6).text == get_llm()("x y z", max_tokens=6).text
 
 
-def test_mlx_refuses_constrained_decoding_clearly(mlx_role):
-    with pytest.raises(ConfigError, match="use_mlx=False"):
-        llm_json("x", max_tokens=5, constrained=True)
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}}},
+    "required": ["name", "age", "tags"],
+}
+
+
+def test_mlx_constrained_answers_are_valid_json_for_the_schema_20_of_20(mlx_role):
+    import json
+
+    import jsonschema
+
+    for seed in range(20):  # random weights, sampled: only the grammar makes these valid
+        response = get_llm()(f"person {seed}", response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}},
+                             constrained=True, max_tokens=12, temperature=0.9, seed=seed)
+        jsonschema.validate(json.loads(response.text), PERSON)
+        assert response.parsed == json.loads(response.text)
+
+
+def test_mlx_constrained_answer_cut_by_a_tiny_budget_is_still_closed(mlx_role):
+    import json
+
+    response = get_llm()("x", response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}},
+                         constrained=True, max_tokens=2)
+    value = json.loads(response.text)
+    assert set(value) == {"name", "age", "tags"}
+    assert response.usage.completion_tokens > 2  # the closing tokens are counted
+
+
+def test_mlx_constrained_json_object_without_a_schema(mlx_role):
+    value = llm_json("x", max_tokens=6, constrained=True)
+    assert isinstance(value, dict)
 
 
 def test_mlx_refuses_a_gguf_file(tmp_path):
