@@ -4,6 +4,7 @@ and runs batches of requests through one padded `generate`."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from typing import Any
 
@@ -14,6 +15,7 @@ from myopto.errors import BackendUnavailable
 from myopto.parsing import content_text
 
 DEFAULT_MAX_NEW_TOKENS = 256
+_log = logging.getLogger("myopto.local")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,13 +86,10 @@ class TransformersEngine:
             ) from error
         self.torch = torch
         self.source = source
+        self.converted_from_gguf = False  # True when this load read the GGUF itself (no whole copy yet)
         self.device = pick_device(device)
         self.dtype = pick_dtype(torch_dtype, self.device)
-        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-        if source.gguf_file:
-            kwargs["gguf_file"] = source.gguf_file
-        self.tokenizer = source.load(AutoTokenizer.from_pretrained, **kwargs)
-        self.model = source.load(AutoModelForCausalLM.from_pretrained, dtype=self.dtype, **kwargs)
+        self.tokenizer, self.model = self._load(source, AutoTokenizer, AutoModelForCausalLM, trust_remote_code)
         self.model.to(self.device).eval()
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
@@ -104,6 +103,32 @@ class TransformersEngine:
             self.run_batch, max_batch_size=max_batch_size, max_wait=batch_wait, key=Generation.batch_key,
             name=f"myopto-batcher:{source.label}",
         )
+
+    def _load(self, source: ModelSource, tokenizers: Any, models: Any, trust_remote_code: bool) -> tuple[Any, Any]:
+        """(tokenizer, model). A GGUF file is read from its converted copy when one is whole, and
+        converted (slowly, by transformers) and kept as a copy when not."""
+        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        if not source.gguf_file:
+            return source.load(tokenizers.from_pretrained, **kwargs), source.load(models.from_pretrained, dtype=self.dtype, **kwargs)
+        from pathlib import Path
+
+        from myopto.backends.converted_copy import ConvertedCopy
+        from myopto.settings import model_dir
+
+        copy = ConvertedCopy(Path(source.path) / source.gguf_file, model_dir())
+        if copy.ready():
+            try:
+                folder = str(copy.folder)
+                return tokenizers.from_pretrained(folder, **kwargs), models.from_pretrained(folder, dtype=self.dtype, **kwargs)
+            except Exception as error:  # whole by its manifest, yet unloadable: rebuild it
+                _log.warning("the converted copy in %s cannot be loaded (%s); converting the GGUF file again", copy.folder, error)
+                copy.discard()
+        kwargs["gguf_file"] = source.gguf_file
+        tokenizer = source.load(tokenizers.from_pretrained, **kwargs)
+        model = source.load(models.from_pretrained, dtype=self.dtype, **kwargs)
+        copy.write(model, tokenizer)
+        self.converted_from_gguf = True
+        return tokenizer, model
 
     def _stop_ids(self) -> set[int]:
         ids = set()

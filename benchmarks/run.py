@@ -409,6 +409,49 @@ def local_models(quick: bool) -> list[Row]:
     return rows
 
 
+RAW_GGUF_LOAD = """
+import time; start = time.perf_counter()
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from myopto.backends.model_files import embedded_gguf
+gguf = embedded_gguf()
+AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+print(time.perf_counter() - start)
+"""
+FIRST_ANSWER = """
+import time; start = time.perf_counter()
+from myopto import get_llm, set_role_config
+from myopto.backends.model_files import EMBEDDED_MODEL
+set_role_config("b", backend="LocalSLM", model=EMBEDDED_MODEL, cache="off")
+get_llm("b")("What is the capital of France?", max_tokens=8)
+print(time.perf_counter() - start)
+"""
+
+
+def reload_time(repeats: int) -> list[Row]:
+    """A new process's first answer on the embedded GGUF (its converted copy kept by an earlier
+    process) against raw transformers loading the same GGUF; imports counted on both sides."""
+    from myopto.backends.model_files import embedded_gguf
+
+    if embedded_gguf() is None:
+        return []
+    env = {**os.environ, "MYOPTO_MODEL_DIR": tempfile.mkdtemp(prefix="myopto-models-")}
+
+    def seconds(code: str) -> float:
+        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env).stdout
+        return float(out.strip().splitlines()[-1])
+
+    seconds(FIRST_ANSWER)  # the first process converts and keeps the copy
+    raw, ours = [], []
+    for _ in range(max(2, repeats // 2)):
+        raw.append(seconds(RAW_GGUF_LOAD))
+        ours.append(seconds(FIRST_ANSWER))
+    anchor = Row("6 local: smollm2", "raw transformers: load the GGUF in a new process", raw, "s")
+    first = ratio_to(Row("6 local: smollm2", "LocalSLM: first answer in a new process (converted copy)", ours, "s", goal="≤ 0.3"), anchor)
+    return [anchor, first]
+
+
 WORKLOADS = ("imports", "chain", "http", "cache", "concurrency", "local", "redis", "tracing")
 
 
@@ -441,6 +484,7 @@ def main() -> None:
             rows += concurrency(repeats)
         elif workload == "local":
             rows += local_models(arguments.quick)
+            rows += reload_time(repeats)
     result = table(rows)
     print(result)
     notes = "\n".join(f"- {row.workload} / {row.name}: {row.note}" for row in rows if row.note)

@@ -11,6 +11,7 @@
 | `TRACE_CUSTOMLLM_API_KEY` | CustomLLM's API key | `OPENAI_API_KEY`, else none |
 | `MYOPTO_CACHE` | cache mode: on, off, read_only, refresh, replay | `on` |
 | `MYOPTO_CACHE_DIR` | cache directory | the platform's user cache dir + `/myopto` |
+| `MYOPTO_MODEL_DIR` | where converted copies of GGUF models are kept (fast reloads) | the user cache dir + `/myopto-models` |
 | `MYOPTO_CACHE_URL` | a Redis URL (`redis://`, `rediss://`, `unix://`): the cache lives there instead | - |
 | `MYOPTO_CACHE_NAMESPACE` | prefix of every Redis key, to keep experiments or teams apart | `myopto` |
 | `MYOPTO_CACHE_LEASE_SECONDS` | life of a single-flight lease on Redis (renewed while the call runs) | `10` |
@@ -149,6 +150,20 @@ def read_environment(role: str) -> Environment:
     return _SNAPSHOTS.parsed(names, lambda: Environment(
         role_model=_get(names[0]), **{field: _get(name) for field, name in _ROLE_FIELDS},
     ))
+
+
+def _user_cache_root() -> Path:
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches"
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    return Path(_get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
+def model_dir() -> Path:
+    """`MYOPTO_MODEL_DIR`, else the platform's user cache directory + `myopto-models`."""
+    configured = _get("MYOPTO_MODEL_DIR")
+    return Path(configured).expanduser() if configured else _user_cache_root() / "myopto-models"
 
 
 def default_cache_dir() -> Path:

@@ -34,8 +34,14 @@ def server(_session_server):
     _session_server.responder = None
 
 
+@pytest.fixture(scope="session")
+def _model_dir(tmp_path_factory):
+    """Converted copies of GGUF models made during the session (never the user's own cache)."""
+    return tmp_path_factory.mktemp("converted-models")
+
+
 @pytest.fixture(autouse=True)
-def clean_state(monkeypatch, tmp_path):
+def clean_state(monkeypatch, tmp_path, _model_dir):
     """Every test starts with no role config, empty usage, no TRACE_*/OPENAI_* variables, and the
     cache off (tests of the cache turn it on, in a directory of their own)."""
     for name in list(os.environ):
@@ -43,6 +49,7 @@ def clean_state(monkeypatch, tmp_path):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MYOPTO_CACHE", "off")
     monkeypatch.setenv("MYOPTO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MYOPTO_MODEL_DIR", str(_model_dir))
     clear_role_config()
     reset_usage()
     configure_usage(True)
