@@ -153,16 +153,25 @@ class Cache(Middleware):
     # -- parts -------------------------------------------------------------------------------
     @staticmethod
     def _hit(record: dict, start: float) -> Response:
+        """The record as a cache hit (latency: the time the first lookup in this process took)."""
         fields = {**record["response"], "cached": True, "attempts": 0}
         fields["usage"] = Usage(**fields.get("usage", {}))
         fields["latency"] = time.perf_counter() - start
         return Response(**fields)
 
     def _lookup(self, key: str, mode: str) -> Response | None:
+        memory = getattr(self.store, "memory", None)
+        if memory is not None:
+            kept = memory.hit(key)
+            if kept is not None:  # immutable: the same hit serves every later one in this process
+                return kept
         start = time.perf_counter()
         record = self.store.get(key)
         if record is not None:
-            return self._hit(record, start)
+            response = self._hit(record, start)
+            if memory is not None:
+                memory.keep_hit(key, response)
+            return response
         if mode == "replay":
             raise CacheMiss(
                 f"replay mode: no cached answer for this request (key {key[:16]}...); nothing was sent. "

@@ -40,7 +40,7 @@ class RoleLLM:
         # this object's own chain: rebuilt when any config or the role's environment changes
         version, environment = self._router.version, read_environment(self.role)
         cached = self._cache
-        if cached is not None and cached[0] == version and cached[1] == environment:
+        if cached is not None and cached[0] == version and (cached[1] is environment or cached[1] == environment):
             return cached[2], cached[3]
         resolved, pipeline = self._router.chain(self.role, self._overrides)
         self._cache = (version, environment, resolved, pipeline)
@@ -213,6 +213,8 @@ def _call_metadata(metadata: Mapping[str, Any] | None, cache: str | None, sample
                    retries: int | None, deadline: float | None) -> Mapping[str, Any] | None:
     """Per-call cache mode, sample number and retry bounds travel in metadata
     (`sample` enters the cache key; the others do not)."""
+    if cache is None and sample is None and retries is None and deadline is None:
+        return metadata
     extra = {key: value for key, value in (("cache", cache), ("sample", sample), ("retries", retries), ("deadline", deadline))
              if value is not None}
     if not extra:

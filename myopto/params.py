@@ -54,6 +54,8 @@ def _positive_int(name: str, value: Any) -> None:
 
 def check_params(params: Mapping[str, Any], *, where: str = "call") -> dict[str, Any]:
     """Return `params` as a dict with None values dropped; `InvalidRequest` for bad names or values."""
+    if not params:
+        return {}
     checked = {key: value for key, value in params.items() if value is not None}
     unknown = sorted(set(checked) - GENERATION_PARAMS)
     if unknown:

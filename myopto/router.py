@@ -383,7 +383,7 @@ class Router:
         environment = read_environment(role)
         if overrides is None:
             cached = self._chains.get(role)
-            if cached is not None and cached[0] == self._version and cached[1] == environment:
+            if cached is not None and cached[0] == self._version and (cached[1] is environment or cached[1] == environment):
                 return cached[2], cached[3]
         with self._lock:
             version = self._version

@@ -31,7 +31,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -103,53 +103,54 @@ _ROLE_FIELDS = (
 )
 
 
-class _Snapshots:
-    """Reads a fixed set of variables as one tuple of raw values, cheaply enough for every call.
+_ENVIRON = os.environ
+_RAW_GET = getattr(getattr(os.environ, "_data", None), "get", None)
+_ENCODE = getattr(os.environ, "encodekey", None)
+
+
+class _Snapshot:
+    """A fixed set of variables, parsed once and again only when one of them changed.
 
     `os.environ` re-encodes the key and decodes the value on each lookup; the raw values come
-    straight from the mapping it keeps (`os.environ._data`, present on CPython everywhere), so a
-    change check costs a few dictionary lookups and the parsed result is reused while nothing
-    changed. Falls back to `os.environ` where that mapping is missing.
+    straight from the mapping it keeps (`os.environ._data`, present on CPython everywhere), so
+    the change check costs a few dictionary lookups, cheap enough for every call. Falls back to
+    `os.environ` itself where that mapping is missing or `os.environ` was replaced.
     """
 
-    def __init__(self) -> None:
-        self._data = getattr(os.environ, "_data", None)
-        self._encode = getattr(os.environ, "encodekey", None)
-        self._keys: dict[tuple[str, ...], tuple[object, ...]] = {}
-        self._parsed: dict[tuple[str, ...], tuple[tuple[object, ...], object]] = {}
+    __slots__ = ("_keys", "_names", "_parse", "_raw", "_value")
 
-    def raw(self, names: tuple[str, ...]) -> tuple[object, ...]:
-        if self._data is None or self._encode is None or getattr(os.environ, "_data", None) is not self._data:
-            return tuple(os.environ.get(name) for name in names)
-        keys = self._keys.get(names)
-        if keys is None:
-            keys = self._keys[names] = tuple(self._encode(name) for name in names)
-        return tuple(map(self._data.get, keys))
+    def __init__(self, names: tuple[str, ...], parse: Callable[[], T]) -> None:
+        self._names = names
+        self._keys = tuple(_ENCODE(name) for name in names) if _ENCODE is not None else names
+        self._parse = parse
+        self._raw: tuple[object, ...] | None = None
+        self._value: Any = None
 
-    def parsed(self, names: tuple[str, ...], parse: Callable[[], T]) -> T:
-        """`parse()` (which reads `names`), reused until one of the variables changes."""
-        raw = self.raw(names)
-        cached = self._parsed.get(names)
-        if cached is not None and cached[0] == raw:
-            return cached[1]  # type: ignore[return-value]
-        value = parse()
-        self._parsed[names] = (raw, value)
-        return value
+    def value(self) -> Any:
+        if os.environ is _ENVIRON and _RAW_GET is not None and _ENCODE is not None:
+            raw = tuple(map(_RAW_GET, self._keys))
+        else:
+            raw = tuple(os.environ.get(name) for name in self._names)
+        if raw != self._raw:
+            self._value = self._parse()
+            self._raw = raw
+        return self._value
 
 
-_SNAPSHOTS = _Snapshots()
-_ROLE_NAMES: dict[str, tuple[str, ...]] = {}
+_ROLE_SNAPSHOTS: dict[str, _Snapshot] = {}
 
 
 def read_environment(role: str) -> Environment:
     """Read the variables that decide `role`'s chain. Cheap: the same `Environment` object comes
     back while none of them changed, so callers may compare by identity first."""
-    names = _ROLE_NAMES.get(role)
-    if names is None:
-        names = _ROLE_NAMES[role] = (role_variable(role), *(name for _, name in _ROLE_FIELDS))
-    return _SNAPSHOTS.parsed(names, lambda: Environment(
-        role_model=_get(names[0]), **{field: _get(name) for field, name in _ROLE_FIELDS},
-    ))
+    snapshot = _ROLE_SNAPSHOTS.get(role)
+    if snapshot is None:
+        variable = role_variable(role)
+        snapshot = _ROLE_SNAPSHOTS[role] = _Snapshot(
+            (variable, *(name for _, name in _ROLE_FIELDS)),
+            lambda: Environment(role_model=_get(variable), **{field: _get(name) for field, name in _ROLE_FIELDS}),
+        )
+    return snapshot.value()
 
 
 def _user_cache_root() -> Path:
@@ -178,14 +179,14 @@ def default_cache_dir() -> Path:
     return Path(_get("XDG_CACHE_HOME") or Path.home() / ".cache") / "myopto"
 
 
-_LOG_NAMES = ("MYOPTO_LOG_FILE", "MYOPTO_LOG_MESSAGES")
+_LOG_SNAPSHOT = _Snapshot(("MYOPTO_LOG_FILE", "MYOPTO_LOG_MESSAGES"), lambda: (
+    _get("MYOPTO_LOG_FILE"), (_get("MYOPTO_LOG_MESSAGES") or "0").lower() in ("1", "true", "yes", "on"),
+))
 
 
 def log_settings() -> tuple[str | None, bool]:
     """(`MYOPTO_LOG_FILE`, whether `MYOPTO_LOG_MESSAGES` asks for messages and answers)."""
-    return _SNAPSHOTS.parsed(_LOG_NAMES, lambda: (
-        _get("MYOPTO_LOG_FILE"), (_get("MYOPTO_LOG_MESSAGES") or "0").lower() in ("1", "true", "yes", "on"),
-    ))
+    return _LOG_SNAPSHOT.value()
 
 
 def hub_settings() -> tuple[bool, str]:

@@ -1,4 +1,7 @@
-"""`MemoryLRU`: the in-process layer in front of every store, so a repeated request costs no I/O."""
+"""`MemoryLRU`: the in-process layer in front of every store, so a repeated request costs no I/O.
+
+Besides the record it keeps, per key, the `Response` a hit is served as (immutable, so one
+object serves every later hit in the process without building it again)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ class MemoryLRU:
 
     def __init__(self, entries: int = 4096) -> None:
         self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._responses: dict[str, Any] = {}
         self._entries = entries
         self._lock = threading.Lock()
         self.hits = 0
@@ -34,10 +38,26 @@ class MemoryLRU:
     def put(self, key: str, record: dict[str, Any]) -> None:
         with self._lock:
             self._items[key] = record
+            self._responses.pop(key, None)  # a new record: its hit is built anew
             self._items.move_to_end(key)
             while len(self._items) > self._entries:
-                self._items.popitem(last=False)
+                old, _ = self._items.popitem(last=False)
+                self._responses.pop(old, None)
+
+    def hit(self, key: str) -> Any:
+        """The `Response` kept for a hit on `key`, or None (no lock: a dict read is atomic)."""
+        response = self._responses.get(key)
+        if response is not None:
+            self.hits += 1
+        return response
+
+    def keep_hit(self, key: str, response: Any) -> None:
+        """Keep the `Response` served for `key` while its record is in memory."""
+        with self._lock:
+            if key in self._items:
+                self._responses[key] = response
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._responses.clear()
