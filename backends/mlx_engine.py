@@ -61,9 +61,11 @@ class MlxEngine:
 
     def _mlx_processor(self, constraint: JsonConstraint) -> Any:
         """An mlx-lm logits processor that masks through the (torch-based) JSON constraint."""
-        import numpy as np
-        import torch
-
+        try:
+            import numpy as np
+            import torch
+        except ImportError as error:
+            raise BackendUnavailable("constrained=True on MLX needs the local extra too: pip install 'myopto[local,mlx]'") from error
         mx = self.mx
 
         def process(tokens: Any, logits: Any) -> Any:
