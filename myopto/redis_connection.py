@@ -1,7 +1,9 @@
 """One Redis connection setup for everything a fleet of workers shares: the cache store, the
 single-flight leases, and the rate and budget counters.
 
-URLs: `redis://[user:password@]host:port/db`, `rediss://...` (TLS) and `unix:///path?db=N`.
+URLs: `redis://[user:password@]host:port/db`, `rediss://...` (TLS), `unix:///path?db=N`, and
+`redis+cluster://host:port` / `rediss+cluster://...` for Redis Cluster (any node; db 0). Every
+command myopto sends touches one key or keys of one hash slot, so the cluster routes it.
 A URL is checked when it is configured (scheme, port, db), and the server is first reached on
 the first command, which always comes before a request is sent. Connection failures are
 retried briefly (redis-py's own retry: 3 tries, 50-500 ms apart), then become
@@ -19,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from myopto.errors import CacheUnavailable, ConfigError
 
-SCHEMES = ("redis", "rediss", "unix")
+SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 T = TypeVar("T")
 
 
@@ -47,7 +49,8 @@ def check_url(url: Any, *, what: str = "MYOPTO_CACHE_URL") -> str:
     shown = redact(url)
     if parts.scheme not in SCHEMES:
         raise ConfigError(
-            f"{what} {shown!r} has scheme {parts.scheme!r}; use redis://, rediss:// (TLS) or unix:// "
+            f"{what} {shown!r} has scheme {parts.scheme!r}; use redis://, rediss:// (TLS), unix:// or "
+            "redis+cluster:// (Redis Cluster) "
             "(a cache directory is given as a path, with cache_dir= or MYOPTO_CACHE_DIR)"
         )
     try:
@@ -66,6 +69,8 @@ def check_url(url: Any, *, what: str = "MYOPTO_CACHE_URL") -> str:
         db = parts.path.strip("/") or "0"
     if not db.isdigit():
         raise ConfigError(f"{what} {shown!r}: the database must be a number (redis://host:6379/0), got {db!r}")
+    if parts.scheme.endswith("+cluster") and db != "0":
+        raise ConfigError(f"{what} {shown!r}: Redis Cluster has only database 0")
     return url
 
 
@@ -99,16 +104,20 @@ class RedisConnection:
             raise ConfigError(
                 f"{self.where} needs the Redis client: pip install 'myopto[redis]' (redis-py and hiredis)"
             ) from error
-        client = redis.Redis.from_url(
-            self.url,
-            socket_connect_timeout=min(self.timeout, 2.0),
-            socket_timeout=self.timeout,
-            retry=Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), 3),
-            retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
-            health_check_interval=30,
-            decode_responses=True,
-            client_name="myopto",
-        )
+        options: dict[str, Any] = {
+            "socket_connect_timeout": min(self.timeout, 2.0),
+            "socket_timeout": self.timeout,
+            "retry": Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), 3),
+            "health_check_interval": 30,
+            "decode_responses": True,
+            "client_name": "myopto",
+        }
+        scheme, _, rest = self.url.partition("://")
+        if scheme.endswith("+cluster"):
+            client = self._translate(lambda: redis.RedisCluster.from_url(scheme.removesuffix("+cluster") + "://" + rest, **options))
+        else:
+            options["retry_on_error"] = [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
+            client = redis.Redis.from_url(self.url, **options)
         self._translate(client.ping)
         return client
 
@@ -137,7 +146,7 @@ class RedisConnection:
             if text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
                 raise ConfigError(f"Redis at {self.where} refused the credentials ({text})") from error
             raise CacheUnavailable(f"Redis at {self.where} refused a command: {text}", location=self.where) from error
-        except errors.RedisError as error:
+        except (errors.RedisError, errors.RedisClusterException) as error:
             raise CacheUnavailable(
                 f"Redis at {self.where} cannot be reached ({type(error).__name__}: {error}) after brief "
                 "retries; nothing was sent to the model, since its answer could not be recorded",

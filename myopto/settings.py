@@ -12,7 +12,7 @@
 | `MYOPTO_CACHE` | cache mode: on, off, read_only, refresh, replay | `on` |
 | `MYOPTO_CACHE_DIR` | cache directory | the platform's user cache dir + `/myopto` |
 | `MYOPTO_MODEL_DIR` | where converted copies of GGUF models are kept (fast reloads) | the user cache dir + `/myopto-models` |
-| `MYOPTO_CACHE_URL` | a Redis URL (`redis://`, `rediss://`, `unix://`): the cache lives there instead | - |
+| `MYOPTO_CACHE_URL` | a Redis URL (`redis://`, `rediss://`, `unix://`, `redis+cluster://`): the cache lives there | - |
 | `MYOPTO_CACHE_NAMESPACE` | prefix of every Redis key, to keep experiments or teams apart | `myopto` |
 | `MYOPTO_CACHE_LEASE_SECONDS` | life of a single-flight lease on Redis (renewed while the call runs) | `10` |
 | `MYOPTO_LIMITS_URL` | a Redis URL: rate limits and budgets shared by every worker | a Redis `MYOPTO_CACHE_URL` |

@@ -38,4 +38,4 @@ def test_cache_options_work_before_and_after_the_subcommand(tmp_path, capsys):
 
 def test_cache_command_with_a_bad_url_says_what_to_fix(capsys):
     assert main(["cache", "stats", "--url", "http://127.0.0.1:6379"]) == 2
-    assert "use redis://, rediss:// (TLS) or unix://" in capsys.readouterr().err
+    assert "use redis://, rediss:// (TLS), unix:// or redis+cluster://" in capsys.readouterr().err

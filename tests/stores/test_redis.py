@@ -238,3 +238,35 @@ def test_waiters_wake_when_the_flight_ends_not_when_their_wait_runs_out(redis_se
     waiter.wait("k", 0.3)
     assert time.monotonic() - start >= 0.25
     second.release()
+
+
+def test_a_redis_cluster_serves_the_cache_single_flight_limits_and_stats(server, monkeypatch, capsys):
+    from myopto.testing import RedisClusterServers
+
+    monkeypatch.setenv("MYOPTO_CACHE", "on")
+    with RedisClusterServers() as cluster:
+        redis_role(server, cluster.url, rpm=600, pricing={"input": 0.0, "output": 5000.0}, max_cost_usd=1.0)
+        answers = [get_llm()(f"cluster question {i}").text for i in range(6)]
+        assert server.request_count == 6
+        store = RedisStore(cluster.url)
+        store.memory.clear()
+        assert [get_llm()(f"cluster question {i}", cache="replay").text for i in range(6)] == answers
+        assert server.request_count == 6
+        record, lease, _ = store.claim("a-key-of-its-own")  # the lease script: two keys, one slot
+        assert record is None and lease is not None
+        lease.release()
+        assert main(["cache", "stats", "--url", cluster.url]) == 0
+        assert json.loads(capsys.readouterr().out)["entries"] == 6
+        # the keys really are spread over the nodes
+        counts = [int(raw_node.dbsize()) for raw_node in (redis_py.Redis(port=node.port) for node in cluster.nodes)]
+        assert sum(counts) >= 6 and sum(1 for count in counts if count) >= 2
+    with pytest.raises(ConfigError, match="only database 0"):
+        set_role_config("executor", cache_url="redis+cluster://127.0.0.1:7000/3")
+
+
+def test_an_unreachable_cluster_is_cache_unavailable_and_nothing_is_sent(server, monkeypatch):
+    monkeypatch.setenv("MYOPTO_CACHE", "on")
+    redis_role(server, "redis+cluster://127.0.0.1:9/0")
+    with pytest.raises(CacheUnavailable, match="cannot be reached"):
+        get_llm()("anything")
+    assert server.request_count == 0
