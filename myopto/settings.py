@@ -31,9 +31,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
-
-T = TypeVar("T")
+from typing import Any
 
 DEFAULT_BACKEND = "LiteLLM"
 DEFAULT_LITELLM_MODEL = "gpt-4o"
@@ -119,7 +117,7 @@ class _Snapshot:
 
     __slots__ = ("_keys", "_names", "_parse", "_raw", "_value")
 
-    def __init__(self, names: tuple[str, ...], parse: Callable[[], T]) -> None:
+    def __init__(self, names: tuple[str, ...], parse: Callable[[], Any]) -> None:
         self._names = names
         self._keys = tuple(_ENCODE(name) for name in names) if _ENCODE is not None else names
         self._parse = parse
@@ -172,11 +170,9 @@ def default_cache_dir() -> Path:
     configured = _get("MYOPTO_CACHE_DIR")
     if configured:
         return Path(configured).expanduser()
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "myopto"
     if sys.platform == "win32":
-        return Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local") / "myopto" / "Cache"
-    return Path(_get("XDG_CACHE_HOME") or Path.home() / ".cache") / "myopto"
+        return _user_cache_root() / "myopto" / "Cache"
+    return _user_cache_root() / "myopto"
 
 
 _LOG_SNAPSHOT = _Snapshot(("MYOPTO_LOG_FILE", "MYOPTO_LOG_MESSAGES"), lambda: (

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from myopto.errors import CacheUnavailable, MyoptoError
-from myopto.stores.memory import MemoryLRU
+from myopto.stores.memory import MemoryFronted, MemoryLRU
 
 
 class UnsafeCacheEntry(MyoptoError):
@@ -41,7 +41,7 @@ def _safe_disk() -> type:
     return SafeDisk
 
 
-class DiskStore:
+class DiskStore(MemoryFronted):
     """A diskcache directory holding one JSON record per key, with an in-memory LRU in front.
 
     Safe for many threads and many processes writing one directory (SQLite transactions).
@@ -70,26 +70,17 @@ class DiskStore:
         self.disk_hits = 0
         self.misses = 0
 
-    def in_memory(self, key: str) -> bool:
-        return key in self.memory
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        record = self.memory.get(key)
-        if record is not None:
-            return record
+    def _read(self, key: str) -> str | None:
         text = self._cache.get(key)
         with self._lock:
             if text is None:
                 self.misses += 1
-                return None
-            self.disk_hits += 1
-        record = json.loads(text)
-        self.memory.put(key, record)
-        return record
+            else:
+                self.disk_hits += 1
+        return text
 
-    def set(self, key: str, record: dict[str, Any]) -> None:
-        self._cache.set(key, json.dumps(record, ensure_ascii=False, sort_keys=True))
-        self.memory.put(key, record)
+    def _write(self, key: str, text: str) -> None:
+        self._cache.set(key, text)
 
     def items(self) -> Iterator[tuple[str, dict[str, Any]]]:
         for key in self._cache.iterkeys():

@@ -5,6 +5,7 @@ object serves every later hit in the process without building it again)."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -61,3 +62,38 @@ class MemoryLRU:
         with self._lock:
             self._items.clear()
             self._responses.clear()
+
+
+class MemoryFronted:
+    """What every store shares: JSON-text records behind a `MemoryLRU` (`self.memory`).
+
+    A store supplies `_read(key) -> str | None` and `_write(key, text)`; reads go to memory
+    first, and whatever is read or written is remembered there.
+    """
+
+    memory: MemoryLRU
+
+    def _read(self, key: str) -> str | None:
+        raise NotImplementedError
+
+    def _write(self, key: str, text: str) -> None:
+        raise NotImplementedError
+
+    def in_memory(self, key: str) -> bool:
+        return key in self.memory
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        record = self.memory.get(key)
+        if record is not None:
+            return record
+        text = self._read(key)
+        return None if text is None else self._remember(key, text)
+
+    def set(self, key: str, record: dict[str, Any]) -> None:
+        self._write(key, json.dumps(record, ensure_ascii=False, sort_keys=True))
+        self.memory.put(key, record)
+
+    def _remember(self, key: str, text: str) -> dict[str, Any]:
+        record = json.loads(text)
+        self.memory.put(key, record)
+        return record

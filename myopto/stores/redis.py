@@ -27,7 +27,7 @@ from typing import Any
 
 from myopto.errors import CacheUnavailable
 from myopto.redis_connection import RedisConnection, redis_connection
-from myopto.stores.memory import MemoryLRU
+from myopto.stores.memory import MemoryFronted, MemoryLRU
 
 _log = logging.getLogger("myopto.cache")
 
@@ -71,7 +71,7 @@ class Lease:
         self.store._release(self)
 
 
-class RedisStore:
+class RedisStore(MemoryFronted):
     """Cached answers on a Redis server, with an in-memory LRU in front. See the module doc."""
 
     def __init__(
@@ -110,24 +110,11 @@ class RedisStore:
         return script
 
     # -- the store interface ---------------------------------------------------------------
-    def in_memory(self, key: str) -> bool:
-        return key in self.memory
+    def _read(self, key: str) -> str | None:
+        return self.connection.run(lambda client: client.get(self._record_key(key)))
 
-    def get(self, key: str) -> dict[str, Any] | None:
-        record = self.memory.get(key)
-        if record is not None:
-            return record
-        text = self.connection.run(lambda client: client.get(self._record_key(key)))
-        if text is None:
-            return None
-        record = json.loads(text)
-        self.memory.put(key, record)
-        return record
-
-    def set(self, key: str, record: dict[str, Any]) -> None:
-        text = json.dumps(record, ensure_ascii=False, sort_keys=True)
+    def _write(self, key: str, text: str) -> None:
         self.connection.run(lambda client: client.set(self._record_key(key), text))
-        self.memory.put(key, record)
 
     def _keys(self) -> Iterator[str]:
         pattern = f"{self.namespace}:cache:*"
@@ -181,9 +168,7 @@ class RedisStore:
         keys = [self._record_key(key), self._lease_key(key), self._done_key(key)]
         kind, value = self.connection.run(lambda client: self._script(_CLAIM)(keys=keys, args=[token, self.lease_ms]))
         if int(kind) == 1:
-            record = json.loads(value)
-            self.memory.put(key, record)
-            return record, None, 0.0
+            return self._remember(key, value), None, 0.0
         if int(kind) == 2:
             lease = Lease(self, key, token)
             with self._held_lock:
