@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 _CLOSERS = frozenset('"]}')
@@ -25,18 +25,42 @@ _MAX_CLOSING_STEPS = 512
 
 
 class GrammarCache:
-    """Compiled grammars per tokenizer and schema (compiling is the slow part)."""
+    """Compiled grammars per vocabulary and schema (compiling is the slow part).
 
-    def __init__(self, tokenizer: Any, vocab_size: int) -> None:
+    Built from a Hugging Face tokenizer (`for_tokenizer`) or from the byte string of every
+    token (`for_pieces`, as a GGUF vocabulary decodes them)."""
+
+    def __init__(self, info: Any, vocab_size: int, decode: Callable[[int], str]) -> None:
         import xgrammar as xgr
 
         self.xgr = xgr
-        self.tokenizer = tokenizer
         self.vocab_size = vocab_size
-        self.info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
-        self.compiler = xgr.GrammarCompiler(self.info)
+        self.info = info
+        self.decode = decode
+        self.compiler = xgr.GrammarCompiler(info)
         self._lock = threading.Lock()
         self._compiled: dict[str, Any] = {}
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: Any, vocab_size: int) -> GrammarCache:
+        """For a Hugging Face tokenizer; `vocab_size` is the width of the model's logits."""
+        import xgrammar as xgr
+
+        def decode(token: int) -> str:
+            try:
+                return str(tokenizer.decode([token]))
+            except Exception:  # ids past the tokenizer's vocabulary (padded embedding rows)
+                return ""
+
+        return cls(xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size), vocab_size, decode)
+
+    @classmethod
+    def for_pieces(cls, pieces: Sequence[bytes], stop_ids: Sequence[int]) -> GrammarCache:
+        """For a vocabulary given as each token's bytes (control tokens as b"")."""
+        import xgrammar as xgr
+
+        info = xgr.TokenizerInfo(list(pieces), xgr.VocabType.RAW, vocab_size=len(pieces), stop_token_ids=list(stop_ids))
+        return cls(info, len(pieces), lambda token: pieces[token].decode("utf-8", "replace"))
 
     def compile(self, schema: dict[str, Any] | None) -> Any:
         """The compiled grammar for a JSON schema, or for any JSON object when `schema` is None."""
@@ -44,8 +68,8 @@ class GrammarCache:
         with self._lock:
             compiled = self._compiled.get(key)
             if compiled is None:
-                if schema is None:
-                    compiled = self.compiler.compile_builtin_json_grammar()
+                if schema is None:  # json_object: any object (the builtin JSON grammar also allows arrays)
+                    compiled = self.compiler.compile_json_schema('{"type": "object"}', strict_mode=False)
                 else:
                     compiled = self.compiler.compile_json_schema(key, strict_mode=True)
                 self._compiled[key] = compiled
@@ -54,13 +78,29 @@ class GrammarCache:
     @functools.cached_property
     def token_strings(self) -> list[str]:
         """Each token id decoded on its own, for choosing closing tokens."""
-        strings = []
-        for index in range(self.vocab_size):
-            try:
-                strings.append(self.tokenizer.decode([index]))
-            except Exception:  # ids past the tokenizer's vocabulary (padded embedding rows)
-                strings.append("")
-        return strings
+        return [self.decode(index) for index in range(self.vocab_size)]
+
+    def close(self, matcher: Any, stop_ids: set[int]) -> list[int]:
+        """Tokens that close a cut-off answer into JSON the matcher's grammar accepts, chosen
+        without the model: at each step the allowed token that closes the most."""
+        import torch
+
+        added: list[int] = []
+        strings = self.token_strings
+        mask = self.xgr.allocate_token_bitmask(1, self.vocab_size)
+        for _ in range(_MAX_CLOSING_STEPS):
+            if matcher.is_terminated():
+                return added
+            matcher.fill_next_token_bitmask(mask, 0)
+            logits = torch.zeros(1, self.vocab_size)
+            self.xgr.apply_token_bitmask_inplace(logits, mask)
+            allowed = torch.nonzero(logits[0] != float("-inf")).flatten().tolist()
+            if any(token in stop_ids for token in allowed):
+                return added
+            best = min(allowed, key=lambda token: _closing_cost(strings[token]))
+            matcher.accept_token(best)
+            added.append(best)
+        raise RuntimeError("could not close the constrained JSON answer within 512 tokens")
 
 
 class JsonConstraint:
@@ -107,27 +147,7 @@ class JsonConstraint:
                 break
             matcher.accept_token(token)
         tokens = [t for t in tokens if t not in stop_ids]
-        return tokens + self._closing(matcher, stop_ids)
-
-    def _closing(self, matcher: Any, stop_ids: set[int]) -> list[int]:
-        import torch
-
-        added: list[int] = []
-        strings = self.cache.token_strings
-        for _ in range(_MAX_CLOSING_STEPS):
-            if matcher.is_terminated():
-                return added
-            mask = self.xgr.allocate_token_bitmask(1, self.cache.vocab_size)
-            matcher.fill_next_token_bitmask(mask, 0)
-            logits = torch.zeros(1, self.cache.vocab_size)
-            self.xgr.apply_token_bitmask_inplace(logits, mask)
-            allowed = torch.nonzero(logits[0] != float("-inf")).flatten().tolist()
-            if any(token in stop_ids for token in allowed):
-                return added
-            best = min(allowed, key=lambda token: _closing_cost(strings[token]))
-            matcher.accept_token(best)
-            added.append(best)
-        raise RuntimeError("could not close the constrained JSON answer within 512 tokens")
+        return tokens + self.cache.close(matcher, stop_ids)
 
 
 def _closing_cost(text: str) -> tuple[int, int]:

@@ -1,7 +1,8 @@
-"""`LocalSLM`: small language models run in-process, with transformers (default) or MLX.
+"""`LocalSLM`: small language models run in-process, on llama.cpp, transformers or MLX.
 
 A model is loaded once per process, on first use, and shared by every role that names it.
-Concurrent requests to one transformers model are gathered into one padded `generate`.
+Concurrent requests decode together: as parallel sequences of one llama.cpp context, or in
+one padded transformers `generate`.
 JSON comes from an instruction in the prompt; with `constrained=True` (role option or per call)
 decoding is also constrained by the schema's grammar, so every answer is valid JSON.
 """
@@ -14,10 +15,14 @@ from collections import Counter
 from typing import Any, ClassVar
 
 from myopto.backends.base import BaseBackend
+from myopto.backends.generation import Generation
 from myopto.backends.model_files import locate
+from myopto.errors import ConfigError
 from myopto.output_format import schema_of
 from myopto.request import Request
 from myopto.response import Response, Usage
+
+ENGINES = ("auto", "llama.cpp", "transformers", "mlx")
 
 _engines: dict[tuple[Any, ...], Any] = {}
 _engine_locks: dict[tuple[Any, ...], threading.Lock] = {}
@@ -25,39 +30,69 @@ _registry_lock = threading.Lock()
 LOADS: Counter[str] = Counter()  # model loads per model name in this process
 
 
-def engine_for(model: str, *, use_mlx: bool, device: str | None, torch_dtype: str | None,
-               trust_remote_code: bool, max_batch_size: int, batch_wait: float) -> Any:
-    """The loaded engine for a model, loading it on first use (once, even under concurrent first calls)."""
-    key = ("mlx" if use_mlx else "transformers", model, device or "auto", torch_dtype or "auto", trust_remote_code)
-    engine = _engines.get(key)
-    if engine is not None:
+def choose_engine(model: str, engine: str = "auto", *, use_mlx: bool = False) -> str:
+    """Which engine runs `model`: an explicit choice, else MLX for `use_mlx=True`, llama.cpp for
+    a GGUF file (the embedded model included) when llama-cpp-python is installed, else transformers."""
+    if use_mlx:
+        return "mlx"
+    if engine != "auto":
         return engine
+    from myopto.backends import llama_cpp_engine
+
+    if llama_cpp_engine.available() and locate(model, prefer_gguf=True).gguf_file:
+        return "llama.cpp"
+    return "transformers"
+
+
+def engine_for(model: str, *, engine: str = "auto", use_mlx: bool = False, device: str | None = None,
+               torch_dtype: str | None = None, trust_remote_code: bool = False, max_batch_size: int = 8,
+               batch_wait: float = 0.01, n_ctx: int | None = None, n_threads: int | None = None) -> Any:
+    """The loaded engine for a model, loading it on first use (once, even under concurrent first calls)."""
+    name = choose_engine(model, engine, use_mlx=use_mlx)
+    if name == "llama.cpp":
+        key: tuple[Any, ...] = (name, model, max_batch_size, n_ctx, n_threads)
+    else:
+        key = (name, model, device or "auto", torch_dtype or "auto", trust_remote_code)
+    loaded = _engines.get(key)
+    if loaded is not None:
+        return loaded
     with _registry_lock:
         lock = _engine_locks.setdefault(key, threading.Lock())
     with lock:
-        engine = _engines.get(key)
-        if engine is None:
-            source = locate(model)
-            if use_mlx:
+        loaded = _engines.get(key)
+        if loaded is None:
+            if name == "llama.cpp":
+                from myopto.backends.llama_cpp_engine import LlamaCppEngine
+
+                loaded = LlamaCppEngine(locate(model, prefer_gguf=True), max_batch_size=max_batch_size, n_ctx=n_ctx,
+                                        n_threads=n_threads)
+            elif name == "mlx":
                 from myopto.backends.mlx_engine import MlxEngine
 
-                engine = MlxEngine(source)
+                loaded = MlxEngine(locate(model))
             else:
                 from myopto.backends.transformers_engine import TransformersEngine
 
-                engine = TransformersEngine(source, device=device, torch_dtype=torch_dtype, trust_remote_code=trust_remote_code,
-                                            max_batch_size=max_batch_size, batch_wait=batch_wait)
+                loaded = TransformersEngine(locate(model), device=device, torch_dtype=torch_dtype,
+                                            trust_remote_code=trust_remote_code, max_batch_size=max_batch_size,
+                                            batch_wait=batch_wait)
             LOADS[model] += 1
-            _engines[key] = engine
-    return engine
+            _engines[key] = loaded
+    return loaded
 
 
 class LocalSLM(BaseBackend):
-    """A local model via transformers, or MLX with `use_mlx=True`.
+    """A local model, run in this process by one of three engines.
 
-    Options: `device` ("auto": cuda > mps > cpu), `torch_dtype` ("float32", "float16",
-    "bfloat16"; default float32 on CPU, float16 on CUDA), `use_mlx`, `trust_remote_code`,
-    `max_batch_size` (8), `batch_wait` (seconds to wait for more concurrent requests, 0.01).
+    `engine`: "auto" (default) runs a `.gguf` file, and the embedded SmolLM2, on llama.cpp when
+    llama-cpp-python is installed, and everything else on transformers; "llama.cpp",
+    "transformers" or "mlx" choose. `use_mlx=True` is the same as engine="mlx".
+
+    Options for transformers: `device` ("auto": cuda > mps > cpu), `torch_dtype` ("float32",
+    "float16", "bfloat16"; default float32 on CPU, float16 on CUDA), `trust_remote_code`,
+    `batch_wait` (seconds to wait for more concurrent requests, 0.01). For llama.cpp: `n_ctx`
+    (tokens per sequence, default the model's training context up to 4096) and `n_threads`
+    (default all cores). For both: `max_batch_size` (8), how many requests decode together.
     The parameter `constrained=True` (role default or per call) turns on grammar-constrained
     JSON. Decoding is greedy unless temperature > 0; max_tokens / max_new_tokens default to 256.
     Cost is 0.
@@ -67,35 +102,44 @@ class LocalSLM(BaseBackend):
     supports_batching: ClassVar[bool] = True
     reports_cost: ClassVar[bool] = True
     option_names: ClassVar[frozenset[str]] = frozenset(
-        {"device", "torch_dtype", "use_mlx", "trust_remote_code", "max_batch_size", "batch_wait"}
+        {"engine", "device", "torch_dtype", "use_mlx", "trust_remote_code", "max_batch_size", "batch_wait", "n_ctx", "n_threads"}
     )
     default_model: ClassVar[str | None] = "Qwen/Qwen2-0.5B-Instruct"
 
-    def __init__(self, *, device: str | None = None, torch_dtype: str | None = None, use_mlx: bool = False,
-                 trust_remote_code: bool = False, max_batch_size: int = 8, batch_wait: float = 0.01) -> None:
+    def __init__(self, *, engine: str = "auto", device: str | None = None, torch_dtype: str | None = None,
+                 use_mlx: bool = False, trust_remote_code: bool = False, max_batch_size: int = 8,
+                 batch_wait: float = 0.01, n_ctx: int | None = None, n_threads: int | None = None) -> None:
         super().__init__()
+        if engine not in ENGINES:
+            raise ConfigError(f"LocalSLM engine={engine!r} is not one of {list(ENGINES)}")
+        if use_mlx and engine not in ("auto", "mlx"):
+            raise ConfigError(f"LocalSLM got use_mlx=True and engine={engine!r}; give one of them")
+        for name, value in (("max_batch_size", max_batch_size), ("n_ctx", n_ctx), ("n_threads", n_threads)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"LocalSLM {name} must be a positive whole number, not {value!r}")
+        self.engine_name = "mlx" if use_mlx else engine
         self.device = device
         self.torch_dtype = torch_dtype
-        self.use_mlx = bool(use_mlx)
+        self.use_mlx = self.engine_name == "mlx"
         self.trust_remote_code = trust_remote_code
         self.max_batch_size = max_batch_size
         self.batch_wait = batch_wait
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
         # No native JSON mode: structured output instructs the model in the prompt. With the
         # `constrained=True` parameter (role default or per call) it also passes the schema
         # through, and decoding is constrained by its grammar.
         self.wants_json_instruction = True
 
     def provider_name(self, model: str) -> str:
-        return "mlx" if self.use_mlx else "transformers"
+        return choose_engine(model, self.engine_name)
 
     def engine(self, model: str) -> Any:
-        return engine_for(model, use_mlx=self.use_mlx, device=self.device, torch_dtype=self.torch_dtype,
+        return engine_for(model, engine=self.engine_name, device=self.device, torch_dtype=self.torch_dtype,
                           trust_remote_code=self.trust_remote_code, max_batch_size=self.max_batch_size,
-                          batch_wait=self.batch_wait)
+                          batch_wait=self.batch_wait, n_ctx=self.n_ctx, n_threads=self.n_threads)
 
     def complete(self, request: Request) -> Response:
-        from myopto.backends.transformers_engine import Generation
-
         engine = self.engine(request.model)
         params = request.params_dict()
         response_format = request.response_format_dict()
@@ -129,5 +173,4 @@ class LocalSLM(BaseBackend):
         return True  # a local model costs nothing
 
     def describe(self) -> str:
-        engine = "mlx" if self.use_mlx else "transformers"
-        return f"{self.kind} [{engine}, batching, JSON by prompt or grammar, cost 0]"
+        return f"{self.kind} [{self.engine_name} engine, batching, JSON by prompt or grammar, cost 0]"

