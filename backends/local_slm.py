@@ -92,7 +92,7 @@ class LocalSLM(BaseBackend):
     "float16", "bfloat16"; default float32 on CPU, float16 on CUDA), `trust_remote_code`,
     `batch_wait` (seconds to wait for more concurrent requests, 0.01). For llama.cpp: `n_ctx`
     (tokens per sequence, default the model's training context up to 4096) and `n_threads`
-    (default all cores). For both: `max_batch_size` (8), how many requests decode together.
+    (default every core this process may use). For both: `max_batch_size` (8), how many requests decode together.
     The parameter `constrained=True` (role default or per call) turns on grammar-constrained
     JSON. Decoding is greedy unless temperature > 0; max_tokens / max_new_tokens default to 256.
     Cost is 0.

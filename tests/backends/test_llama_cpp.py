@@ -187,3 +187,38 @@ def test_close_stops_the_worker():
     assert generate(own, max_new_tokens=2).completion_tokens == 2
     own.close()
     assert not worker.is_alive() and not any(t is worker for t in threading.enumerate())
+
+
+def test_closing_fails_running_and_waiting_callers_instead_of_leaving_them_hanging():
+    own = llama_cpp_engine.LlamaCppEngine(locate(EMBEDDED_MODEL, prefer_gguf=True), max_batch_size=1)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        running = pool.submit(generate, own, max_new_tokens=400)
+        while not own._running:
+            threading.Event().wait(0.01)
+        waiting = pool.submit(generate, own, max_new_tokens=5)
+        while not own._waiting and own._queue.empty():
+            threading.Event().wait(0.01)
+        own.close()
+        for future in (running, waiting):
+            with pytest.raises(BackendUnavailable, match="closed"):
+                future.result(timeout=30)
+
+
+def test_a_failure_in_one_sequence_ends_only_that_sequence(engine, monkeypatch):
+    poisoned = engine.prompt_ids([{"role": "user", "content": "poison"}])
+    choose = engine._choose
+
+    def failing(sequence, logits):
+        if sequence.generation.prompt_ids == poisoned:
+            raise RuntimeError("sampling broke")
+        return choose(sequence, logits)
+
+    monkeypatch.setattr(engine, "_choose", failing)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        bad = pool.submit(generate, engine, [{"role": "user", "content": "poison"}], max_new_tokens=8)
+        good = pool.submit(generate, engine, max_new_tokens=8)
+        with pytest.raises(RuntimeError, match="sampling broke"):
+            bad.result(timeout=60)
+        assert good.result(timeout=60).completion_tokens == 8
+    assert generate(engine, max_new_tokens=3).completion_tokens == 3  # the engine still answers
+    assert sorted(engine._free_ids) == list(range(engine.max_sequences))
