@@ -106,7 +106,7 @@ class LlamaCppEngine:
         self.max_sequences = max(1, int(max_batch_size))
         trained = int(llama_cpp.llama_model_n_ctx_train(self.model)) or DEFAULT_CONTEXT
         self.n_ctx = int(n_ctx) if n_ctx else min(trained, DEFAULT_CONTEXT)  # per sequence
-        self.n_batch = 512
+        self.n_batch = max(512, self.max_sequences)  # a step holds one token of every running sequence
         threads = int(n_threads) if n_threads else usable_cores()
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = self.n_ctx * self.max_sequences
