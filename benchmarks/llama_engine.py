@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from stats import Row, ratio_to  # noqa: E402
 
-LABEL = "7 llama.cpp: smollm2"
+LABEL = "6 local, llama.cpp: smollm2"
 STORY = [{"role": "user", "content": "Write a long story about a lighthouse keeper and the sea."}]
 TOPICS = ["a dragon", "a ship", "a king", "a robot", "a tree", "a bird", "a river", "a clock"]
 SCHEMA = {

@@ -450,7 +450,7 @@ def reload_time(repeats: int) -> list[Row]:
         raw.append(seconds(RAW_GGUF_LOAD))
         converted.append(seconds(transformers))
         gguf.append(seconds(llama))
-    label = "8 first answer: smollm2"
+    label = "6 local, first answer: smollm2"
     anchor = Row(label, "raw transformers: load the GGUF in a new process", raw, "s")
     rows = [anchor, Row(label, "LocalSLM transformers: first answer in a new process (converted copy)", converted, "s", goal="≤ 0.3"),
             Row(label, "LocalSLM llama.cpp: first answer in a new process", gguf, "s", goal="≤ 0.3")]
