@@ -39,6 +39,34 @@ def model_path(name: str) -> str:
     return str(tiny_model(folder, hidden_size=896, layers=24, heads=14, kv_heads=2, intermediate_size=4864, model_vocab_size=151936))
 
 
+def continuous_batching(engine, label: str, prompts: list[list[int]], tokens: int, ours: Row) -> list[Row]:
+    """transformers' own continuous batching (`generate_batch`, paged attention) on the same eight
+    prompts, against our gathered batches. Run last: it switches the model's attention."""
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    # A cache sized for these eight requests: left to size itself on CPU it took most of the RAM.
+    sizing = ContinuousBatchingConfig(num_blocks=4 * len(prompts), max_batch_tokens=512)
+    config = GenerationConfig(max_new_tokens=tokens, do_sample=False, eos_token_id=-1, pad_token_id=engine.tokenizer.pad_token_id)
+    before = engine.model.config._attn_implementation
+    try:
+        engine.model.set_attn_implementation("paged|sdpa")
+        engine.model.generate_batch(prompts, generation_config=config, continuous_batching_config=sizing)  # untimed
+
+        def once() -> float:
+            begin = time.perf_counter()
+            out = engine.model.generate_batch(prompts, generation_config=config, continuous_batching_config=sizing)
+            return sum(len(o.generated_tokens) for o in out.values()) / (time.perf_counter() - begin)
+
+        theirs = Row(label, "raw generate_batch (transformers' continuous batching), 8 requests", [once()], "tokens/s")
+    except Exception as error:  # an older transformers without it
+        return [Row(label, "raw generate_batch (transformers' continuous batching)", [0.0], "tokens/s", note=f"not run: {error}")]
+    finally:
+        engine.model.set_attn_implementation(before)
+    mine = Row(label, "get_llm, 8 concurrent (batched), again", ours.samples, "tokens/s")
+    return [theirs, ratio_to(mine, theirs)]
+
+
 def main() -> None:
     name = sys.argv[1]
     quick = "--quick" in sys.argv
@@ -96,7 +124,26 @@ def main() -> None:
     seq = Row(label, "get_llm, 8 requests one by one", [sequential() for _ in range(max(1, repeats - 1))], "tokens/s")
     conc = Row(label, "get_llm, 8 concurrent (batched)", [concurrent_8() for _ in range(max(1, repeats - 1))], "tokens/s", goal="≥ 4× one by one")
     ratio_to(conc, seq)
-    rows += [seq, conc]
+
+    def raw_padded_batch() -> float:
+        """The eight prompts left-padded into one raw `generate`: what gathering can reach at best."""
+        encoded = [engine.prompt_ids(p) for p in prompts]
+        width, pad = max(map(len, encoded)), engine.tokenizer.pad_token_id
+        batch = torch.full((len(encoded), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(batch)
+        for row, one in enumerate(encoded):
+            batch[row, width - len(one):] = torch.tensor(one)
+            mask[row, width - len(one):] = 1
+        begin = time.perf_counter()
+        with torch.inference_mode():
+            out = engine.model.generate(input_ids=batch.to(engine.device), attention_mask=mask.to(engine.device), max_new_tokens=tokens,
+                                        min_new_tokens=tokens, do_sample=False, pad_token_id=pad)
+        return (out.shape[1] - width) * len(encoded) / (time.perf_counter() - begin)
+
+    raw_padded_batch()  # untimed, as for ours
+    padded = Row(label, "raw model.generate, the 8 in one padded batch", [raw_padded_batch() for _ in range(max(1, repeats - 1))], "tokens/s")
+    ratio_to(padded, seq)
+    rows += [seq, conc, padded]
 
     def constrained(on: bool) -> float:
         begin = time.perf_counter()
@@ -115,6 +162,7 @@ def main() -> None:
     tied = Row(label, "JSON request, constrained (xgrammar)", [constrained(True) for _ in range(repeats)], "tokens/s")
     ratio_to(tied, free)
     rows += [free, tied]
+    rows += continuous_batching(engine, label, [list(engine.prompt_ids(p)) for p in prompts], tokens, conc)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rows.append(Row(label, "peak memory (RSS)", [peak], "MiB"))
     print(json.dumps([row.__dict__ for row in rows]))
