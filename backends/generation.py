@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from myopto.parsing import content_text
+
 DEFAULT_MAX_NEW_TOKENS = 256
 
 
@@ -42,3 +44,13 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     """`text` up to the first stop string, and whether one was found."""
     cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def text_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Chat messages with their content as plain text, as chat templates expect."""
+    return [{"role": m["role"], "content": content_text(m.get("content"))} for m in messages]
+
+
+def plain_prompt(messages: list[dict[str, str]]) -> str:
+    """The prompt for a model without a chat template: one "Role: text" paragraph per message."""
+    return "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + "Assistant:"

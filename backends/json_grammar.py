@@ -103,6 +103,28 @@ class GrammarCache:
         raise RuntimeError("could not close the constrained JSON answer within 512 tokens")
 
 
+class LazyGrammars:
+    """A `GrammarCache` built on the first constrained call (once, even under concurrent first
+    calls): building one reads the whole vocabulary, which unconstrained use never needs."""
+
+    def __init__(self, build: Callable[[], GrammarCache]) -> None:
+        self._build = build
+        self._cache: GrammarCache | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> GrammarCache:
+        if self._cache is None:
+            with self._lock:
+                if self._cache is None:
+                    try:
+                        self._cache = self._build()
+                    except ImportError as error:
+                        from myopto.errors import BackendUnavailable
+
+                        raise BackendUnavailable("constrained decoding needs xgrammar: pip install 'myopto[local]'") from error
+        return self._cache
+
+
 class JsonConstraint:
     """A logits processor holding one grammar matcher per batch row (None: that row is free)."""
 

@@ -28,10 +28,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from myopto.backends.generation import Generated, Generation, cut_at_stop
+from myopto.backends.generation import Generated, Generation, cut_at_stop, plain_prompt, text_messages
+from myopto.backends.json_grammar import GrammarCache, LazyGrammars
 from myopto.backends.model_files import ModelSource
 from myopto.errors import BackendError, BackendUnavailable, BadRequest
-from myopto.parsing import content_text
 
 INSTALL_HINT = ("pip install 'myopto[llama]' (llama-cpp-python compiles llama.cpp from source on first install: "
                 "about 7 minutes on 2 cores; pip keeps the wheel for later installs)")
@@ -128,8 +128,9 @@ class LlamaCppEngine:
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self.stop_ids = {t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)}
         self.chat_format = self._chat_format()
-        self._grammars: Any = None
-        self._grammar_lock = threading.Lock()
+        self._grammars = LazyGrammars(
+            lambda: GrammarCache.for_pieces([self.piece(t) for t in range(self.n_vocab)], sorted(self.stop_ids))
+        )
         self._queue: queue.Queue[_Sequence | None] = queue.Queue()
         self._waiting: collections.deque[_Sequence] = collections.deque()
         self._running: list[_Sequence] = []
@@ -188,27 +189,17 @@ class LlamaCppEngine:
 
     def prompt_ids(self, messages: list[dict[str, Any]]) -> tuple[int, ...]:
         """Token ids of the chat prompt (the GGUF's chat template, or a plain format without one)."""
-        messages = [{"role": m["role"], "content": content_text(m.get("content"))} for m in messages]
+        messages = text_messages(messages)
         if self.chat_format is not None:
             rendered = self.chat_format(messages=messages)
             return tuple(self.tokenize(rendered.prompt, add_special=not rendered.added_special))
-        prompt = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + "Assistant:"
-        return tuple(self.tokenize(prompt, add_special=True))
+        return tuple(self.tokenize(plain_prompt(messages), add_special=True))
 
     # -- grammars ----------------------------------------------------------------------------
     @property
-    def grammars(self) -> Any:
-        """Compiled JSON grammars over this GGUF's vocabulary (built on first constrained call)."""
-        if self._grammars is None:
-            with self._grammar_lock:
-                if self._grammars is None:
-                    try:
-                        from myopto.backends.json_grammar import GrammarCache
-
-                        self._grammars = GrammarCache.for_pieces([self.piece(t) for t in range(self.n_vocab)], sorted(self.stop_ids))
-                    except ImportError as error:
-                        raise BackendUnavailable("constrained decoding needs xgrammar: pip install 'myopto[local]'") from error
-        return self._grammars
+    def grammars(self) -> GrammarCache:
+        """Compiled JSON grammars over this GGUF's vocabulary (built on the first constrained call)."""
+        return self._grammars()
 
     # -- generation --------------------------------------------------------------------------
     def generate(self, generation: Generation) -> Generated:

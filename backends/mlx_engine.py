@@ -11,11 +11,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from myopto.backends.json_grammar import GrammarCache, JsonConstraint
+from myopto.backends.json_grammar import GrammarCache, JsonConstraint, LazyGrammars
 from myopto.backends.model_files import ModelSource
-from myopto.backends.generation import Generated, Generation, cut_at_stop
+from myopto.backends.generation import Generated, Generation, cut_at_stop, plain_prompt, text_messages
 from myopto.errors import BackendUnavailable
-from myopto.parsing import content_text
 
 
 class MlxEngine:
@@ -41,7 +40,7 @@ class MlxEngine:
         self.source = source
         self.model, self.tokenizer = mlx_lm.load(source.path)
         self._lock = threading.Lock()
-        self._grammars: GrammarCache | None = None
+        self._grammars = LazyGrammars(self._build_grammars)
 
     @property
     def stop_ids(self) -> set[int]:
@@ -49,15 +48,13 @@ class MlxEngine:
 
     @property
     def grammars(self) -> GrammarCache:
+        return self._grammars()
+
+    def _build_grammars(self) -> GrammarCache:
         """Compiled grammars for this model's Hugging Face tokenizer, sized to its logits."""
-        if self._grammars is None:
-            try:
-                hf_tokenizer = getattr(self.tokenizer, "_tokenizer", self.tokenizer)
-                vocab_size = self.model(self.mx.array([[0]])).shape[-1]  # the logits' width, padding included
-                self._grammars = GrammarCache.for_tokenizer(hf_tokenizer, int(vocab_size))
-            except ImportError as error:
-                raise BackendUnavailable("constrained decoding needs xgrammar: pip install xgrammar") from error
-        return self._grammars
+        hf_tokenizer = getattr(self.tokenizer, "_tokenizer", self.tokenizer)
+        vocab_size = self.model(self.mx.array([[0]])).shape[-1]  # the logits' width, padding included
+        return GrammarCache.for_tokenizer(hf_tokenizer, int(vocab_size))
 
     def _mlx_processor(self, constraint: JsonConstraint) -> Any:
         """An mlx-lm logits processor that masks through the (torch-based) JSON constraint."""
@@ -76,14 +73,13 @@ class MlxEngine:
         return process
 
     def prompt_ids(self, messages: list[dict[str, Any]]) -> tuple[int, ...]:
-        messages = [{"role": m["role"], "content": content_text(m.get("content"))} for m in messages]
+        messages = text_messages(messages)
         if getattr(self.tokenizer, "chat_template", None):
             ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
             if isinstance(ids, dict) or hasattr(ids, "keys"):
                 ids = ids["input_ids"]
         else:
-            prompt = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + "Assistant:"
-            ids = self.tokenizer.encode(prompt)
+            ids = self.tokenizer.encode(plain_prompt(messages))
         return tuple(int(i) for i in ids)
 
     def generate(self, generation: Generation) -> Generated:

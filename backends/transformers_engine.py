@@ -8,11 +8,10 @@ import threading
 from typing import Any
 
 from myopto.backends.batcher import Batcher
-from myopto.backends.generation import Generated, Generation, cut_at_stop
-from myopto.backends.json_grammar import GrammarCache, JsonConstraint
+from myopto.backends.generation import Generated, Generation, cut_at_stop, plain_prompt, text_messages
+from myopto.backends.json_grammar import GrammarCache, JsonConstraint, LazyGrammars
 from myopto.backends.model_files import ModelSource
 from myopto.errors import BackendUnavailable
-from myopto.parsing import content_text
 
 _log = logging.getLogger("myopto.local")
 
@@ -66,8 +65,9 @@ class TransformersEngine:
         self.stop_ids = self._stop_ids()
         self.has_chat_template = bool(getattr(self.tokenizer, "chat_template", None))
         self._generate_lock = threading.Lock()
-        self._grammars: GrammarCache | None = None
-        self._grammar_lock = threading.Lock()
+        self._grammars = LazyGrammars(
+            lambda: GrammarCache.for_tokenizer(self.tokenizer, self.model.get_output_embeddings().weight.shape[0])
+        )
         self.batcher: Batcher[Generation, Generated] = Batcher(
             self.run_batch, max_batch_size=max_batch_size, max_wait=batch_wait, key=Generation.batch_key,
             name=f"myopto-batcher:{source.label}",
@@ -111,26 +111,18 @@ class TransformersEngine:
     # -- prompts -----------------------------------------------------------------------------
     def prompt_ids(self, messages: list[dict[str, Any]]) -> tuple[int, ...]:
         """Token ids of the chat prompt (the model's chat template, or a plain format without one)."""
-        messages = [{"role": m["role"], "content": content_text(m.get("content"))} for m in messages]
+        messages = text_messages(messages)
         if self.has_chat_template:
             encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
             ids = encoded["input_ids"]
         else:
-            prompt = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + "Assistant:"
-            ids = self.tokenizer(prompt)["input_ids"]
+            ids = self.tokenizer(plain_prompt(messages))["input_ids"]
         return tuple(int(i) for i in ids)
 
     # -- grammars ----------------------------------------------------------------------------
     @property
     def grammars(self) -> GrammarCache:
-        if self._grammars is None:
-            with self._grammar_lock:
-                if self._grammars is None:
-                    try:
-                        self._grammars = GrammarCache.for_tokenizer(self.tokenizer, self.model.get_output_embeddings().weight.shape[0])
-                    except ImportError as error:
-                        raise BackendUnavailable("constrained decoding needs xgrammar: pip install xgrammar") from error
-        return self._grammars
+        return self._grammars()
 
     # -- generation --------------------------------------------------------------------------
     def generate(self, generation: Generation) -> Generated:

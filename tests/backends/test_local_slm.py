@@ -80,8 +80,9 @@ def test_constrained_as_a_role_default_and_for_json_object(local_role):
 def test_a_second_role_on_the_same_model_does_not_load_it_again(local_role):
     set_role_config("optimizer", backend="LocalSLM", model=local_role)
     get_llm("executor")("a", max_tokens=2)
+    loads = local_slm.LOADS[local_role]  # 1, or more when another engine (MLX) loaded it earlier
     get_llm("optimizer")("b", max_tokens=2)
-    assert local_slm.LOADS[local_role] == 1
+    assert local_slm.LOADS[local_role] == loads >= 1
 
 
 def test_concurrent_requests_are_batched_and_match_sequential_greedy_outputs(local_role):
