@@ -4,7 +4,9 @@ Through llama-cpp-python's low-level API (the C API of `llama.h`), not its `Llam
 concurrent callers share one context as parallel sequences: one worker thread owns the context
 and, at every step, decodes one token for each running sequence together with the prompt tokens
 of newly arrived ones (continuous batching, as `llama-server` does). A caller that arrives while
-others are generating joins at the next step; nobody waits for a batch to finish.
+others are generating joins at the next step; nobody waits for a batch to finish. A finished
+sequence leaves its cells in its slot, and a later prompt that begins the same way (an
+optimiser's long instructions, a conversation's earlier turns) decodes only what is new.
 
 Sampling is done here on each sequence's logits: greedy by default, or temperature / top-k /
 top-p with a random generator of the request's own, so a seeded answer does not depend on
@@ -20,7 +22,6 @@ import collections
 import concurrent.futures
 import ctypes
 import dataclasses
-import heapq
 import logging
 import os
 import queue
@@ -36,6 +37,10 @@ from myopto.errors import BackendError, BackendUnavailable, BadRequest
 INSTALL_HINT = ("pip install 'myopto[llama]' (llama-cpp-python compiles llama.cpp from source on first install: "
                 "about 7 minutes on 2 cores; pip keeps the wheel for later installs)")
 DEFAULT_CONTEXT = 4096  # tokens per sequence (prompt and answer), unless the model was trained on fewer
+# Kept cells are reused only for a shared beginning at least this long. Decoding a short one
+# again costs little, and a reused prefix is computed in other shapes than a cold prompt, which
+# can turn a near-tie the other way: short prompts keep the answers of a cold start exactly.
+MIN_REUSED_TOKENS = 256
 _log = logging.getLogger("myopto.local")
 
 
@@ -79,7 +84,7 @@ class LlamaCppEngine:
     """A GGUF model loaded with llama.cpp, shared by every role that names it."""
 
     def __init__(self, source: ModelSource, *, max_batch_size: int = 8, n_ctx: int | None = None,
-                 n_threads: int | None = None) -> None:
+                 n_threads: int | None = None, prompt_cache: bool = True) -> None:
         try:
             import llama_cpp
             import numpy as np
@@ -135,6 +140,11 @@ class LlamaCppEngine:
         self._waiting: collections.deque[_Sequence] = collections.deque()
         self._running: list[_Sequence] = []
         self._free_ids = list(range(self.max_sequences))
+        # Tokens whose cells each slot still holds: a finished sequence leaves its prompt and
+        # answer there, and the next request with the same beginning decodes only the rest.
+        self._kept: list[list[int]] = [[] for _ in range(self.max_sequences)]
+        self.prompt_cache = prompt_cache
+        self.reused_tokens = 0  # prompt tokens served from kept cells, for tests and benchmarks
         self.steps = 0
         self.batch_sizes: list[int] = []  # sequences per step, for tests and benchmarks
         self._worker = threading.Thread(target=self._loop, name=f"myopto-llama.cpp:{source.label}", daemon=True)
@@ -246,13 +256,26 @@ class LlamaCppEngine:
                         self._end(sequence, error)
 
     def _admit(self) -> None:
-        """Start waiting requests while a sequence slot is free."""
+        """Start waiting requests while a sequence slot is free: in the free slot whose kept
+        cells share the longest beginning with the prompt (the lowest id among equals)."""
         while self._waiting and self._free_ids:
             sequence = self._waiting.popleft()
-            sequence.seq_id = heapq.heappop(self._free_ids)
+            prompt = sequence.generation.prompt_ids
+            shared = {slot: _shared_prefix(self._kept[slot], prompt) if self.prompt_cache else 0 for slot in self._free_ids}
+            slot = max(self._free_ids, key=lambda s: (shared[s], -s))
+            self._free_ids.remove(slot)
+            reuse = min(shared[slot], len(prompt) - 1)  # the last prompt token is decoded again, for its logits
+            if reuse < MIN_REUSED_TOKENS:
+                reuse = 0
+            if not self.llama.llama_memory_seq_rm(self.memory, slot, reuse, -1):
+                self.llama.llama_memory_seq_rm(self.memory, slot, -1, -1)  # a model whose cells cannot be cut
+                reuse = 0
+            del self._kept[slot][reuse:]
+            sequence.seq_id, sequence.prefilled = slot, reuse
+            self.reused_tokens += reuse
             self._running.append(sequence)
         # A batch whose sequence ids are out of order decoded a fifth slower here (llama.cpp
-        # regroups it by stream): lowest free id first, and steps in id order.
+        # regroups it by stream): steps list their sequences in id order.
         self._running.sort(key=lambda s: s.seq_id)
 
     def _step(self) -> None:
@@ -297,6 +320,7 @@ class LlamaCppEngine:
         batch.n_seq_id[index] = 1
         batch.seq_id[index][0] = seq_id
         batch.logits[index] = wants_logits
+        self._kept[seq_id].append(token)  # positions run 0, 1, 2... in every slot
 
     def _choose(self, sequence: _Sequence, logits: Any) -> int:
         np = self.np
@@ -338,11 +362,14 @@ class LlamaCppEngine:
             self._end(sequence, "length")
 
     def _end(self, sequence: _Sequence, outcome: str | BaseException) -> None:
-        """Free the sequence's cells and slot (when it had them), and answer its caller."""
+        """Free the sequence's slot (when it had one), and answer its caller. Its cells stay for
+        a later prompt with the same beginning, unless it failed (then they are dropped)."""
         if sequence in self._running:
-            self.llama.llama_memory_seq_rm(self.memory, sequence.seq_id, -1, -1)
+            if isinstance(outcome, BaseException):
+                self.llama.llama_memory_seq_rm(self.memory, sequence.seq_id, -1, -1)
+                self._kept[sequence.seq_id].clear()
             self._running.remove(sequence)
-            heapq.heappush(self._free_ids, sequence.seq_id)
+            self._free_ids.append(sequence.seq_id)
         elif sequence in self._waiting:
             self._waiting.remove(sequence)
         if isinstance(outcome, BaseException):
@@ -374,6 +401,16 @@ class LlamaCppEngine:
             self.llama.llama_free(self.ctx)
             self.llama.llama_model_free(self.model)
             self.ctx = None
+
+
+def _shared_prefix(kept: list[int], prompt: tuple[int, ...]) -> int:
+    """How many tokens `prompt` begins with that `kept` begins with too."""
+    count = 0
+    for a, b in zip(kept, prompt):
+        if a != b:
+            break
+        count += 1
+    return count
 
 
 def _sample(np: Any, logits: Any, temperature: float, top_k: int | None, top_p: float | None, rng: Any) -> int:

@@ -46,11 +46,12 @@ def choose_engine(model: str, engine: str = "auto", *, use_mlx: bool = False) ->
 
 def engine_for(model: str, *, engine: str = "auto", use_mlx: bool = False, device: str | None = None,
                torch_dtype: str | None = None, trust_remote_code: bool = False, max_batch_size: int = 8,
-               batch_wait: float = 0.01, n_ctx: int | None = None, n_threads: int | None = None) -> Any:
+               batch_wait: float = 0.01, n_ctx: int | None = None, n_threads: int | None = None,
+               prompt_cache: bool = True) -> Any:
     """The loaded engine for a model, loading it on first use (once, even under concurrent first calls)."""
     name = choose_engine(model, engine, use_mlx=use_mlx)
     if name == "llama.cpp":
-        key: tuple[Any, ...] = (name, model, max_batch_size, n_ctx, n_threads)
+        key: tuple[Any, ...] = (name, model, max_batch_size, n_ctx, n_threads, bool(prompt_cache))
     else:
         key = (name, model, device or "auto", torch_dtype or "auto", trust_remote_code)
     loaded = _engines.get(key)
@@ -65,7 +66,7 @@ def engine_for(model: str, *, engine: str = "auto", use_mlx: bool = False, devic
                 from myopto.backends.llama_cpp_engine import LlamaCppEngine
 
                 loaded = LlamaCppEngine(locate(model, prefer_gguf=True), max_batch_size=max_batch_size, n_ctx=n_ctx,
-                                        n_threads=n_threads)
+                                        n_threads=n_threads, prompt_cache=bool(prompt_cache))
             elif name == "mlx":
                 from myopto.backends.mlx_engine import MlxEngine
 
@@ -92,7 +93,8 @@ class LocalSLM(BaseBackend):
     "float16", "bfloat16"; default float32 on CPU, float16 on CUDA), `trust_remote_code`,
     `batch_wait` (seconds to wait for more concurrent requests, 0.01). For llama.cpp: `n_ctx`
     (tokens per sequence, default the model's training context up to 4096) and `n_threads`
-    (default every core this process may use). For both: `max_batch_size` (8), how many requests decode together.
+    (default every core this process may use) and `prompt_cache` (True: a prompt that begins
+    with 256 or more tokens an earlier one began with decodes only the rest). For both: `max_batch_size` (8), how many requests decode together.
     The parameter `constrained=True` (role default or per call) turns on grammar-constrained
     JSON. Decoding is greedy unless temperature > 0; max_tokens / max_new_tokens default to 256.
     Cost is 0.
@@ -102,13 +104,15 @@ class LocalSLM(BaseBackend):
     supports_batching: ClassVar[bool] = True
     reports_cost: ClassVar[bool] = True
     option_names: ClassVar[frozenset[str]] = frozenset(
-        {"engine", "device", "torch_dtype", "use_mlx", "trust_remote_code", "max_batch_size", "batch_wait", "n_ctx", "n_threads"}
+        {"engine", "device", "torch_dtype", "use_mlx", "trust_remote_code", "max_batch_size", "batch_wait", "n_ctx", "n_threads",
+         "prompt_cache"}
     )
     default_model: ClassVar[str | None] = "Qwen/Qwen2-0.5B-Instruct"
 
     def __init__(self, *, engine: str = "auto", device: str | None = None, torch_dtype: str | None = None,
                  use_mlx: bool = False, trust_remote_code: bool = False, max_batch_size: int = 8,
-                 batch_wait: float = 0.01, n_ctx: int | None = None, n_threads: int | None = None) -> None:
+                 batch_wait: float = 0.01, n_ctx: int | None = None, n_threads: int | None = None,
+                 prompt_cache: bool = True) -> None:
         super().__init__()
         if engine not in ENGINES:
             raise ConfigError(f"LocalSLM engine={engine!r} is not one of {list(ENGINES)}")
@@ -126,6 +130,7 @@ class LocalSLM(BaseBackend):
         self.batch_wait = batch_wait
         self.n_ctx = n_ctx
         self.n_threads = n_threads
+        self.prompt_cache = prompt_cache
         # No native JSON mode: structured output instructs the model in the prompt. With the
         # `constrained=True` parameter (role default or per call) it also passes the schema
         # through, and decoding is constrained by its grammar.
@@ -137,7 +142,8 @@ class LocalSLM(BaseBackend):
     def engine(self, model: str) -> Any:
         return engine_for(model, engine=self.engine_name, device=self.device, torch_dtype=self.torch_dtype,
                           trust_remote_code=self.trust_remote_code, max_batch_size=self.max_batch_size,
-                          batch_wait=self.batch_wait, n_ctx=self.n_ctx, n_threads=self.n_threads)
+                          batch_wait=self.batch_wait, n_ctx=self.n_ctx, n_threads=self.n_threads,
+                          prompt_cache=self.prompt_cache)
 
     def complete(self, request: Request) -> Response:
         engine = self.engine(request.model)

@@ -78,12 +78,30 @@ class LlamaServer:
         self.process.terminate()
         self.process.wait(timeout=30)
 
-    def chat(self, messages: list[dict[str, str]], max_tokens: int) -> int:
-        """Completion tokens of one greedy chat completion (its prompt cache off, as ours has none)."""
-        body = json.dumps({"messages": messages, "max_tokens": max_tokens, "temperature": 0, "cache_prompt": False}).encode()
+    def chat(self, messages: list[dict[str, str]], max_tokens: int, cache_prompt: bool = False) -> int:
+        """Completion tokens of one greedy chat completion (its prompt cache off unless asked:
+        ours reuses a prompt's beginning only from 256 tokens on)."""
+        body = json.dumps({"messages": messages, "max_tokens": max_tokens, "temperature": 0, "cache_prompt": cache_prompt}).encode()
         request = urllib.request.Request(f"{self.url}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=300) as answer:
             return int(json.load(answer)["usage"]["completion_tokens"])
+
+
+INSTRUCTIONS = {"role": "system", "content": (
+    "You are an optimizer. You are given a program, its trainable variables, the feedback on its "
+    "last output, and the constraints each variable must satisfy. Read the feedback, explain what "
+    "went wrong in one sentence, and propose new values that fix it without breaking the rest. ") * 12}
+
+
+def seconds_per_call(call, prompts) -> list[float]:
+    """Seconds of each call after the first (the first fills the prompt cache)."""
+    call(prompts[0])
+    times = []
+    for messages in prompts[1:]:
+        begin = time.perf_counter()
+        call(messages)
+        times.append(time.perf_counter() - begin)
+    return times
 
 
 def tokens_per_second(call, prompts) -> float:
@@ -140,10 +158,22 @@ def main() -> None:
             mine.append(concurrently(ours, many))
         server_many = Row(LABEL, f"llama-server, {PARALLEL} concurrent ({PARALLEL} slots)", anchor, "tokens/s")
         ours_many = ratio_to(Row(LABEL, f"LocalSLM (llama.cpp), {PARALLEL} concurrent", mine, "tokens/s", goal="≥ 0.8× llama-server"), server_many)
+
+        # An optimiser's pattern: the same long instructions, a new question each step.
+        steps = [[INSTRUCTIONS, {"role": "user", "content": f"Step {i}: suggest one new value for x."}] for i in range(repeats + 1)]
+        theirs_long = seconds_per_call(lambda m: server.chat(m, 16, cache_prompt=True), steps)
+        ours_long = seconds_per_call(lambda m: llm(m, max_tokens=16), steps)
+        engine.prompt_cache = False  # the same engine, so peak memory stays one engine's
+        cold = seconds_per_call(lambda m: llm(m, max_tokens=16), steps)
+        engine.prompt_cache = True
+        long_tokens = len(engine.prompt_ids(steps[0]))
+        server_long = Row(LABEL, f"llama-server, {long_tokens}-token prompt, new question each call (its prompt cache on)", theirs_long, "s/call")
+        ours_long_row = ratio_to(Row(LABEL, "LocalSLM (llama.cpp), the same (prompt_cache on)", ours_long, "s/call"), server_long)
+        cold_row = ratio_to(Row(LABEL, "LocalSLM (llama.cpp), the same, prompt_cache=False", cold, "s/call"), server_long)
     one_by_one = Row(LABEL, f"LocalSLM (llama.cpp), {PARALLEL} one by one", [tokens_per_second(ours, many) for _ in range(max(1, repeats - 1))], "tokens/s")
     together = Row(LABEL, f"LocalSLM (llama.cpp), {PARALLEL} concurrent, again", ours_many.samples, "tokens/s")
     ratio_to(together, one_by_one)
-    rows += [server_one, ours_one, server_many, ours_many, one_by_one, together]
+    rows += [server_one, ours_one, server_many, ours_many, one_by_one, together, server_long, ours_long_row, cold_row]
 
     def json_call(on: bool) -> float:
         begin = time.perf_counter()

@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import json
+import os
 import threading
 
 import pytest
@@ -222,3 +223,32 @@ def test_a_failure_in_one_sequence_ends_only_that_sequence(engine, monkeypatch):
         assert good.result(timeout=60).completion_tokens == 8
     assert generate(engine, max_new_tokens=3).completion_tokens == 3  # the engine still answers
     assert sorted(engine._free_ids) == list(range(engine.max_sequences))
+
+
+def test_a_prompt_that_begins_like_an_earlier_one_decodes_only_the_rest(engine):
+    instructions = {"role": "system", "content": "You answer questions about animals, briefly and kindly. " * 30}
+    first = [instructions, {"role": "user", "content": "What do cats eat?"}]
+    second = [instructions, {"role": "user", "content": "Where do whales live?"}]
+    generate(engine, first, max_new_tokens=5)
+    reused = engine.reused_tokens
+    answer = generate(engine, second, max_new_tokens=12)
+    shared = len(os.path.commonprefix([engine.prompt_ids(first), engine.prompt_ids(second)]))
+    assert engine.reused_tokens - reused == shared >= llama_cpp_engine.MIN_REUSED_TOKENS
+    assert answer.prompt_tokens == len(engine.prompt_ids(second)) and answer.completion_tokens == 12  # usage counts it all
+    again = engine.reused_tokens
+    generate(engine, second, max_new_tokens=3)
+    assert engine.reused_tokens - again == len(engine.prompt_ids(second)) - 1  # all but the last, decoded for its logits
+
+
+def test_short_shared_beginnings_and_prompt_cache_off_decode_everything():
+    own = llama_cpp_engine.LlamaCppEngine(locate(EMBEDDED_MODEL, prefer_gguf=True), max_batch_size=1)
+    off = llama_cpp_engine.LlamaCppEngine(locate(EMBEDDED_MODEL, prefer_gguf=True), max_batch_size=1, prompt_cache=False)
+    try:
+        generate(own, max_new_tokens=3), generate(own, max_new_tokens=3)  # shares only a short chat template
+        assert own.reused_tokens == 0
+        long = [{"role": "system", "content": "Be kind. " * 200}, {"role": "user", "content": "Hi"}]
+        first = generate(off, long, max_new_tokens=6)
+        assert generate(off, long, max_new_tokens=6).text == first.text and off.reused_tokens == 0
+    finally:
+        own.close()
+        off.close()
