@@ -179,4 +179,6 @@ class LocalSLM(BaseBackend):
         return True  # a local model costs nothing
 
     def describe(self) -> str:
-        return f"{self.kind} [{self.engine_name} engine, batching, JSON by prompt or grammar, cost 0]"
+        engine = "auto engine: llama.cpp for GGUF files when installed, else transformers" if self.engine_name == "auto" \
+            else f"{self.engine_name} engine"
+        return f"{self.kind} [{engine}, batching, JSON by prompt or grammar, cost 0]"
