@@ -214,6 +214,11 @@ class LlamaCppEngine:
     # -- generation --------------------------------------------------------------------------
     def generate(self, generation: Generation) -> Generated:
         """Generate one answer; concurrent callers share the context's decoding steps."""
+        return self.submit(generation).result()
+
+    def submit(self, generation: Generation) -> concurrent.futures.Future[Generated]:
+        """Queue one answer and return its future at once (asyncio awaits it without a thread).
+        Cancelling the future before it is done stops its decoding at the next step."""
         prompt = len(generation.prompt_ids)
         if prompt == 0:
             raise BadRequest("the prompt is empty: give at least one message with content", retryable=False)
@@ -230,7 +235,7 @@ class LlamaCppEngine:
         if generation.temperature > 0:
             sequence.rng = self.np.random.default_rng(generation.seed)
         self._queue.put(sequence)
-        return sequence.future.result()
+        return sequence.future
 
     def _loop(self) -> None:
         while True:
@@ -282,6 +287,10 @@ class LlamaCppEngine:
         """One `llama_decode`: the next token of every generating sequence and as many prompt
         tokens as fit; then sample for each sequence whose logits came out."""
         batch, room = self.batch, self.n_batch
+        for gone in [s for s in self._running if s.future.cancelled()]:  # its caller stopped waiting
+            self._end(gone, "cancelled")
+        if not self._running:
+            return
         outputs: list[tuple[_Sequence, int]] = []
         count = 0
         for sequence in self._running:
@@ -372,6 +381,8 @@ class LlamaCppEngine:
             self._free_ids.append(sequence.seq_id)
         elif sequence in self._waiting:
             self._waiting.remove(sequence)
+        if sequence.future.cancelled():
+            return
         if isinstance(outcome, BaseException):
             sequence.future.set_exception(outcome)
             return

@@ -9,6 +9,7 @@ decoding is also constrained by the schema's grammar, so every answer is valid J
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import Counter
@@ -147,11 +148,28 @@ class LocalSLM(BaseBackend):
 
     def complete(self, request: Request) -> Response:
         engine = self.engine(request.model)
+        generation = self._generation(engine, request)
+        start = time.perf_counter()
+        return self._response(request, engine.generate(generation), start)
+
+    async def acomplete(self, request: Request) -> Response:
+        """On llama.cpp the answer is awaited without holding a thread while it decodes, so
+        asyncio callers decode together however small the default thread pool is; the other
+        engines generate in a worker thread."""
+        engine = await asyncio.to_thread(self.engine, request.model)  # loads the model once, off the loop
+        submit = getattr(engine, "submit", None)
+        if submit is None:
+            return await super().acomplete(request)
+        start = time.perf_counter()
+        future = await asyncio.to_thread(lambda: submit(self._generation(engine, request)))
+        return self._response(request, await asyncio.wrap_future(future), start)
+
+    def _generation(self, engine: Any, request: Request) -> Generation:
         params = request.params_dict()
         response_format = request.response_format_dict()
         constrained = bool(params.get("constrained")) and response_format is not None
         budget = params.get("max_new_tokens") or params.get("max_tokens") or params.get("max_completion_tokens") or 256
-        generation = Generation(
+        return Generation(
             prompt_ids=engine.prompt_ids(request.messages_list()),
             max_new_tokens=int(budget),
             temperature=float(params.get("temperature") or 0.0),
@@ -163,8 +181,9 @@ class LocalSLM(BaseBackend):
             json_schema=(schema_of(response_format) or {}) if constrained else None,
             constrained=constrained,
         )
-        start = time.perf_counter()
-        result = engine.generate(generation)
+
+    @staticmethod
+    def _response(request: Request, result: Any, start: float) -> Response:
         return Response(
             text=result.text,
             model=request.model,

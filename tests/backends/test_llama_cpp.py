@@ -252,3 +252,34 @@ def test_short_shared_beginnings_and_prompt_cache_off_decode_everything():
     finally:
         own.close()
         off.close()
+
+
+async def test_asyncio_callers_decode_together_without_a_thread_each(gguf_role):
+    import asyncio
+
+    # Two worker threads only: calls that each held a thread while decoding could never reach
+    # eight sequences in one step.
+    asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor(2))
+    engine = local_slm.engine_for(EMBEDDED_MODEL, engine="llama.cpp")
+    questions = [f"Write a story about the number {i}." for i in range(10)]
+    one_by_one = [get_llm()(q, max_tokens=16).text for q in questions]
+    before = len(engine.batch_sizes)
+    answers = await asyncio.gather(*(get_llm().acall(q, max_tokens=16) for q in questions))
+    assert [a.text for a in answers] == one_by_one
+    assert max(engine.batch_sizes[before:]) == 8
+
+
+async def test_a_cancelled_async_call_stops_decoding_and_frees_its_slot(gguf_role):
+    import asyncio
+
+    engine = local_slm.engine_for(EMBEDDED_MODEL, engine="llama.cpp")
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(get_llm().acall("Write a very long story.", max_tokens=2000), timeout=0.5)
+    steps = engine.steps
+    for _ in range(100):
+        if not engine._running and not engine._waiting:
+            break
+        await asyncio.sleep(0.02)
+    assert not engine._running and sorted(engine._free_ids) == list(range(engine.max_sequences))
+    assert engine.steps - steps < 50  # it stopped at the next step, far short of 2000 tokens
+    assert (await get_llm().acall("Hi", max_tokens=3)).usage.completion_tokens <= 3  # the engine still answers
