@@ -1,7 +1,9 @@
 """A role on a local model: text and JSON, with and without grammar constraints.
 
 Uses the model given as the first argument (a hub id in the local cache, a folder, or a .gguf
-file), else the embedded SmolLM2-135M-Instruct.
+file), else the embedded SmolLM2-135M-Instruct. A .gguf file runs on llama.cpp when
+llama-cpp-python is installed, anything else on transformers; a second argument (llama.cpp,
+transformers, mlx) picks the engine.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import sys
 
 from myopto import StructuredOutputError
+from myopto.backends.local_slm import choose_engine
 from myopto.backends.model_files import EMBEDDED_MODEL
 from myopto.utils import get_llm, get_usage_summary, llm_json, llm_text, set_role_config
 
@@ -19,9 +22,10 @@ PERSON = {
 }
 
 
-def main(model: str) -> None:
-    set_role_config("executor", backend="LocalSLM", model=model, max_new_tokens=60)
-    print(get_llm("executor").describe(), "\n")
+def main(model: str, engine: str = "auto") -> None:
+    set_role_config("executor", backend="LocalSLM", model=model, engine=engine, max_new_tokens=60)
+    print(get_llm("executor").describe())
+    print(f"engine: {choose_engine(model, engine)}\n")
     print("text:", llm_text("What is the capital of France? Answer in one word."))
     prompt = "Extract the person's name and age from: John is 30 years old."
     try:
@@ -34,4 +38,4 @@ def main(model: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else EMBEDDED_MODEL)
+    main(sys.argv[1] if len(sys.argv) > 1 else EMBEDDED_MODEL, *sys.argv[2:3])

