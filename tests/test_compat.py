@@ -73,7 +73,7 @@ def test_trace_optoprime_step_takes_the_suggested_value(server, structured_outpu
 def test_import_myopto_imports_no_sdk_and_no_torch():
     code = (
         "import sys, myopto, myopto.utils, myopto.utils.llm, myopto.backends, myopto.middleware, myopto.testing\n"
-        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'litellm', 'openai', 'torch', 'transformers', 'mlx', 'jsonschema', 'redis', 'diskcache'})\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'litellm', 'openai', 'torch', 'transformers', 'mlx', 'jsonschema', 'redis', 'diskcache', 'llama_cpp', 'numpy', 'xgrammar', 'opentelemetry'})\n"
         "print(','.join(heavy))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
