@@ -73,7 +73,6 @@ class _Sequence:
     decoder: Any = None
     matcher: Any = None
     rng: Any = None
-    finish: str | None = None
 
     @property
     def position(self) -> int:
@@ -166,7 +165,13 @@ class LlamaCppEngine:
         return Jinja2ChatFormatter(template=template.decode("utf-8"), eos_token=self._token_text(eos) if eos >= 0 else "",
                                    bos_token=self._token_text(bos) if bos >= 0 else "")
 
+    def _check_open(self) -> None:
+        """After `close()` the model is freed: touching it would crash the process."""
+        if self.ctx is None:
+            raise BackendUnavailable(f"the llama.cpp engine for {self.source.label} was closed")
+
     def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        self._check_open()
         data = text.encode("utf-8")
         room = len(data) + 8
         while True:
@@ -177,6 +182,7 @@ class LlamaCppEngine:
             room = -count
 
     def detokenize(self, tokens: list[int]) -> str:
+        self._check_open()
         if not tokens:
             return ""
         array = (self.llama.llama_token * len(tokens))(*tokens)
@@ -190,6 +196,7 @@ class LlamaCppEngine:
 
     def piece(self, token: int) -> bytes:
         """The bytes one token stands for (b"" for control tokens such as end-of-turn)."""
+        self._check_open()
         buffer = ctypes.create_string_buffer(64)
         count = self.llama.llama_token_to_piece(self.vocab, token, buffer, 64, 0, False)
         if count < 0:
@@ -219,6 +226,7 @@ class LlamaCppEngine:
     def submit(self, generation: Generation) -> concurrent.futures.Future[Generated]:
         """Queue one answer and return its future at once (asyncio awaits it without a thread).
         Cancelling the future before it is done stops its decoding at the next step."""
+        self._check_open()
         prompt = len(generation.prompt_ids)
         if prompt == 0:
             raise BadRequest("the prompt is empty: give at least one message with content", retryable=False)
@@ -403,15 +411,15 @@ class LlamaCppEngine:
         return Generated(text, len(g.prompt_ids), len(tokens), finish)
 
     def close(self) -> None:
-        """Stop the worker and free the context and the model (the engine is unusable after)."""
+        """Stop the worker and free the context and the model; later calls raise BackendUnavailable."""
         if self._worker.is_alive():
             self._queue.put(None)
             self._worker.join()
         if self.ctx:
+            ctx, self.ctx = self.ctx, None
             self.llama.llama_batch_free(self.batch)
-            self.llama.llama_free(self.ctx)
+            self.llama.llama_free(ctx)
             self.llama.llama_model_free(self.model)
-            self.ctx = None
 
 
 def _shared_prefix(kept: list[int], prompt: tuple[int, ...]) -> int:

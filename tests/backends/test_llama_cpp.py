@@ -188,6 +188,8 @@ def test_close_stops_the_worker():
     assert generate(own, max_new_tokens=2).completion_tokens == 2
     own.close()
     assert not worker.is_alive() and not any(t is worker for t in threading.enumerate())
+    with pytest.raises(BackendUnavailable, match="closed"):
+        generate(own, max_new_tokens=2)
 
 
 def test_closing_fails_running_and_waiting_callers_instead_of_leaving_them_hanging():
