@@ -131,18 +131,22 @@ class RedisStore(MemoryFronted):
         return sum(1 for _ in self._keys())
 
     def stats(self) -> dict[str, Any]:
-        """Entries under this namespace, the server's memory use and its eviction policy."""
-        memory = self.connection.run(lambda client: client.info("memory"))
-        policy = str(memory.get("maxmemory_policy", "unknown"))
+        """Entries under this namespace, the server's memory use and its eviction policy (on a
+        cluster: every primary's memory summed, and the most dangerous policy among them)."""
+        nodes = self.connection.run(_memory_by_node)
+        policies = sorted({str(info.get("maxmemory_policy", "unknown")) for info in nodes})
+        policy = next((p for p in policies if p in _EVICTING_POLICIES), policies[0] if policies else "unknown")
         stats: dict[str, Any] = {
             "url": self.location,
             "namespace": self.namespace,
             "entries": len(self),
-            "used_memory_bytes": memory.get("used_memory"),
-            "maxmemory_bytes": memory.get("maxmemory"),
+            "used_memory_bytes": sum(int(info.get("used_memory") or 0) for info in nodes),
+            "maxmemory_bytes": sum(int(info.get("maxmemory") or 0) for info in nodes),
             "maxmemory_policy": policy,
             "memory_hits": self.memory.hits,
         }
+        if len(nodes) > 1:
+            stats["nodes"] = len(nodes)
         if policy in _EVICTING_POLICIES:
             stats["warning"] = (
                 f"maxmemory-policy is {policy}: when the server fills up it will evict cached answers "
@@ -228,3 +232,12 @@ def redis_store(url: str, *, namespace: str = "myopto", lease_seconds: float = 1
         if store is None:
             store = _stores[(url, namespace)] = RedisStore(url, namespace=namespace, lease_seconds=lease_seconds)
         return store
+
+
+def _memory_by_node(client: Any) -> list[dict[str, Any]]:
+    """`INFO memory` of the server, or of every primary of a cluster."""
+    import redis
+
+    if isinstance(client, redis.RedisCluster):
+        return list(client.info("memory", target_nodes=redis.RedisCluster.PRIMARIES).values())
+    return [client.info("memory")]

@@ -256,7 +256,11 @@ def test_a_redis_cluster_serves_the_cache_single_flight_limits_and_stats(server,
         assert record is None and lease is not None
         lease.release()
         assert main(["cache", "stats", "--url", cluster.url]) == 0
-        assert json.loads(capsys.readouterr().out)["entries"] == 6
+        stats = json.loads(capsys.readouterr().out)
+        assert stats["entries"] == 6 and stats["nodes"] == len(cluster.nodes)
+        # memory is every primary's, not one node's
+        used = [int(redis_py.Redis(port=node.port).info("memory")["used_memory"]) for node in cluster.nodes]
+        assert stats["used_memory_bytes"] > max(used) and stats["maxmemory_policy"] == "noeviction"
         # the keys really are spread over the nodes
         counts = [int(raw_node.dbsize()) for raw_node in (redis_py.Redis(port=node.port) for node in cluster.nodes)]
         assert sum(counts) >= 6 and sum(1 for count in counts if count) >= 2
