@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
@@ -107,3 +108,31 @@ def redis_server(_session_redis):
     yield _session_redis
     if not _session_redis.ping():
         _session_redis.start()
+
+
+class LoopTicks:
+    """Counts the event loop's turns while entered (one every `every` seconds): a call that
+    blocked the loop lets none happen."""
+
+    def __init__(self, every: float = 0.05) -> None:
+        self.every = every
+        self.count = 0
+        self._task = None
+
+    async def __aenter__(self) -> "LoopTicks":
+        self._task = asyncio.create_task(self._tick())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._task.cancel()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.every)
+            self.count += 1
+
+
+@pytest.fixture
+def loop_ticks():
+    """`async with loop_ticks() as ticks: ...`, then `ticks.count`."""
+    return LoopTicks

@@ -162,7 +162,7 @@ def test_limits_show_in_the_chain_description(server, redis_server, monkeypatch)
     assert f"state in {redis_server.url}" in get_llm().describe()
 
 
-def test_the_limits_middleware_waits_on_the_event_loop_without_blocking_it():
+def test_the_limits_middleware_waits_on_the_event_loop_without_blocking_it(loop_ticks):
     limiter = LocalLimiter()
     limits = Limits(limiter, rpm=60)  # one a second after the first
 
@@ -173,18 +173,9 @@ def test_the_limits_middleware_waits_on_the_event_loop_without_blocking_it():
 
     async def main():
         request = Request(model="m", messages=[{"role": "user", "content": "x"}])
-        ticks = 0
-
-        async def ticker():
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.05)
-                ticks += 1
-
-        task = asyncio.create_task(ticker())
-        await limits.acall(request, answer)
-        await limits.acall(request, answer)  # waits ~1 s for its slot
-        task.cancel()
-        return ticks
+        async with loop_ticks() as ticks:
+            await limits.acall(request, answer)
+            await limits.acall(request, answer)  # waits ~1 s for its slot
+        return ticks.count
 
     assert asyncio.run(main()) >= 10

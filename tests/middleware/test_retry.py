@@ -121,22 +121,13 @@ def test_each_attempt_timeout_is_clipped_to_the_deadline(server):
     assert time.monotonic() - start < 1.5
 
 
-async def test_async_retry_does_not_block_the_event_loop(server):
+async def test_async_retry_does_not_block_the_event_loop(server, loop_ticks):
     custom(server, retry_backoff=0.001)
     server.fail(429, retry_after=0.5)
-    ticks = 0
-
-    async def ticker():
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.05)
-            ticks += 1
-
-    task = asyncio.create_task(ticker())
-    response = await get_llm().acall("x")
-    task.cancel()
+    async with loop_ticks() as ticks:
+        response = await get_llm().acall("x")
     assert response.text == "echo: x"
-    assert ticks >= 6  # the loop kept running through the 0.5 s wait
+    assert ticks.count >= 6  # the loop kept running through the 0.5 s wait
 
 
 def test_per_call_retries_override_the_role(server):
