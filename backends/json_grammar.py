@@ -20,6 +20,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from myopto.errors import BackendUnavailable
+
 _CLOSERS = frozenset('"]}')
 _MAX_CLOSING_STEPS = 512
 
@@ -119,8 +121,6 @@ class LazyGrammars:
                     try:
                         self._cache = self._build()
                     except ImportError as error:
-                        from myopto.errors import BackendUnavailable
-
                         raise BackendUnavailable("constrained decoding needs xgrammar: pip install 'myopto[local]'") from error
         return self._cache
 

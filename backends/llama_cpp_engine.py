@@ -41,7 +41,6 @@ DEFAULT_CONTEXT = 4096  # tokens per sequence (prompt and answer), unless the mo
 # again costs little, and a reused prefix is computed in other shapes than a cold prompt, which
 # can turn a near-tie the other way: short prompts keep the answers of a cold start exactly.
 MIN_REUSED_TOKENS = 256
-_log = logging.getLogger("myopto.local")
 
 
 def available() -> bool:

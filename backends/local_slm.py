@@ -10,6 +10,7 @@ decoding is also constrained by the schema's grammar, so every answer is valid J
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections import Counter
@@ -36,8 +37,13 @@ def choose_engine(model: str, engine: str = "auto", *, use_mlx: bool = False) ->
     a GGUF file (the embedded model included) when llama-cpp-python is installed, else transformers."""
     if use_mlx:
         return "mlx"
-    if engine != "auto":
-        return engine
+    return engine if engine != "auto" else _auto_engine(model)
+
+
+@functools.lru_cache(maxsize=256)
+def _auto_engine(model: str) -> str:
+    """Decided once per model and process (it looks on disk and for an installed package):
+    every call to a role asks, and the answer is the engine the model was loaded on."""
     from myopto.backends import llama_cpp_engine
 
     if llama_cpp_engine.available() and locate(model, prefer_gguf=True).gguf_file:
@@ -125,7 +131,6 @@ class LocalSLM(BaseBackend):
         self.engine_name = "mlx" if use_mlx else engine
         self.device = device
         self.torch_dtype = torch_dtype
-        self.use_mlx = self.engine_name == "mlx"
         self.trust_remote_code = trust_remote_code
         self.max_batch_size = max_batch_size
         self.batch_wait = batch_wait
