@@ -53,7 +53,7 @@ def test_auto_picks_llama_cpp_for_gguf_files_and_transformers_for_the_rest(tiny_
 
 def test_the_chat_template_comes_from_the_gguf_file(engine):
     prompt = engine.prompt_ids([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
-    text = llama_cpp_engine.LlamaCppEngine.detokenize(engine, list(prompt))
+    text = engine.detokenize(list(prompt))
     # SmolLM2's template is ChatML: its markers are special tokens, one id each.
     im_start = engine.tokenize("<|im_start|>", add_special=False)
     assert len(im_start) == 1 and prompt.count(im_start[0]) == 3
