@@ -143,3 +143,17 @@ class BudgetExceeded(MyoptoError):
         self.scope = scope
         self.spent = spent
         self.budget = budget
+
+
+class DamagedCacheEntry(MyoptoError):
+    """A stored cache record cannot be read back (not JSON, or not the shape myopto writes).
+
+    `key` is the request's cache key and `location` the store. In modes that may call the model
+    (`on`, `refresh`, `read_only`) the entry is reported and treated as a miss (and, where the
+    mode writes, replaced by the new answer); `replay` raises it.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, location: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.location = location

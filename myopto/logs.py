@@ -31,6 +31,56 @@ def register_secret(value: str | None) -> None:
             _secrets.add(value)
 
 
+# Option and header names whose values are credentials, wherever they sit in a role's options
+# (`extra_headers`, LiteLLM's `extra`, a URL's query string).
+_SECRET_NAME_PARTS = ("key", "apikey", "token", "secret", "password", "authorization", "credential", "credentials",
+                      "signature", "sig")
+
+
+def is_secret_name(name: Any) -> bool:
+    """True when an option, header or query parameter of this name holds a credential."""
+    lowered = str(name).lower().replace("-", "_")
+    return lowered in _SECRET_KEYS or any(part in _SECRET_NAME_PARTS for part in lowered.split("_"))
+
+
+def register_secrets_in(value: Any, *, name: Any = None) -> None:
+    """Register every credential found in `value` (a role's options, at any depth) for masking.
+
+    A credential is the value under a secret-looking name (`api_key`, `Authorization`,
+    `x-api-key`, `token`, ...), the token after `Bearer `/`Basic `, a URL's password, and the
+    values of secret-looking query parameters of a URL.
+    """
+    from urllib.parse import parse_qsl, urlsplit
+
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            register_secrets_in(item, name=key)
+        return
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            register_secrets_in(item, name=name)
+        return
+    if not isinstance(value, str):
+        return
+    # a value found by its name is masked only when long enough to be a credential, so a short
+    # word under an odd name (`key="name"`) is not masked in every log line
+    if name is not None and is_secret_name(name) and len(value) >= 8:
+        register_secret(value)
+        for scheme in ("Bearer ", "Basic ", "Token "):
+            if value.startswith(scheme):
+                register_secret(value[len(scheme):].strip())
+    if "://" in value:
+        try:
+            parts = urlsplit(value)
+        except ValueError:
+            return
+        if parts.password:
+            register_secret(parts.password)
+        for key, item in parse_qsl(parts.query, keep_blank_values=False):
+            if is_secret_name(key) and len(item) >= 8:
+                register_secret(item)
+
+
 def redact(value: Any) -> Any:
     """`value` with credential keys dropped and known secret strings masked, at any depth."""
     secrets = sorted({*_secrets, *secret_values()}, key=len, reverse=True)

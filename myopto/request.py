@@ -78,6 +78,15 @@ def _as_dict(value: Any) -> Any:
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_as_dict)
 
 
+def key_of(data: Mapping[str, Any]) -> str:
+    """The cache key of a request's `fingerprint_data()`: SHA-256 of its canonical JSON text.
+
+    `Request.fingerprint()` always equals `key_of(request.fingerprint_data())`, so a stored
+    record's key can be checked against the request it records (`myopto cache import` does).
+    """
+    return hashlib.sha256(_CANONICAL.encode(data).encode("utf-8")).hexdigest()
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Request:
     """One chat-completion call: everything that decides the answer, plus call-scoped extras.
@@ -164,6 +173,6 @@ class Request:
             }
             if "sample" in self.metadata:
                 data["sample"] = self.metadata["sample"]
-            key = hashlib.sha256(_CANONICAL.encode(data).encode("utf-8")).hexdigest()
+            key = key_of(data)
             object.__setattr__(self, "_key", key)
         return key

@@ -29,7 +29,7 @@ from myopto.middleware.usage import Usage
 from myopto.params import GENERATION_PARAMS, check_params
 from myopto.pipeline import Middleware, Pipeline, as_middleware
 from myopto.limiter import limiter_for
-from myopto.logs import register_secret
+from myopto.logs import redact, register_secret, register_secrets_in
 from myopto.redis_connection import check_url, is_redis_url
 from myopto.stores import open_store
 from myopto.pricing import check_pricing
@@ -73,6 +73,7 @@ class RoleConfig:
             raise ConfigError(f"model must be a non-empty string, got {model!r}")
         api_key = options.pop("api_key", None) or options.pop("key", None)
         register_secret(api_key)  # masked in every log line
+        register_secrets_in(options)  # and keys in headers, LiteLLM's extra, URL query strings
         middleware = options.pop("middleware", None)
         if middleware is not None and (isinstance(middleware, (str, bytes)) or not isinstance(middleware, Iterable)):
             middleware = [middleware]
@@ -149,6 +150,16 @@ class RoleConfig:
             tpm=update.tpm or self.tpm,
             max_cost_usd=update.max_cost_usd or self.max_cost_usd,
         )
+
+    def __repr__(self) -> str:
+        # secrets anywhere in the options (headers, LiteLLM's extra, a URL's query) are masked;
+        # api_key is never shown
+        shown = ", ".join(
+            f"{field.name}={redact(_plain_value(getattr(self, field.name)))!r}"
+            for field in dataclasses.fields(self)
+            if field.repr and getattr(self, field.name) not in (None, (), _FROZEN_EMPTY) and getattr(self, field.name) != {}
+        )
+        return f"RoleConfig({shown})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -457,6 +468,10 @@ def _shared_state(config: RoleConfig, environment: Environment) -> tuple[str, st
     if not 0.1 <= lease_seconds <= 3600:
         raise ConfigError(f"MYOPTO_CACHE_LEASE_SECONDS must be 0.1-3600 seconds, got {environment.lease_seconds!r}")
     return cache_location, limits_url, namespace, lease_seconds
+
+
+def _plain_value(value: Any) -> Any:
+    return {key: _plain_value(item) for key, item in value.items()} if isinstance(value, Mapping) else value
 
 
 def check_role(role: Any) -> str:

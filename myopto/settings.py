@@ -20,6 +20,7 @@
 | `MYOPTO_LOG_MESSAGES` | `1` to include messages and answers in the log (and on spans) | `0` |
 | `HF_HUB_OFFLINE` | Hugging Face's own switch: `1` and a hub id missing from the cache fails at once | - |
 | `HF_ENDPOINT` | Hugging Face's own: the hub's address, probed before a download | `https://huggingface.co` |
+| `MYOPTO_MAX_PAUSE_SECONDS` | the longest a 429's Retry-After may pause an endpoint's model | `300` |
 | `MYOPTO_TRACING` | `otlp`: send OpenTelemetry spans over OTLP/HTTP (`OTEL_EXPORTER_OTLP_*` say where) | off |
 """
 
@@ -204,3 +205,11 @@ def secret_values() -> list[str]:
         for name, value in os.environ.items()
         if len(value) >= 8 and (name.endswith(("_API_KEY", "_TOKEN", "_KEY")) or "SECRET" in name)
     ]
+
+
+DEFAULT_MAX_PAUSE_SECONDS = 300.0
+
+
+def max_pause_setting() -> str | None:
+    """`MYOPTO_MAX_PAUSE_SECONDS` as written (checked by whoever uses it), or None."""
+    return _get("MYOPTO_MAX_PAUSE_SECONDS")
