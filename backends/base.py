@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
+from urllib.parse import unquote_plus, urlsplit
 
 from myopto.errors import (
     AuthenticationFailed,
@@ -15,10 +16,13 @@ from myopto.errors import (
     BackendTimeout,
     BadRequest,
     ConnectionFailed,
+    InvalidRequest,
     MalformedResponse,
     RateLimited,
     ServerError,
 )
+from myopto.logs import is_secret_name, redact
+from myopto.parsing import content_text
 from myopto.pricing import cost_from_map
 from myopto.request import Request
 from myopto.response import Response, Usage, new_response_id
@@ -61,8 +65,18 @@ class BaseBackend:
         return await asyncio.to_thread(self.complete, request)
 
     def endpoint(self) -> str | None:
-        """Where calls go (a base URL), when that decides the answer; part of the cache key."""
+        """Where calls go and what answers them, when that decides the answer; part of the cache key.
+
+        What the backend will really use, environment defaults resolved (a base URL the SDK would
+        read from `OPENAI_BASE_URL`, say), in one spelling per destination (`endpoint_url`), with
+        no credential in it: it is stored in cache records and shown by `myopto roles`.
+        """
         return None
+
+    def endpoint_for(self, model: str) -> str | None:
+        """`endpoint()` for a call to `model` (where a backend's destination depends on the model,
+        as LiteLLM's provider defaults do). Computed for every request: keep it cheap."""
+        return self.endpoint()
 
     def prepare(self) -> None:
         """Do the first call's one-off work now (import the SDK, build its client), sending
@@ -88,8 +102,51 @@ class BaseBackend:
             )
             if on
         ]
-        where = f" at {self.endpoint()}" if self.endpoint() else ""
+        endpoint = self.endpoint()
+        where = f" at {endpoint}" if endpoint else ""
         return f"{self.kind}{where} [{', '.join(abilities) or 'text only'}]"
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+MASK = "***"
+
+
+def endpoint_url(url: str) -> str:
+    """A base URL in the one spelling the cache key and `myopto roles` use.
+
+    Scheme and host lower-cased, a default port and a trailing `/` dropped (the SDKs send the
+    same requests either way; a bare host keeps its root `/`), the fragment dropped (never sent).
+    Credentials are masked, not kept: user name and password, and the values of secret-looking
+    query parameters (`?api-key=...`, `is_secret_name`). Different keys to one server reach the
+    same model, as a different `api_key` does, so the cache key does not depend on them; other
+    query parameters (`?api-version=...`) are kept as written, in their order.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # such as a broken IPv6 address
+        parts = None
+    if parts is None or not parts.scheme or not parts.netloc:  # not a URL (the SDK will say so): as written
+        return url.strip()
+    scheme = parts.scheme.lower()
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:  # not a number: keep what was written, the SDK will refuse it
+        port, host = None, parts.netloc.rpartition("@")[2].lower()
+    if port is not None and port != _DEFAULT_PORTS.get(scheme):
+        host = f"{host}:{port}"
+    if parts.username is not None or parts.password is not None:
+        host = f"{MASK}@{host}"
+    query = "&".join(_masked_parameter(parameter) for parameter in parts.query.split("&") if parameter)
+    path = parts.path.rstrip("/") or "/"  # the root keeps its slash: what follows a host stays out of it
+    return f"{scheme}://{host}{path}" + (f"?{query}" if query else "")
+
+
+def _masked_parameter(parameter: str) -> str:
+    name, equals, _ = parameter.partition("=")
+    return f"{name}={MASK}" if equals and is_secret_name(unquote_plus(name)) else parameter
 
 
 def completion_response(raw: Any, request: Request, latency: float, backend: str,
@@ -103,10 +160,23 @@ def completion_response(raw: Any, request: Request, latency: float, backend: str
     if not choices:
         raise MalformedResponse(f"{backend} answered with no choices", retryable=True, role=request.role, model=request.model)
     choice = choices[0]
+    message = getattr(choice, "message", None)
+    content = getattr(message, "content", None)
+    if isinstance(content, list):  # content parts, as some OpenAI-compatible servers answer
+        content = content_text(content)
+    if message is None or not (content is None or isinstance(content, str)):
+        raise MalformedResponse(
+            f"{backend} answered with a choice that has no message"
+            if message is None else f"{backend} answered with message content that is not text: {content!r:.100}",
+            retryable=True, role=request.role, model=request.model,
+        )
     usage = getattr(raw, "usage", None)
-    tokens = Usage.of(getattr(usage, "prompt_tokens", 0), getattr(usage, "completion_tokens", 0))
+    tokens = Usage.of(
+        _token_count(getattr(usage, "prompt_tokens", 0), "prompt_tokens", backend, request),
+        _token_count(getattr(usage, "completion_tokens", 0), "completion_tokens", backend, request),
+    )
     return Response(
-        text=choice.message.content or "",
+        text=content or "",
         model=getattr(raw, "model", None) or request.model,
         usage=tokens,
         cost=price(tokens),
@@ -115,6 +185,44 @@ def completion_response(raw: Any, request: Request, latency: float, backend: str
         id=getattr(raw, "id", None) or new_response_id(),
         raw=raw,
     )
+
+
+def _token_count(value: Any, name: str, backend: str, request: Request) -> int:
+    """A token count as the provider gave it: a whole number, or text of one ("12", "12.0"), which
+    some servers send; anything else is a `MalformedResponse` (retryable)."""
+    if value is None:
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    number: Any = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = None
+    if isinstance(number, float) and number.is_integer() and number >= 0:
+        return int(number)
+    raise MalformedResponse(
+        f"{backend} answered with usage.{name} = {value!r:.40}, not a token count",
+        retryable=True, role=request.role, model=request.model,
+    )
+
+
+def unsendable(error: BaseException) -> InvalidRequest | None:
+    """An `InvalidRequest` when `error` (or what caused it: LiteLLM wraps it) is a failure to encode
+    the request body, such as a lone surrogate where the message checks do not look: nothing was
+    sent, retrying cannot help, and the caller must clean the text. None for any other error."""
+    cause: BaseException | None = error
+    for _ in range(8):
+        if cause is None:
+            return None
+        if isinstance(cause, UnicodeEncodeError):
+            return InvalidRequest(
+                f"the request holds text that cannot be sent as UTF-8 ({cause.reason}: "
+                f"{cause.object[cause.start:cause.end]!r}); clean it first, e.g. text.encode('utf-8', 'replace').decode()"
+            )
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 _SDK_PACKAGES = frozenset({"openai", "litellm", "httpx", "httpcore", "aiohttp"})
@@ -134,6 +242,7 @@ def backend_error(error: BaseException, backend: str, request: Request | None = 
     Reads the HTTP status and the `retry-after-ms` / `retry-after` headers when the exception
     carries a response. The kind decides `retryable`: rate limits, 5xx, timeouts, dropped or
     refused connections and malformed bodies are; authentication and bad requests are not.
+    The provider's message is masked (`myopto.logs.redact`): servers echo API keys back.
     """
     status = getattr(error, "status_code", None)
     response = getattr(error, "response", None)
@@ -148,7 +257,7 @@ def backend_error(error: BaseException, backend: str, request: Request | None = 
     kind = _kind(error, name, status)
     where = f"HTTP {status}" if status is not None else name
     return kind(
-        f"{backend} call failed ({where}): {str(error).strip() or name}",
+        f"{backend} call failed ({where}): {redact(str(error).strip() or name)}",
         status_code=status,
         retryable=kind in _RETRYABLE_KINDS or (kind is BadRequest and status in _RETRYABLE_STATUS),
         retry_after=_retry_after(headers),

@@ -12,7 +12,6 @@ never used. (`save_pretrained` refuses a GGUF-loaded model, hence the state dict
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -20,16 +19,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from myopto.backends.model_files import file_sha256  # remembered per file version: the cache key hashed it already
+
 _MANIFEST = "myopto-converted.json"
 _log = logging.getLogger("myopto.local")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as data:
-        for block in iter(lambda: data.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ConvertedCopy:

@@ -10,12 +10,14 @@ import weakref
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from myopto.backends.base import BaseBackend, backend_error, completion_response, is_sdk_error
+from myopto.backends.base import BaseBackend, backend_error, completion_response, endpoint_url, is_sdk_error, unsendable
 from myopto.pricing import cost_from_map
 from myopto.request import Request
 from myopto.response import Response
+from myopto.settings import openai_base_url
 
 PLACEHOLDER_KEY = "sk-no-key-required"
+OPENAI_API_URL = "https://api.openai.com/v1"  # the openai SDK's own default
 
 
 class CustomLLM(BaseBackend):
@@ -24,6 +26,10 @@ class CustomLLM(BaseBackend):
     Options: `base_url`, `api_key` (a placeholder is sent when the server needs none), `timeout`
     (seconds), `max_retries` (the SDK's own retries; 0 by default because myopto's retry
     middleware owns retrying), `extra_headers`, `organization`.
+
+    With no `base_url`, the SDK's own resolution is done here, once: `OPENAI_BASE_URL`, else the
+    OpenAI API. The client is built with that URL, so the SDK never consults the environment on
+    its own and `endpoint()` (in the cache key) is where requests really go.
     """
 
     kind: ClassVar[str] = "CustomLLM"
@@ -45,7 +51,8 @@ class CustomLLM(BaseBackend):
         organization: str | None = None,
     ) -> None:
         super().__init__()
-        self.base_url = base_url
+        self.base_url = base_url or openai_base_url() or OPENAI_API_URL
+        self._endpoint = endpoint_url(self.base_url)
         self._api_key = api_key or PLACEHOLDER_KEY
         self.timeout = timeout
         self.max_retries = max_retries
@@ -57,11 +64,12 @@ class CustomLLM(BaseBackend):
         # scripts often call asyncio.run more than once
         self._async_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
-    def __repr__(self) -> str:  # never show the key
-        return f"CustomLLM(base_url={self.base_url!r})"
+    def __repr__(self) -> str:  # never show the key, nor one in the URL's query
+        return f"CustomLLM(base_url={self._endpoint!r})"
 
     def endpoint(self) -> str | None:
-        return self.base_url
+        """The base URL the client sends to, normalised, credentials masked (`endpoint_url`)."""
+        return self._endpoint
 
     def _client_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -76,7 +84,7 @@ class CustomLLM(BaseBackend):
         return kwargs
 
     def provider_name(self, model: str) -> str:
-        host = urlsplit(self.base_url).hostname if self.base_url else "api.openai.com"
+        host = urlsplit(self.base_url).hostname
         return "openai" if host == "api.openai.com" else (host or "unknown")
 
     def prepare(self) -> None:
@@ -121,6 +129,8 @@ class CustomLLM(BaseBackend):
         try:
             raw = self._sync_client().chat.completions.create(**self._arguments(request))
         except Exception as error:
+            if (invalid := unsendable(error)) is not None:  # nothing was sent
+                raise invalid from None
             if not is_sdk_error(error):
                 raise
             raise backend_error(error, self.kind, request) from error
@@ -131,6 +141,8 @@ class CustomLLM(BaseBackend):
         try:
             raw = await self._aclient().chat.completions.create(**self._arguments(request))
         except Exception as error:
+            if (invalid := unsendable(error)) is not None:  # nothing was sent
+                raise invalid from None
             if not is_sdk_error(error):
                 raise
             raise backend_error(error, self.kind, request) from error

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from myopto.backends.base import BaseBackend, backend_error, completion_response, is_sdk_error
-from myopto.request import Request
+from myopto.backends.base import BaseBackend, backend_error, completion_response, endpoint_url, is_sdk_error, unsendable
+from myopto.errors import ConfigError
+from myopto.logs import is_secret_name, redact
+from myopto.request import Request, is_json_data, key_numbers
 from myopto.response import Response
+from myopto.settings import provider_endpoint_settings
 
 _import_lock = threading.Lock()
 _litellm: Any = None
@@ -43,12 +48,28 @@ _GENAI_PROVIDERS = {
 }
 
 
+# `extra` keywords that change how a call is made, logged or authenticated, not what it answers
+# (the API base and version are keyed on their own; credentials never are).
+_UNKEYED_EXTRAS = frozenset({
+    "api_base", "base_url", "api_version", "timeout", "request_timeout", "stream_timeout", "max_retries",
+    "num_retries", "metadata", "litellm_metadata", "logger_fn", "litellm_logging_obj", "litellm_call_id",
+    "client", "extra_headers", "headers", "caching", "cache", "no-log", "mock_timeout",
+})
+
+
 class LiteLLM(BaseBackend):
     """Calls `litellm.completion` / `litellm.acompletion`.
 
     Options: `api_key`, `base_url` (LiteLLM's `api_base`), `api_version` (Azure), `timeout`,
     `max_retries` (LiteLLM's own retries; 0 by default because myopto's retry middleware owns
     retrying), `extra_headers`, and `extra` (a dict of any further `litellm.completion` keyword).
+
+    Its endpoint (in the cache key) is where LiteLLM sends a call and how: the API base given
+    (`base_url`, else `extra`'s `api_base` / `base_url`), else the values of the base-URL
+    variables LiteLLM reads for the model's provider (`OPENAI_BASE_URL`, `AZURE_API_BASE`, ...);
+    the API version (given, else `<PROVIDER>_API_VERSION`); and every other `extra` keyword
+    that is JSON data and may reach the provider (`custom_llm_provider`, `drop_params`,
+    provider fields, ...), minus credentials and keywords that only change how a call is made.
     """
 
     kind: ClassVar[str] = "LiteLLM"
@@ -72,6 +93,8 @@ class LiteLLM(BaseBackend):
         extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if extra is not None and not isinstance(extra, Mapping):
+            raise ConfigError(f"LiteLLM's extra must be a dict of litellm.completion keywords, got {type(extra).__name__}")
         self.base_url = base_url
         self._api_key = api_key
         self.api_version = api_version
@@ -79,12 +102,44 @@ class LiteLLM(BaseBackend):
         self.max_retries = max_retries
         self.extra_headers = dict(extra_headers or {})
         self.extra = dict(extra or {})
+        api_base = base_url or self.extra.get("api_base") or self.extra.get("base_url")
+        self._api_base = endpoint_url(api_base) if isinstance(api_base, str) else None
+        self._api_version = api_version or self.extra.get("api_version")
+        provider = self.extra.get("custom_llm_provider")
+        self._provider = provider if isinstance(provider, str) and provider else None
+        wire = {key: value for key, value in self.extra.items() if key not in _UNKEYED_EXTRAS and is_json_data(value)}
+        wire = redact(_without_credentials(wire))  # and any registered secret that sits under another name
+        self._extras = f"extra={json.dumps(key_numbers(wire), sort_keys=True, separators=(',', ':'))}" if wire else ""
+        # model -> (the provider's variables as read, the endpoint they gave)
+        self._endpoints: dict[str, tuple[Any, str | None]] = {}
 
-    def __repr__(self) -> str:  # never show the key
-        return f"LiteLLM(base_url={self.base_url!r})"
+    def __repr__(self) -> str:  # never show the key, nor one in the URL's query
+        return f"LiteLLM(base_url={self._api_base!r})"
 
     def endpoint(self) -> str | None:
-        return self.base_url
+        """The endpoint of a call to a model named without a provider (see the class doc)."""
+        return self.endpoint_for("")
+
+    def endpoint_for(self, model: str) -> str | None:
+        """Where a call to `model` goes and how (see the class doc); the environment's part is
+        read through a snapshot, so this stays a few dictionary lookups per call."""
+        provider = self._provider or (model.partition("/")[0] if "/" in model else None)
+        environment = provider_endpoint_settings(provider)
+        known = self._endpoints.get(model)
+        if known is not None and known[0] is environment:
+            return known[1]
+        endpoint = self._describe_endpoint(environment)
+        if len(self._endpoints) > 64:  # models named per call: keep the table small
+            self._endpoints.clear()
+        self._endpoints[model] = (environment, endpoint)
+        return endpoint
+
+    def _describe_endpoint(self, environment: tuple[tuple[str, str], ...]) -> str | None:
+        bases = [self._api_base] if self._api_base else list(dict.fromkeys(
+            endpoint_url(value) for name, value in environment if not name.endswith("_API_VERSION")))
+        version = self._api_version or next((value for name, value in environment if name.endswith("_API_VERSION")), None)
+        parts = [*bases, f"api_version={version}" if version else "", self._extras]
+        return " ".join(part for part in parts if part) or None
 
     def _arguments(self, request: Request) -> dict[str, Any]:
         params = request.params_dict()
@@ -125,6 +180,8 @@ class LiteLLM(BaseBackend):
         try:
             raw = litellm.completion(**self._arguments(request))
         except Exception as error:
+            if (invalid := unsendable(error)) is not None:  # nothing was sent
+                raise invalid from None
             if not is_sdk_error(error):
                 raise
             raise backend_error(error, self.kind, request) from error
@@ -136,6 +193,8 @@ class LiteLLM(BaseBackend):
         try:
             raw = await litellm.acompletion(**self._arguments(request))
         except Exception as error:
+            if (invalid := unsendable(error)) is not None:  # nothing was sent
+                raise invalid from None
             if not is_sdk_error(error):
                 raise
             raise backend_error(error, self.kind, request) from error
@@ -143,6 +202,15 @@ class LiteLLM(BaseBackend):
 
     def _response(self, litellm: Any, raw: Any, request: Request, latency: float) -> Response:
         return completion_response(raw, request, latency, self.kind, lambda tokens: _cost(litellm, raw, request.model))
+
+
+def _without_credentials(value: Any) -> Any:
+    """`value` without the entries under secret-looking names, at any depth."""
+    if isinstance(value, Mapping):
+        return {key: _without_credentials(item) for key, item in value.items() if not is_secret_name(key)}
+    if isinstance(value, list):
+        return [_without_credentials(item) for item in value]
+    return value
 
 
 def _steady(timeout: float | None) -> float | None:

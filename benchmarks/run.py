@@ -2,7 +2,8 @@
 
 Every workload runs on this machine in one process family, and every figure is reported with the
 ratio to its anchor measured in the same run. Writes benchmarks/RESULTS.md. Options:
-`--quick` (fewer repeats), `--skip-local` (no local-model workload), `--only NAME`.
+`--quick` (fewer repeats), `--skip-local` (no local-model workload), `--only NAME` (repeatable),
+`--out FILE` (write there instead of RESULTS.md, so a partial run keeps the full table).
 """
 
 from __future__ import annotations
@@ -472,11 +473,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip-local", action="store_true")
-    parser.add_argument("--only", choices=WORKLOADS)
+    parser.add_argument("--only", choices=WORKLOADS, action="append")
+    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     arguments = parser.parse_args()
     repeats = 3 if arguments.quick else 5
     calls = 200 if arguments.quick else 1000
-    chosen = [arguments.only] if arguments.only else [w for w in WORKLOADS if not (w == "local" and arguments.skip_local)]
+    chosen = arguments.only if arguments.only else [w for w in WORKLOADS if not (w == "local" and arguments.skip_local)]
     rows: list[Row] = []
     started = time.time()
     for workload in chosen:
@@ -512,8 +514,10 @@ def main() -> None:
         "this run: for times (s, µs) lower is better, for throughputs (tokens/s) higher is better.\n\n"
     )
     analysis = (HERE / "ANALYSIS.md").read_text() if (HERE / "ANALYSIS.md").exists() else ""
-    (HERE / "RESULTS.md").write_text(header + result + "\n\n" + (f"Notes:\n{notes}\n\n" if notes else "") + analysis)
-    print(f"\nwrote {HERE / 'RESULTS.md'}", file=sys.stderr)
+    if arguments.out != HERE / "RESULTS.md":
+        analysis = ""  # the analysis reads the full table
+    arguments.out.write_text(header + result + "\n\n" + (f"Notes:\n{notes}\n\n" if notes else "") + analysis)
+    print(f"\nwrote {arguments.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -8,28 +8,37 @@ never reach it. Per request:
 2. rates: `rpm` / `tpm` per model, spread evenly (see `myopto.limiter`); the caller sleeps
    until its slot, and on while the model is paused after a 429 (checked again after a sleep,
    since a pause may have begun meanwhile);
-3. the call; a 429 with Retry-After pauses every caller of that model, here or, with a shared
-   limiter, in the whole fleet;
+3. the call; a 429 with Retry-After pauses every caller of that endpoint's model, here or, with
+   a shared limiter, in the whole fleet, for at most `max_pause` seconds (`MYOPTO_MAX_PAUSE_SECONDS`,
+   300 by default; a Retry-After that is no length of time, NaN or negative, pauses nothing);
 4. the token estimate is corrected with the real usage, and the cost is added to each budget.
 
 Where the state lives is the limiter's business: this process (`LocalLimiter`) or Redis
-(`RedisLimiter`, when `MYOPTO_LIMITS_URL` or a Redis `MYOPTO_CACHE_URL` is set).
+(`RedisLimiter`, when `MYOPTO_LIMITS_URL` or a Redis `MYOPTO_CACHE_URL` is set). A limiter that
+fails before the request is sent fails the call (nothing was sent); once the model has answered,
+the answer is the caller's whatever happens: a count that cannot be recorded (Redis gone) is
+reported with `myopto.recording.report_unrecorded("limits", ...)`, and a pause that cannot be
+recorded is logged while the 429 goes on to retry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from myopto.errors import BudgetExceeded, ConfigError, RateLimited
-from myopto.limiter import LOCAL
+from myopto.limiter import LOCAL, capped_wait, pause_cap
 from myopto.parsing import content_text
 from myopto.pipeline import AsyncHandler, Handler, Middleware
 from myopto.pricing import cost_from_pricing
+from myopto.recording import report_unrecorded
 from myopto.request import Request
 from myopto.response import Response
+
+_log = logging.getLogger("myopto")
 
 
 def estimate_tokens(request: Request) -> int:
@@ -42,7 +51,11 @@ def estimate_tokens(request: Request) -> int:
 
 
 class Limits(Middleware):
-    """Rate limits (`rpm`, `tpm` per model) and budgets (`max_cost_usd`) for one role's calls."""
+    """Rate limits (`rpm`, `tpm` per model) and budgets (`max_cost_usd`) for one role's calls.
+
+    `max_pause` caps how long a provider's Retry-After pauses an endpoint's model (seconds;
+    default `MYOPTO_MAX_PAUSE_SECONDS`, else 300).
+    """
 
     name = "limits"
 
@@ -57,8 +70,10 @@ class Limits(Middleware):
         pricing: Mapping[str, float] | None = None,
         price_known: Callable[[str], bool] | None = None,
         prepare: Callable[[], None] | None = None,
+        max_pause: float | None = None,
     ) -> None:
         self.limiter = limiter or LOCAL
+        self.max_pause = pause_cap(max_pause)
         self.rpm, self.tpm = rpm, tpm
         self.budgets = ((f"role:{role}", max_cost_usd),) if max_cost_usd is not None else ()
         self.pricing = pricing
@@ -100,12 +115,17 @@ class Limits(Middleware):
 
     def _settle(self, request: Request, response: Response, estimate: int,
                 budgets: tuple[tuple[str, float], ...]) -> None:
-        if self.tpm:
-            self.limiter.adjust(request.model, self.tpm, response.usage.total_tokens - estimate)
-        if budgets:
-            cost = self._cost(response)
-            for scope, _ in budgets:
-                self.limiter.spend(scope, cost)
+        """Count a paid answer's tokens and cost. Never raises: the answer is the caller's, and a
+        count that cannot be made (the shared limiter's server gone) is reported instead."""
+        try:
+            if self.tpm:
+                self.limiter.adjust(request.model, self.tpm, response.usage.total_tokens - estimate)
+            if budgets:
+                cost = self._cost(response)
+                for scope, _ in budgets:
+                    self.limiter.spend(scope, cost)
+        except Exception as error:  # noqa: BLE001 - whatever failed, the paid answer goes back
+            report_unrecorded("limits", error, role=request.role, model=request.model)
 
     @staticmethod
     def _held_back(request: Request, wait: float) -> None:
@@ -119,8 +139,16 @@ class Limits(Middleware):
             )
 
     def _pause_on(self, request: Request, error: RateLimited) -> None:
-        if error.retry_after:
-            self.limiter.pause(request.model, error.retry_after)
+        """Pause the endpoint's model for the 429's Retry-After, capped at `max_pause`. Never
+        raises: the 429 itself goes on to retry, whether or not the pause could be recorded."""
+        seconds = capped_wait(error.retry_after, self.max_pause)
+        if not seconds:
+            return
+        try:
+            self.limiter.pause(request.model, seconds, request.endpoint)
+        except Exception as failure:  # noqa: BLE001 - the pause is a courtesy, the 429 is the outcome
+            _log.warning("a 429 asked to pause model %r for %.1f s, but the pause could not be recorded in %s: %s: %s",
+                         request.model, seconds, self.limiter.location, type(failure).__name__, failure)
 
     # -- sync and async --------------------------------------------------------------------
     def _ready(self) -> None:
@@ -133,11 +161,11 @@ class Limits(Middleware):
         budgets = self._budgets(request)
         self._check(budgets)
         estimate = estimate_tokens(request) if self.tpm else 0
-        wait = self.limiter.reserve(request.model, self.rpm, self.tpm, estimate)
+        wait = self.limiter.reserve(request.model, self.rpm, self.tpm, estimate, request.endpoint)
         while wait > 0:  # a pause that began while this caller slept holds it back too
             self._held_back(request, wait)
             time.sleep(wait)
-            wait = self.limiter.paused_for(request.model)
+            wait = self.limiter.paused_for(request.model, request.endpoint)
         try:
             response = call_next(request)
         except RateLimited as error:
@@ -158,11 +186,11 @@ class Limits(Middleware):
         budgets = self._budgets(request)
         await self._io(self._check, budgets)
         estimate = estimate_tokens(request) if self.tpm else 0
-        wait = await self._io(self.limiter.reserve, request.model, self.rpm, self.tpm, estimate)
+        wait = await self._io(self.limiter.reserve, request.model, self.rpm, self.tpm, estimate, request.endpoint)
         while wait > 0:
             self._held_back(request, wait)
             await asyncio.sleep(wait)
-            wait = await self._io(self.limiter.paused_for, request.model)
+            wait = await self._io(self.limiter.paused_for, request.model, request.endpoint)
         try:
             response = await call_next(request)
         except RateLimited as error:

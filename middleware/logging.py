@@ -1,12 +1,21 @@
 """`Logging`: one structured JSON line per call, written where `configure_logging` or
-`MYOPTO_LOG_FILE` says (nothing when neither is set)."""
+`MYOPTO_LOG_FILE` says (nothing when neither is set).
+
+A log file that cannot be opened is refused before the call goes on (`ConfigError`, from
+`myopto.logs`). A line that cannot be written after the call (a full disk, a folder made
+read-only mid-run) never changes the call's outcome: an answer still reaches its caller and the
+failure is reported as unrecorded (`myopto.recording`); a failed call still raises its own error.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
-from myopto.logs import CallLog, active_log
+from myopto.errors import ConfigError
+from myopto.logs import CallLog, active_log, redact
+from myopto.recording import report_unrecorded
 from myopto.pipeline import AsyncHandler, Handler, Middleware
 from myopto.request import Request
 from myopto.response import Response
@@ -55,11 +64,30 @@ class Logging(Middleware):
         return response
 
     def describe(self) -> str:
-        log = self._target()
+        try:
+            log = self._target()
+        except ConfigError as error:
+            return f"{self.name} (refused: {error})"
         return f"{self.name} ({log.path})" if log is not None else f"{self.name} (off: no MYOPTO_LOG_FILE)"
 
 
+_log = logging.getLogger("myopto")
+
+
 def _write(log: CallLog, request: Request, response: Response | None, error: Exception | None, latency: float) -> None:
+    """Write the call's line; a line that cannot be written is reported, never raised."""
+    try:
+        _write_line(log, request, response, error, latency)
+    except Exception as failure:  # the call's outcome is already decided: the log must not change it
+        if response is not None:
+            report_unrecorded("log", failure, role=request.role, model=request.model, key=request.fingerprint())
+        else:
+            _log.error(redact(f"a failed call (role {request.role}, model {request.model}) could not be written to "
+                              f"the call log {log.path}: {type(failure).__name__}: {failure}"))
+
+
+def _write_line(log: CallLog, request: Request, response: Response | None, error: Exception | None,
+                latency: float) -> None:
     fields: dict[str, Any] = {
         "run": request.metadata.get("run"),
         "tags": request.metadata.get("tags") or None,
@@ -85,7 +113,7 @@ def _write(log: CallLog, request: Request, response: Response | None, error: Exc
             cached=False,
             attempts=getattr(error, "attempts", 1),
             error_type=type(error).__name__,
-            error=str(error)[:2000],
+            error=redact(str(error))[:2000],  # masked before it is cut, so no part of a key is left
         )
     if log.messages:
         fields["messages"] = request.messages_list()

@@ -4,9 +4,11 @@ Transient means a `BackendError` with `retryable=True`: rate limits (429), 5xx, 
 dropped or refused connections, malformed bodies. Authentication failures and bad requests
 (400/401/403/404) fail at once, and so does anything raised before the backend (our own
 `InvalidRequest`, `ConfigError`). A `Retry-After` / `retry-after-ms` from the server replaces
-the computed wait. Nothing sleeps past the deadline, and each attempt's timeout is clipped to
-the time left. The SDKs' own retries are off (`max_retries=0` in both backends): this is the one
-retry policy.
+the computed wait, capped at `max_pause` (`MYOPTO_MAX_PAUSE_SECONDS`, 300 s by default: a year
+or `inf` waits that long, then tries again); one that is no length of time (NaN, negative) is
+ignored. Nothing sleeps past the deadline, and each attempt's timeout is clipped to the time
+left. The SDKs' own retries are off (`max_retries=0` in both backends): this is the one retry
+policy. Every bound is a finite number: there is always a deadline (300 s unless set).
 
 Built on tenacity (a well-kept retry library with sync and async retriers sharing one policy).
 Per call: `llm(..., retries=N, deadline=seconds)`.
@@ -14,6 +16,7 @@ Per call: `llm(..., retries=N, deadline=seconds)`.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from typing import Any
@@ -21,10 +24,23 @@ from typing import Any
 import tenacity
 
 from myopto.errors import BackendError, ConfigError
+from myopto.limiter import capped_wait, pause_cap
 from myopto.pipeline import AsyncHandler, Handler, Middleware
 from myopto.request import Request
 from myopto.response import Response
 from myopto.tracing import span_event
+
+
+def _seconds(option: str, value: Any, *, positive: bool = False, hint: str = "") -> float:
+    """`value` as a finite number of seconds (> 0 when `positive`, else >= 0); `ConfigError` otherwise."""
+    if not isinstance(value, bool) and isinstance(value, (int, float)):
+        try:
+            number = float(value)
+        except OverflowError:  # an int past float's range
+            number = math.inf
+        if math.isfinite(number) and (number > 0 if positive else number >= 0):
+            return number
+    raise ConfigError(f"{option} must be a finite number of seconds {'> 0' if positive else '>= 0'}, got {value!r}{hint}")
 
 
 def _note_retry(state: tenacity.RetryCallState) -> None:
@@ -43,22 +59,24 @@ class Retry(Middleware):
 
     The wait before attempt n+1 is `backoff * 2**(n-1)` capped at `max_wait`, times a random
     factor between 0.5 and 1 (jitter, so many clients do not retry in step), unless the server
-    said how long to wait.
+    said how long to wait (then that, capped at `max_pause`). `ConfigError` for a bound that is
+    not a finite number (`deadline` > 0; `backoff`, `max_wait` >= 0).
     """
 
     name = "retry"
 
-    def __init__(self, *, retries: int = 4, deadline: float = 300.0, backoff: float = 0.5, max_wait: float = 30.0) -> None:
+    def __init__(self, *, retries: int = 4, deadline: float = 300.0, backoff: float = 0.5, max_wait: float = 30.0,
+                 max_pause: float | None = None) -> None:
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
             raise ConfigError(f"retries must be a whole number >= 0, got {retries!r}")
-        if deadline <= 0 or backoff < 0 or max_wait < 0:
-            raise ConfigError("deadline must be > 0; retry_backoff and retry_max_wait >= 0")
         self.retries = retries
-        self.deadline = deadline
-        self.backoff = backoff
-        self.max_wait = max_wait
-        self._retrier = self._build(retries, deadline, tenacity.Retrying)
-        self._async_retrier = self._build(retries, deadline, tenacity.AsyncRetrying)
+        self.deadline = _seconds("deadline", deadline, positive=True,
+                                 hint=" (every call has one, 300 s unless set: give the longest a call may take)")
+        self.backoff = _seconds("retry_backoff", backoff)
+        self.max_wait = _seconds("retry_max_wait", max_wait)
+        self.max_pause = pause_cap(max_pause)
+        self._retrier = self._build(retries, self.deadline, tenacity.Retrying)
+        self._async_retrier = self._build(retries, self.deadline, tenacity.AsyncRetrying)
 
     def _build(self, retries: int, deadline: float, retrier: type) -> Any:
         """A tenacity retrier for these bounds. The deadline counts from `start_time`, the
@@ -66,8 +84,8 @@ class Retry(Middleware):
 
         def wait(state: tenacity.RetryCallState) -> float:
             error = state.outcome.exception() if state.outcome else None
-            asked = getattr(error, "retry_after", None)
-            computed = min(self.max_wait, self.backoff * 2 ** (state.attempt_number - 1)) * random.uniform(0.5, 1.0)
+            asked = capped_wait(getattr(error, "retry_after", None), self.max_pause)
+            computed = min(self.max_wait, self.backoff * 2 ** min(state.attempt_number - 1, 64)) * random.uniform(0.5, 1.0)
             delay = asked if asked is not None else computed
             return max(0.0, min(delay, state.start_time + deadline - time.monotonic()))
 

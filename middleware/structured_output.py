@@ -7,7 +7,7 @@ from typing import Any
 
 from myopto.errors import ConfigError, SchemaError
 from myopto.output_format import schema_of, validation_error
-from myopto.parsing import try_parse_json
+from myopto.parsing import NO_JSON, try_parse_json
 from myopto.pipeline import AsyncHandler, Handler, Middleware
 from myopto.request import Request
 from myopto.response import Response
@@ -113,12 +113,13 @@ class StructuredOutput(Middleware):
         response_format = request.response_format_dict()
         if response_format is None:
             return response
-        value = try_parse_json(response.text)
+        value = try_parse_json(response.text, default=NO_JSON)
         schema = schema_of(response_format)
         if schema is None:
             return response.replace(parsed=value if isinstance(value, (dict, list)) else None)
         name = response_format["json_schema"]["name"]
-        if value is None:
+        # a JSON null is an answer (a nullable schema accepts it): only no JSON at all is not
+        if value is NO_JSON:
             raise SchemaError(
                 f"the answer of {request.model!r} is not JSON (asked for schema {name!r}): {response.text[:200]!r}",
                 response=response,

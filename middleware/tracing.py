@@ -4,7 +4,8 @@ Span `chat {model}`, kind CLIENT, nested under whatever span is current (the cal
 Trace's, MLflow's). Attributes: `gen_ai.operation.name`, `gen_ai.provider.name`,
 `gen_ai.request.model` and the request parameters (`temperature`, `max_tokens`, `top_p`, `seed`),
 `gen_ai.response.model` / `id` / `finish_reasons`, `gen_ai.usage.input_tokens` /
-`output_tokens`, `server.address` / `server.port`; on failure `error.type` and an ERROR status.
+`output_tokens`, `server.address` / `server.port`; on failure `error.type`, an ERROR status and
+an `exception` event, their message and stack trace masked as the call log masks them.
 Ours under `myopto.*`: role, backend, run and its tags, cached, attempts, cost_usd, request_key.
 Each retried attempt is an event on the span (`myopto.retry`, from the retry middleware).
 Messages and answers (`gen_ai.input.messages`, `gen_ai.output.messages`) only when asked for,
@@ -35,6 +36,22 @@ def _parts(content: Any) -> list[dict[str, Any]]:
         return [{"type": "text", "content": content}]
     return [{"type": "text", "content": part.get("text", "")} if isinstance(part, dict) and part.get("type") == "text"
             else {"type": str(part.get("type", "unknown")) if isinstance(part, dict) else "unknown"} for part in content or []]
+
+
+def _exception_attributes(error: BaseException, message: str) -> dict[str, str]:
+    """The `exception` event's attributes, as the SDK's `record_exception` writes them, but with
+    the message and the whole stack trace (causes included) masked: an SDK's exception often
+    quotes the request, its URL or the key it was refused."""
+    import traceback
+
+    kind = type(error)
+    module = kind.__module__
+    return {
+        "exception.type": f"{module}.{kind.__qualname__}" if module and module != "builtins" else kind.__qualname__,
+        "exception.message": message,
+        "exception.stacktrace": redact("".join(traceback.format_exception(error))),
+        "exception.escaped": "False",
+    }
 
 
 class Tracing(Middleware):
@@ -76,7 +93,11 @@ class Tracing(Middleware):
             parts = urlsplit(request.endpoint)
             if parts.hostname:
                 attributes["server.address"] = parts.hostname
-                attributes["server.port"] = parts.port or (443 if parts.scheme == "https" else 80)
+                try:
+                    port = parts.port
+                except ValueError:  # an endpoint that is not a URL with a numeric port (a local model's)
+                    port = None
+                attributes["server.port"] = port or (443 if parts.scheme == "https" else 80)
         if metadata.get("run") is not None:
             attributes["myopto.run"] = metadata["run"]
             for tag, value in (metadata.get("tags") or {}).items():
@@ -121,8 +142,9 @@ class Tracing(Middleware):
         status_code = getattr(error, "status_code", None)
         if status_code is not None:
             span.set_attribute("http.response.status_code", status_code)
-        span.record_exception(error, attributes={"exception.message": str(redact(str(error)))})
-        span.set_status(Status(StatusCode.ERROR, str(redact(str(error)))[:500]))
+        message = redact(str(error))
+        span.add_event("exception", _exception_attributes(error, message))
+        span.set_status(Status(StatusCode.ERROR, message[:500]))
 
     def _span(self, tracer: Any, request: Request) -> Any:
         from opentelemetry.trace import SpanKind

@@ -14,7 +14,9 @@ from myopto.usage import LEDGER, UsageLedger
 class Usage(Middleware):
     """Adds each finished call to a `UsageLedger` (the process-wide one by default), errors included.
 
-    It sits outside the cache, so a cached answer is recorded as a cache hit that cost nothing.
+    It sits outside the cache, so a cached answer is recorded as a cache hit that cost nothing;
+    so is an answer shared with an identical call in flight (single flight): only the caller whose
+    request was sent pays, and the ledger agrees with what the provider and the budgets saw.
     `pricing` (USD per million tokens, `{"input": ..., "output": ...}`) prices the role's calls
     itself, for models no price map knows.
     """

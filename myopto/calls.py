@@ -7,6 +7,7 @@ from typing import Any
 from myopto.client import RoleLLM, get_llm
 from myopto.errors import SchemaError
 from myopto.output_format import JSON_OBJECT, is_pydantic_model, normalize_response_format
+from myopto.parsing import NO_JSON, try_parse_json
 from myopto.response import Response
 
 
@@ -53,11 +54,12 @@ def llm_json(
     pydantic model class (an instance of it is returned), or None for any JSON object. Backends
     with native structured output get `response_format`; the others get the schema as an
     instruction in the prompt. Raises `StructuredOutputError` when the answer is not valid JSON
-    for the schema; the response is on the error.
+    for the schema; the response is on the error. A schema that allows `null` (`{"type":
+    ["object", "null"]}`, `anyOf` with null) can give None.
     """
     response_format = normalize_response_format(json_schema) if json_schema is not None else dict(JSON_OBJECT)
     response = _llm(role, llm)(_messages(prompt, system), response_format=response_format, **params)
-    return _value(response, json_schema)
+    return _value(response, json_schema, response_format)
 
 
 async def allm_json(
@@ -72,11 +74,15 @@ async def allm_json(
     """Async twin of `llm_json`."""
     response_format = normalize_response_format(json_schema) if json_schema is not None else dict(JSON_OBJECT)
     response = await _llm(role, llm).acall(_messages(prompt, system), response_format=response_format, **params)
-    return _value(response, json_schema)
+    return _value(response, json_schema, response_format)
 
 
-def _value(response: Response, json_schema: Any) -> Any:
-    if response.parsed is None:
+def _value(response: Response, json_schema: Any, response_format: Any) -> Any:
+    # `parsed` is None both for no JSON and for a JSON null, which a nullable schema accepts
+    # (the structured-output middleware has validated it): the text tells them apart
+    is_null = (response.parsed is None and response_format.get("type") == "json_schema"
+               and try_parse_json(response.text, default=NO_JSON) is None)
+    if response.parsed is None and not is_null:
         raise SchemaError(
             f"the answer of {response.model!r} is not a JSON object: {response.text[:200]!r}", response=response
         )

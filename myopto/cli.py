@@ -48,7 +48,8 @@ def _cache_store(arguments: argparse.Namespace) -> Any:
 
 
 def _cache_command(arguments: argparse.Namespace) -> int:
-    from myopto.cache_transfer import export_records, import_records
+    """Run one `myopto cache` subcommand: 0 when all went through, 2 when anything was skipped,
+    refused or could not be done (each said on stderr)."""
     from myopto.errors import MyoptoError
 
     try:
@@ -60,16 +61,55 @@ def _cache_command(arguments: argparse.Namespace) -> int:
                 print(f"warning: {stats['warning']}", file=sys.stderr)
         elif arguments.cache_command == "clear":
             print(f"removed {store.clear()} entries from {store.location}")
+            left = getattr(store, "refused_removals", 0)
+            if left:
+                print(f"warning: left alone {left} file(s) named by entries that point outside the cache "
+                      "directory or at files it never writes", file=sys.stderr)
+                return 2
         elif arguments.cache_command == "export":
-            with open(arguments.file, "w", encoding="utf-8") as out:
-                count = export_records(store, out, run=arguments.run)
-            print(f"exported {count} entries to {arguments.file}", file=sys.stderr)
+            return _export(store, arguments)
         elif arguments.cache_command == "import":
-            print(f"imported {import_records(store, arguments.file)} entries into {store.location}", file=sys.stderr)
+            return _import(store, arguments)
     except MyoptoError as error:
         print(f"myopto cache: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # the export or import file itself
+        print(f"myopto cache: {error.strerror or error}: {error.filename or arguments.file}", file=sys.stderr)
+        return 2
     return 0
+
+
+_SHOWN = 20  # problems listed one by one; past that, a count
+
+
+def _export(store: Any, arguments: argparse.Namespace) -> int:
+    from myopto.cache_transfer import export_file
+
+    count, damaged = export_file(store, arguments.file, run=arguments.run)
+    for damage in damaged[:_SHOWN]:
+        print(f"skipped: {damage}", file=sys.stderr)
+    if len(damaged) > _SHOWN:
+        print(f"... and {len(damaged) - _SHOWN} more damaged entries", file=sys.stderr)
+    skipped = f"; skipped {len(damaged)} damaged entries" if damaged else ""
+    print(f"exported {count} entries to {arguments.file}{skipped}", file=sys.stderr)
+    return 2 if damaged else 0
+
+
+def _import(store: Any, arguments: argparse.Namespace) -> int:
+    from myopto.cache_transfer import import_records
+
+    report = import_records(store, arguments.file)
+    refused = sorted(report.problems + report.conflicts)
+    for number, problem in refused[:_SHOWN]:
+        print(f"{arguments.file}:{number}: {problem}", file=sys.stderr)
+    if len(refused) > _SHOWN:
+        print(f"... and {len(refused) - _SHOWN} more refused lines", file=sys.stderr)
+    notes = [f"{report.unchanged} already there", f"{len(report.conflicts)} conflicts kept the cached answer",
+             f"{len(report.problems)} lines refused"]
+    if report.replaced_damaged:
+        notes.append(f"{report.replaced_damaged} damaged entries replaced")
+    print(f"imported {report.imported} entries into {store.location} ({', '.join(notes)})", file=sys.stderr)
+    return 2 if report.refused else 0
 
 
 def _logs_command(arguments: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextvars
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,7 +13,7 @@ from myopto.middleware.cache import MODES as CACHE_MODES
 from myopto.output_format import normalize_response_format
 from myopto.params import check_params
 from myopto.pipeline import Pipeline
-from myopto.request import Request, check_messages
+from myopto.request import Request, check_messages, is_json_data
 from myopto.response import Response
 from myopto.runs import current_run
 from myopto.settings import Environment, read_environment
@@ -99,8 +100,8 @@ class RoleLLM:
             raise InvalidRequest("no messages given: call llm(messages=[{'role': 'user', 'content': ...}])")
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-            raise InvalidRequest(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if timeout is not None and not _positive_seconds(timeout):
+            raise InvalidRequest(f"timeout must be a positive, finite number of seconds, got {timeout!r}")
         if metadata is not None and not isinstance(metadata, Mapping):
             raise InvalidRequest(f"metadata must be a dict, got {type(metadata).__name__}")
         active = current_run()
@@ -108,14 +109,15 @@ class RoleLLM:
             metadata = {**(metadata or {}), "run": active.name, "tags": dict(active.tags)}
             if active.budgets:
                 metadata["budgets"] = active.budgets
+        model = model or resolved.model
         return Request(
-            model=model or resolved.model,
+            model=model,
             messages=check_messages(messages),
             params={**resolved.params, **check_params(params)},
             response_format=normalize_response_format(response_format),
             role=self.role,
             backend=resolved.backend,
-            endpoint=pipeline.backend.endpoint(),
+            endpoint=pipeline.backend.endpoint_for(model),
             # the role's timeout travels with the request, so retry can clip it to its deadline
             timeout=timeout if timeout is not None else resolved.options.get("timeout"),
             metadata=metadata or {},
@@ -209,25 +211,46 @@ class RoleLLM:
         return f"<RoleLLM role={self.role!r} backend={resolved.backend} model={resolved.model!r}>"
 
 
+# Per-call options that travel in metadata, whether given as keywords or inside `metadata`.
+_CALL_OPTIONS = frozenset({"cache", "sample", "retries", "deadline"})
+
+
 def _call_metadata(metadata: Mapping[str, Any] | None, cache: str | None, sample: Any,
                    retries: int | None, deadline: float | None) -> Mapping[str, Any] | None:
     """Per-call cache mode, sample number and retry bounds travel in metadata
-    (`sample` enters the cache key; the others do not)."""
+    (`sample` enters the cache key; the others do not). Each is checked here, before anything
+    is sent, also when the caller put it in `metadata` directly."""
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise InvalidRequest(f"metadata must be a dict, got {type(metadata).__name__}")
     if cache is None and sample is None and retries is None and deadline is None:
+        if metadata and not _CALL_OPTIONS.isdisjoint(metadata):
+            _check_call_options(metadata)
         return metadata
     extra = {key: value for key, value in (("cache", cache), ("sample", sample), ("retries", retries), ("deadline", deadline))
              if value is not None}
-    if not extra:
-        return metadata
-    if metadata is not None and not isinstance(metadata, Mapping):
-        raise InvalidRequest(f"metadata must be a dict, got {type(metadata).__name__}")
-    if "cache" in extra and extra["cache"] not in CACHE_MODES:
-        raise InvalidRequest(f"cache must be one of {CACHE_MODES}, got {cache!r}")
-    if "retries" in extra and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
+    merged = {**(metadata or {}), **extra}
+    _check_call_options(merged)
+    return merged
+
+
+def _check_call_options(options: Mapping[str, Any]) -> None:
+    if "cache" in options and options["cache"] not in CACHE_MODES:
+        raise InvalidRequest(f"cache must be one of {CACHE_MODES}, got {options['cache']!r}")
+    retries = options.get("retries")
+    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
         raise InvalidRequest(f"retries must be a whole number >= 0, got {retries!r}")
-    if "deadline" in extra and (isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or deadline <= 0):
-        raise InvalidRequest(f"deadline must be a positive number of seconds, got {deadline!r}")
-    return {**(metadata or {}), **extra}
+    deadline = options.get("deadline")
+    if deadline is not None and not _positive_seconds(deadline):
+        raise InvalidRequest(f"deadline must be a positive, finite number of seconds, got {deadline!r}")
+    if "sample" in options and not is_json_data(options["sample"]):
+        raise InvalidRequest(
+            f"sample must be JSON data (a number, a string, or lists and dicts of them), got {options['sample']!r:.80}: "
+            "it is part of the cache key"
+        )
+
+
+def _positive_seconds(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value < math.inf
 
 
 def _progress_bar(total: int) -> Any:

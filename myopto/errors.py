@@ -122,8 +122,11 @@ class CacheMiss(MyoptoError):
 class CacheUnavailable(MyoptoError):
     """The store that records answers (a Redis server, a cache directory) cannot be used.
 
-    Raised before the request is sent: an answer that cannot be recorded would break replay, so
-    nothing is sent. `location` names the store (a Redis URL with its password masked, or a path).
+    Raised before a request is sent when the store cannot be used (an answer that cannot be
+    recorded would break replay, so nothing is sent). A store write that fails after a paid answer
+    raises it too; the cache middleware then returns the answer and reports the failure
+    (`myopto.recording.report_unrecorded`). `location` names the store (a Redis URL with its
+    password masked, or a path).
     """
 
     def __init__(self, message: str, *, location: str | None = None) -> None:

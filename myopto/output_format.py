@@ -76,7 +76,12 @@ def _json_schema(name: Any, schema: Mapping[str, Any], strict: Any) -> dict[str,
 
 
 def check_schema(schema: Mapping[str, Any]) -> None:
-    """Raise `InvalidRequest` when `schema` is not a valid JSON schema."""
+    """Raise `InvalidRequest` when `schema` is not a valid JSON schema, or refers outside itself.
+
+    Every `$ref` must point inside the schema (`#`, `#/$defs/...`, `#anchor`) and resolve there:
+    the answer is validated after the call, and a reference that cannot be followed then (or
+    that would fetch a document from elsewhere) would fail a call already paid for.
+    """
     import jsonschema  # imported here: only JSON calls pay for it
 
     try:
@@ -85,6 +90,70 @@ def check_schema(schema: Mapping[str, Any]) -> None:
     except jsonschema.SchemaError as error:
         where = "/".join(str(part) for part in error.absolute_path) or "(root)"
         raise InvalidRequest(f"malformed JSON schema at {where}: {error.message}") from error
+    _check_references(schema)
+
+
+# Keywords whose values are data, not subschemas: a "$ref" inside them is not a reference.
+_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples", "example"})
+_REFERENCES = ("$ref", "$dynamicRef", "$recursiveRef")
+# Keywords whose keys are names (of properties, definitions), each mapping to a subschema.
+_NAMED_SUBSCHEMAS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+
+
+def _check_references(schema: Mapping[str, Any]) -> None:
+    references: list[tuple[str, str]] = []
+    anchors: set[str] = set()
+    nested_ids = _collect(schema, "", references, anchors, root=True)
+    for where, reference in references:
+        if not reference.startswith("#"):
+            raise InvalidRequest(
+                f"JSON schema at {where or '(root)'}: $ref {reference!r} points outside the schema; myopto "
+                "fetches nothing: put the definition under $defs and refer to it as '#/$defs/<name>'"
+            )
+        # a schema with nested $id's resolves fragments against those: leave them to the validator
+        if not nested_ids and not _resolves(schema, reference[1:], anchors):
+            raise InvalidRequest(f"JSON schema at {where or '(root)'}: $ref {reference!r} points to nothing in the schema")
+
+
+def _collect(node: Any, where: str, references: list[tuple[str, str]], anchors: set[str], *, root: bool = False) -> bool:
+    """Gather (location, reference) pairs and anchor names; True when a nested `$id` was seen."""
+    nested_id = False
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            if key in _REFERENCES and isinstance(value, str):
+                references.append((where, value))
+            elif key in ("$anchor", "$dynamicAnchor") and isinstance(value, str):
+                anchors.add(value)
+            elif key == "$id" and not root:
+                nested_id = True
+            elif key in _NAMED_SUBSCHEMAS and isinstance(value, Mapping):
+                for name, subschema in value.items():
+                    nested_id |= _collect(subschema, f"{where}/{key}/{name}", references, anchors)
+            elif key not in _DATA_KEYWORDS:
+                nested_id |= _collect(value, f"{where}/{key}", references, anchors)
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            nested_id |= _collect(item, f"{where}/{index}", references, anchors)
+    return nested_id
+
+
+def _resolves(schema: Mapping[str, Any], fragment: str, anchors: set[str]) -> bool:
+    """Whether `#fragment` names something in `schema`: a JSON pointer or an anchor."""
+    from urllib.parse import unquote
+
+    fragment = unquote(fragment)
+    if not fragment.startswith("/"):
+        return fragment == "" or fragment in anchors
+    target: Any = schema
+    for token in fragment[1:].split("/"):
+        token = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(target, Mapping) and token in target:
+            target = target[token]
+        elif isinstance(target, list) and token.isdigit() and int(token) < len(target):
+            target = target[int(token)]
+        else:
+            return False
+    return True
 
 
 def schema_of(response_format: Mapping[str, Any] | None) -> dict[str, Any] | None:

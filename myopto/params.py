@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Mapping
 from typing import Any
@@ -42,9 +43,22 @@ GENERATION_PARAMS = frozenset(
 def _number(name: str, value: Any, low: float, high: float | None) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidRequest(f"{name} must be a number, got {value!r}")
-    if value < low or (high is not None and value > high):
+    # NaN compares false with everything, so the range check alone would let it through
+    if not math.isfinite(value) or value < low or (high is not None and value > high):
         upper = f" and {high}" if high is not None else ""
         raise InvalidRequest(f"{name} must be between {low}{upper}, got {value!r}")
+
+
+def _finite(value: Any) -> bool:
+    """False when a NaN or infinity sits anywhere in `value`: JSON cannot carry them, and a
+    provider would refuse the request only after it was sent."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, Mapping):
+        return all(_finite(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_finite(item) for item in value)
+    return True
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -63,6 +77,9 @@ def check_params(params: Mapping[str, Any], *, where: str = "call") -> dict[str,
             f"unknown parameter(s) {unknown} for this {where}; known generation parameters: "
             f"{', '.join(sorted(GENERATION_PARAMS))}. Provider-specific fields go in extra_body={{...}}"
         )
+    for name, value in checked.items():
+        if not _finite(value):
+            raise InvalidRequest(f"{name} must hold finite numbers only (no NaN or infinity), got {value!r:.200}")
     if "temperature" in checked:
         _number("temperature", checked["temperature"], 0, 2)
     if "top_p" in checked:

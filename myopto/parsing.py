@@ -61,49 +61,84 @@ def content_text(content: Any) -> str:
     return str(content)
 
 
-def try_parse_json(text: Any) -> Any:
-    """Parse the JSON value a model wrote, or return None when there is none.
+def try_parse_json(text: Any, default: Any = None) -> Any:
+    """Parse the JSON value a model wrote, or return `default` (None) when there is none.
 
     Tries, in order: the whole text; each fenced code block (```json ... ```); the first JSON
     object or array that appears inside surrounding prose. A response object is read with
-    `extract_text` first.
+    `extract_text` first. A text that is JSON `null` gives None too: pass a `default` of your
+    own (`try_parse_json(text, default=NO_JSON)`) to tell the two apart. Time grows linearly
+    with the text's length, however it is nested.
     """
     if text is None:
-        return None
+        return default
     if not isinstance(text, str):
         try:
             text = extract_text(text)
         except TypeError:
-            return None
+            return default
     stripped = text.strip()
     if not stripped:
-        return None
+        return default
     value = _loads(stripped)
-    if value is not _MISSING:
+    if value is not NO_JSON:
         return value
     for block in _FENCE.findall(stripped):
         value = _loads(block.strip())
-        if value is not _MISSING:
+        if value is not NO_JSON:
             return value
-    return _first_embedded(stripped)
+    return _first_embedded(stripped, default)
 
 
-_MISSING = object()
+class _NoJSON:
+    """The type of `NO_JSON`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NO_JSON"
+
+
+NO_JSON: Any = _NoJSON()  # "no JSON value in this text", unlike a JSON null
 
 
 def _loads(text: str) -> Any:
     try:
         return json.loads(text)
     except (ValueError, RecursionError):
-        return _MISSING
+        return NO_JSON
 
 
-def _first_embedded(text: str) -> Any:
-    """The first `{...}` or `[...]` that decodes, scanning left to right."""
-    for match in re.finditer(r"[\[{]", text):
+# Where a JSON object or array may start: `{` before a key or `}`, `[` before a value or `]`.
+_OPENER = re.compile(r"""\{(?=\s*["}])|\[(?=\s*[\[{"\-0-9tfn\]])""")
+# Bounds on the search, so its time stays linear in the text's length however it is nested:
+# failed attempts may decode _SEARCH_BUDGET characters per character of text (an attempt can run
+# to the end of the text, and a text made of openers, '[[[[...' or '{"a": {"a": ...', would
+# otherwise cost time quadratic in its length), and there are at most _MOST_ATTEMPTS of them
+# (each failure costs time in proportion to its position: the decoder's error counts the lines
+# before it).
+_SEARCH_BUDGET = 4
+_MOST_ATTEMPTS = 256
+
+
+def _first_embedded(text: str, default: Any) -> Any:
+    """The first `{...}` or `[...]` that decodes, scanning left to right, within a budget of work
+    linear in the text's length."""
+    budget = _SEARCH_BUDGET * len(text)
+    for attempt, match in enumerate(_OPENER.finditer(text)):
+        if attempt == _MOST_ATTEMPTS:
+            return default
+        start = match.start()
         try:
-            value, _ = _DECODER.raw_decode(text, match.start())
-        except (ValueError, RecursionError):
+            value, _ = _DECODER.raw_decode(text, start)
+        except RecursionError:
+            # nested deeper than the decoder goes: every opener after this one in the run is
+            # inside the same value, and decoding each would hit the same limit again
+            return default
+        except ValueError as error:
+            budget -= getattr(error, "pos", len(text)) - start + 1
+            if budget < 0:
+                return default
             continue
         return value
-    return None
+    return default

@@ -8,8 +8,10 @@ A URL is checked when it is configured (scheme, port, db), and the server is fir
 the first command, which always comes before a request is sent. Connection failures are
 retried briefly (redis-py's own retry: 3 tries, 50-500 ms apart), then become
 `CacheUnavailable` naming the URL with its password masked; refused credentials and a db the
-server does not have are `ConfigError`s that say what to fix. redis-py (with hiredis, when
-installed, parsing replies) is imported on first use only.
+server does not have are `ConfigError`s that say what to fix. This module cannot know whether
+the model was already called: a caller says what a failure means for its call (`consequence`,
+e.g. `NOTHING_SENT` before a request is sent), and only such a caller says that nothing was sent.
+redis-py (with hiredis, when installed, parsing replies) is imported on first use only.
 """
 
 from __future__ import annotations
@@ -22,7 +24,16 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 from myopto.errors import CacheUnavailable, ConfigError
 
 SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+# What a failure means for a call that has not been sent yet (the store's reads and leases, the
+# limiter's checks): said only by those callers, never by this module on its own.
+NOTHING_SENT = "nothing was sent to the model"
 T = TypeVar("T")
+
+
+def escape_glob(text: str) -> str:
+    """`text` as a literal in a SCAN/KEYS match pattern: Redis's glob characters `* ? [ ] \\`
+    escaped, so a namespace or key taken from a user never matches anything but itself."""
+    return "".join("\\" + character if character in "*?[]\\" else character for character in text)
 
 
 def is_redis_url(location: str | None) -> bool:
@@ -114,21 +125,25 @@ class RedisConnection:
         }
         scheme, _, rest = self.url.partition("://")
         if scheme.endswith("+cluster"):
-            client = self._translate(lambda: redis.RedisCluster.from_url(scheme.removesuffix("+cluster") + "://" + rest, **options))
+            client = redis.RedisCluster.from_url(scheme.removesuffix("+cluster") + "://" + rest, **options)
         else:
             options["retry_on_error"] = [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
             client = redis.Redis.from_url(self.url, **options)
-        self._translate(client.ping)
+        client.ping()
         return client
 
-    def run(self, command: Callable[[Any], T]) -> T:
-        """`command(client)`, with redis-py's errors turned into `CacheUnavailable` / `ConfigError`."""
-        client = self.client
-        return self._translate(lambda: command(client))
+    def run(self, command: Callable[[Any], T], *, consequence: str = "") -> T:
+        """`command(client)`, with redis-py's errors turned into `CacheUnavailable` / `ConfigError`
+        (opening the connection first, on the first command). `consequence` ends the message of a
+        server that cannot be reached: what that means for the caller's call."""
+        return self._translate(lambda: command(self.client), consequence)
 
-    def _translate(self, call: Callable[[], T]) -> T:
-        import redis.exceptions as errors
-
+    def _translate(self, call: Callable[[], T], consequence: str = "") -> T:
+        try:
+            import redis.exceptions as errors
+        except ImportError:
+            return call()  # no client library: opening the connection says what to install
+        tail = f"; {consequence}" if consequence else ""
         try:
             return call()
         except errors.AuthenticationError as error:
@@ -145,15 +160,19 @@ class RedisConnection:
                 ) from error
             if text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
                 raise ConfigError(f"Redis at {self.where} refused the credentials ({text})") from error
-            raise CacheUnavailable(f"Redis at {self.where} refused a command: {text}", location=self.where) from error
+            raise CacheUnavailable(f"Redis at {self.where} refused a command: {text}{tail}",
+                                   location=self.where) from error
         except (errors.RedisError, errors.RedisClusterException) as error:
             raise CacheUnavailable(
                 f"Redis at {self.where} cannot be reached ({type(error).__name__}: {error}) after brief "
-                "retries; nothing was sent to the model, since its answer could not be recorded",
+                f"retries{tail}",
                 location=self.where,
             ) from error
         except OSError as error:
-            raise CacheUnavailable(f"Redis at {self.where} cannot be reached ({error})", location=self.where) from error
+            raise CacheUnavailable(
+                f"Redis at {self.where} cannot be reached ({error}){tail}",
+                location=self.where,
+            ) from error
 
     def close(self) -> None:
         with self._lock:

@@ -1,10 +1,21 @@
-"""`Request`: one LLM call as it travels down a role's chain."""
+"""`Request`: one LLM call as it travels down a role's chain, and its cache key.
+
+The cache key (`Request.fingerprint()`) is made from what reaches the wire and what the model is:
+the backend, its endpoint as the backend resolved it, the model name, the messages, the
+generation parameters, the response format, and `sample` when given. Each backend's
+`endpoint_for(model)` says which server and model identity a call reaches, environment defaults
+included (see `BaseBackend.endpoint`). Spellings that mean the same on the wire share a key:
+equal numbers in the parameters (`0` and `0.0`) key the same, and backends normalise their
+endpoints (a trailing `/`, the case of the host, a default port). Never in the key: API keys
+(nor keys in a URL's query string or password), timeouts, retries, run tags and other metadata.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -46,7 +57,12 @@ def check_messages(messages: Any) -> tuple[Mapping[str, Any], ...]:
         content = message.get("content")
         if content is None and not message.get("tool_calls") and not message.get("function_call"):
             raise InvalidRequest(f"messages[{index}] has no 'content'")
-        if content is not None and not isinstance(content, (str, list)):
+        if isinstance(content, str):
+            if not content.isascii():
+                _check_text(content, f"messages[{index}]['content']")
+        elif isinstance(content, list):
+            _check_parts(content, index)
+        elif content is not None:
             raise InvalidRequest(
                 f"messages[{index}]['content'] must be a string or a list of content parts, "
                 f"got {type(content).__name__}"
@@ -55,6 +71,68 @@ def check_messages(messages: Any) -> tuple[Mapping[str, Any], ...]:
     if not frozen:
         raise InvalidRequest("messages is empty; give at least one message")
     return tuple(frozen)
+
+
+def _check_parts(parts: list[Any], index: int) -> None:
+    """Content parts are dicts with a string `type`; a text part's `text` is a string."""
+    for number, part in enumerate(parts):
+        where = f"messages[{index}]['content'][{number}]"
+        if not isinstance(part, Mapping) or not isinstance(part.get("type"), str):
+            raise InvalidRequest(
+                f"{where} must be a content part such as {{'type': 'text', 'text': ...}}, got {part!r:.80}"
+            )
+        if part["type"] == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise InvalidRequest(f"{where} is a text part whose 'text' is not a string: {text!r:.80}")
+            if not text.isascii():
+                _check_text(text, where)
+
+
+def _check_text(text: str, where: str) -> None:
+    """Text must be encodable as UTF-8: a lone surrogate (from `errors='surrogateescape'` or a
+    broken JSON escape) can be neither sent nor keyed."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidRequest(
+            f"{where} holds an unpaired surrogate {text[error.start]!r} at character {error.start}, which "
+            "cannot be sent as UTF-8; clean the text first, e.g. text.encode('utf-8', 'replace').decode()"
+        ) from None
+
+
+def is_json_data(value: Any, depth: int = 0) -> bool:
+    """True when `value` is plain JSON data: str, finite number, bool, None, lists and dicts of them
+    with string keys (what can be keyed, stored and sent)."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if depth > 64:
+        return False
+    if isinstance(value, (list, tuple)):
+        return all(is_json_data(item, depth + 1) for item in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(key, str) and is_json_data(item, depth + 1) for key, item in value.items())
+    return False
+
+
+_SCALARS = frozenset({int, str, bool, type(None)})
+
+
+def key_numbers(value: Any) -> Any:
+    """`value` with every float that equals an integer written as that integer (`0.0` -> `0`), at
+    any depth: numbers that are equal on the wire make one key. Booleans stay booleans."""
+    kind = type(value)
+    if kind is float:
+        return int(value) if value.is_integer() else value
+    if kind in _SCALARS:
+        return value
+    if kind is MappingProxyType or kind is dict or isinstance(value, Mapping):
+        return {str(key): item if type(item) in _SCALARS else key_numbers(item) for key, item in value.items()}
+    if kind is list or kind is tuple:
+        return [key_numbers(item) for item in value]
+    return value
 
 
 def _plain(value: Any) -> Any:
@@ -84,7 +162,14 @@ def key_of(data: Mapping[str, Any]) -> str:
     `Request.fingerprint()` always equals `key_of(request.fingerprint_data())`, so a stored
     record's key can be checked against the request it records (`myopto cache import` does).
     """
-    return hashlib.sha256(_CANONICAL.encode(data).encode("utf-8")).hexdigest()
+    try:
+        text = _CANONICAL.encode(data).encode("utf-8")
+    except UnicodeEncodeError as error:  # a lone surrogate outside the message texts checked earlier
+        raise InvalidRequest(
+            f"the request holds text that cannot be sent as UTF-8 (an unpaired surrogate "
+            f"{error.object[error.start]!r}); clean it first, e.g. text.encode('utf-8', 'replace').decode()"
+        ) from None
+    return hashlib.sha256(text).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -93,8 +178,12 @@ class Request:
 
     Immutable: a middleware that changes a request makes a new one with `replace()`.
     `model`, `messages`, `params`, `response_format`, `backend` and `endpoint` decide the answer
-    and make up `fingerprint()`; `timeout` and `metadata` (run id, tags) do not. API keys are
-    never part of a request: they live in the backend.
+    and make up `fingerprint()`; `timeout` and `metadata` (run id, tags) do not, except
+    `metadata["sample"]`. API keys are never part of a request: they live in the backend.
+    `endpoint` is the backend's own description of where the call goes and what the model is
+    (`backend.endpoint_for(model)`): the base URL as the SDK will use it (environment defaults
+    such as `OPENAI_BASE_URL` resolved, normalised, secret query parameters masked), LiteLLM's
+    API version and wire-deciding extras, a local model's engine and file identity.
     """
 
     model: str
@@ -141,18 +230,19 @@ class Request:
         """What decides the answer, as plain JSON data: the basis of `fingerprint()`.
 
         `metadata["sample"]` is included when present, so a caller can ask for distinct samples
-        of the same request on purpose.
+        of the same request on purpose. Numbers in `params` and `sample` are keyed by value
+        (`key_numbers`: `0.0` as `0`); `endpoint` is keyed as the backend gave it.
         """
         data = {
             "backend": self.backend,
             "endpoint": self.endpoint,
             "model": self.model,
             "messages": _plain(self.messages),
-            "params": _plain(self.params),
+            "params": key_numbers(self.params),
             "response_format": self.response_format_dict(),
         }
         if "sample" in self.metadata:
-            data["sample"] = _plain(self.metadata["sample"])
+            data["sample"] = key_numbers(self.metadata["sample"])
         return data
 
     def fingerprint(self) -> str:
@@ -160,6 +250,7 @@ class Request:
 
         Computed once per request. The read-only mappings are serialised as they stand (tuples
         as lists, mappings as objects with sorted keys), the same text `fingerprint_data()` gives.
+        `InvalidRequest` when some text cannot be encoded as UTF-8.
         """
         key = self._key
         if key is None:
@@ -168,11 +259,11 @@ class Request:
                 "endpoint": self.endpoint,
                 "model": self.model,
                 "messages": [dict(message) for message in self.messages],
-                "params": dict(self.params),
+                "params": key_numbers(self.params) if self.params else {},
                 "response_format": self.response_format,
             }
             if "sample" in self.metadata:
-                data["sample"] = self.metadata["sample"]
+                data["sample"] = key_numbers(self.metadata["sample"])
             key = key_of(data)
             object.__setattr__(self, "_key", key)
         return key

@@ -10,6 +10,8 @@ Resolution, for each role:
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import threading
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
@@ -28,8 +30,8 @@ from myopto.middleware.structured_output import MODES, StructuredOutput
 from myopto.middleware.usage import Usage
 from myopto.params import GENERATION_PARAMS, check_params
 from myopto.pipeline import Middleware, Pipeline, as_middleware
-from myopto.limiter import limiter_for
-from myopto.logs import redact, register_secret, register_secrets_in
+from myopto.limiter import limiter_for, pause_cap
+from myopto.logs import redact_options, register_secret, register_secrets_in
 from myopto.redis_connection import check_url, is_redis_url
 from myopto.stores import open_store
 from myopto.pricing import check_pricing
@@ -63,6 +65,7 @@ class RoleConfig:
     rpm: float | None = None
     tpm: float | None = None
     max_cost_usd: float | None = None
+    max_pause: float | None = None
 
     @classmethod
     def from_options(cls, backend: str | None = None, model: str | None = None, **options: Any) -> RoleConfig:
@@ -89,7 +92,7 @@ class RoleConfig:
         cache = options.pop("cache", None)
         if cache is not None and cache not in CACHE_MODES:
             raise ConfigError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
-        cache_dir = options.pop("cache_dir", None)
+        cache_dir = _check_cache_dir(options.pop("cache_dir", None))
         cache_url = options.pop("cache_url", None)
         if cache_url is not None:
             check_url(cache_url, what="cache_url")
@@ -97,6 +100,9 @@ class RoleConfig:
         if limits_url is not None:
             check_url(limits_url, what="limits_url")
         rpm, tpm, max_cost_usd = (_positive(options.pop(name, None), name) for name in ("rpm", "tpm", "max_cost_usd"))
+        max_pause = options.pop("max_pause", None)
+        if max_pause is not None:
+            max_pause = pause_cap(max_pause)  # a finite number of seconds > 0, at most a day
         retry = {name: options.pop(key) for key, name in _RETRY_OPTIONS.items() if options.get(key) is not None}
         for key in _RETRY_OPTIONS:
             options.pop(key, None)
@@ -109,6 +115,7 @@ class RoleConfig:
         except InvalidRequest as error:
             raise ConfigError(str(error)) from error
         backend_options = {key: value for key, value in options.items() if value is not None}
+        _check_backend_options(backend_options)
         return cls(
             backend=backend,
             model=model,
@@ -118,7 +125,7 @@ class RoleConfig:
             middleware=tuple(as_middleware(m) for m in middleware or ()),
             structured_output=structured_output,
             cache=cache,
-            cache_dir=str(cache_dir) if cache_dir is not None else None,
+            cache_dir=cache_dir,
             retry=MappingProxyType(retry),
             reasks=reasks,
             pricing=pricing,
@@ -127,6 +134,7 @@ class RoleConfig:
             rpm=rpm,
             tpm=tpm,
             max_cost_usd=max_cost_usd,
+            max_pause=max_pause,
         )
 
     def merged(self, update: RoleConfig) -> RoleConfig:
@@ -149,13 +157,14 @@ class RoleConfig:
             rpm=update.rpm or self.rpm,
             tpm=update.tpm or self.tpm,
             max_cost_usd=update.max_cost_usd or self.max_cost_usd,
+            max_pause=update.max_pause or self.max_pause,
         )
 
     def __repr__(self) -> str:
         # secrets anywhere in the options (headers, LiteLLM's extra, a URL's query) are masked;
         # api_key is never shown
         shown = ", ".join(
-            f"{field.name}={redact(_plain_value(getattr(self, field.name)))!r}"
+            f"{field.name}={redact_options(_plain_value(getattr(self, field.name)))!r}"
             for field in dataclasses.fields(self)
             if field.repr and getattr(self, field.name) not in (None, (), _FROZEN_EMPTY) and getattr(self, field.name) != {}
         )
@@ -184,6 +193,7 @@ class ResolvedRole:
     rpm: float | None
     tpm: float | None
     max_cost_usd: float | None
+    max_pause: float  # the longest a 429's Retry-After pauses this role's endpoint and model
     source: Mapping[str, str]  # where backend and model came from, for `myopto roles`
 
 
@@ -299,6 +309,7 @@ class Router:
         options.update(config.options)
         if config.api_key and "api_key" in cls.option_names:
             options["api_key"] = config.api_key
+        register_secrets_in(options)  # keys from the environment's defaults are masked too
         if options.get("base_url") is not None:
             check_base_url(options["base_url"], role)
         unknown = sorted(set(options) - cls.option_names)
@@ -334,6 +345,9 @@ class Router:
             rpm=config.rpm,
             tpm=config.tpm,
             max_cost_usd=config.max_cost_usd,
+            # the role's max_pause, else MYOPTO_MAX_PAUSE_SECONDS (in the Environment, so a change
+            # rebuilds the chain), else the default
+            max_pause=pause_cap(config.max_pause),
             source=MappingProxyType({"backend": backend_source, "model": model_source}),
         )
 
@@ -365,7 +379,7 @@ class Router:
                 open_store(resolved.cache_location, namespace=resolved.namespace, lease_seconds=resolved.lease_seconds),
                 mode=resolved.cache,
             ),
-            Retry(**resolved.retry),
+            Retry(**resolved.retry, max_pause=resolved.max_pause),
             Limits(
                 limiter_for(resolved.limits_url, resolved.namespace),
                 rpm=resolved.rpm,
@@ -375,6 +389,7 @@ class Router:
                 pricing=resolved.pricing,
                 price_known=backend.knows_price,
                 prepare=backend.prepare,
+                max_pause=resolved.max_pause,
             ),
         ]
         slot = chain.index(USER_SLOT)
@@ -415,11 +430,14 @@ class Router:
 
 def check_base_url(url: Any, role: str) -> None:
     """A backend's `base_url` must be an http(s) URL with a host; caught here, not after retries."""
-    parts = urlsplit(url) if isinstance(url, str) else None
+    try:
+        parts = urlsplit(url) if isinstance(url, str) else None
+    except ValueError:  # such as a broken IPv6 address
+        parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(
             f"role {role!r}: base_url must be an http(s) URL such as http://localhost:8000/v1, got {url!r} "
-            "(from set_role_config(..., base_url=...) or TRACE_CUSTOMLLM_URL)"
+            "(from set_role_config(..., base_url=...), TRACE_CUSTOMLLM_URL or OPENAI_BASE_URL)"
         )
 
 
@@ -435,11 +453,34 @@ def _tracing_from_environment() -> None:
     configure_tracing()
 
 
+def _check_cache_dir(value: Any) -> str | None:
+    """A cache directory is a path (str or os.PathLike), not a number or an empty string."""
+    if value is None:
+        return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"cache_dir must be a directory path (a str or pathlib.Path), got {value!r}")
+    return value
+
+
+def _check_backend_options(options: Mapping[str, Any]) -> None:
+    """Options several backends share are checked when set, not when the first call fails."""
+    if options.get("timeout") is not None:
+        _positive(options["timeout"], "timeout (seconds)")
+    max_retries = options.get("max_retries")
+    if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0):
+        raise ConfigError(f"max_retries must be a whole number >= 0, got {max_retries!r}")
+    for name in ("extra", "extra_headers"):
+        if name in options and not isinstance(options[name], Mapping):
+            raise ConfigError(f"{name} must be a dict, got {type(options[name]).__name__}")
+
+
 def _positive(value: Any, name: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigError(f"{name} must be a number > 0, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
 

@@ -6,7 +6,9 @@
 | `TRACE_LLM_MODEL_<ROLE>` | model of one role (role upper-cased, non-alphanumerics as `_`) | - |
 | `TRACE_LITELLM_MODEL` | LiteLLM's default model | `gpt-4o` |
 | `TRACE_LOCALSLM_MODEL` | LocalSLM's default model | `Qwen/Qwen2-0.5B-Instruct` |
-| `TRACE_CUSTOMLLM_URL` | CustomLLM's base URL | the OpenAI API |
+| `TRACE_CUSTOMLLM_URL` | CustomLLM's base URL | `OPENAI_BASE_URL`, else the OpenAI API |
+| `OPENAI_BASE_URL` | the `openai` SDK's own: CustomLLM's base URL when `TRACE_CUSTOMLLM_URL` is unset | `https://api.openai.com/v1` |
+| `<PROVIDER>_API_BASE`, `<PROVIDER>_BASE_URL`, `<PROVIDER>_API_VERSION` | LiteLLM's own (`OPENAI_BASE_URL`, `AZURE_API_BASE`, `AZURE_API_VERSION`, ...): read by LiteLLM; myopto reads the model's provider's to put them in the cache key | - |
 | `TRACE_CUSTOMLLM_MODEL` | CustomLLM's default model | - |
 | `TRACE_CUSTOMLLM_API_KEY` | CustomLLM's API key | `OPENAI_API_KEY`, else none |
 | `MYOPTO_CACHE` | cache mode: on, off, read_only, refresh, replay | `on` |
@@ -62,6 +64,8 @@ class Environment:
     cache_namespace: str | None = None
     lease_seconds: str | None = None
     limits_url: str | None = None
+    openai_base_url: str | None = None
+    max_pause: str | None = None
 
     def backend_defaults(self, backend: str) -> dict[str, str]:
         """Model, base URL and key a backend falls back to when the role config gives none."""
@@ -72,7 +76,9 @@ class Environment:
         if backend == "CustomLLM":
             defaults = {
                 "model": self.customllm_model,
-                "base_url": self.customllm_url,
+                # resolved here, as the openai SDK would, so the chain (and the cache key) changes
+                # when the variable does
+                "base_url": self.customllm_url or self.openai_base_url,
                 "api_key": self.customllm_api_key or self.openai_api_key,
             }
             return {key: value for key, value in defaults.items() if value}
@@ -99,6 +105,8 @@ _ROLE_FIELDS = (
     ("cache_namespace", "MYOPTO_CACHE_NAMESPACE"),
     ("lease_seconds", "MYOPTO_CACHE_LEASE_SECONDS"),
     ("limits_url", "MYOPTO_LIMITS_URL"),
+    ("openai_base_url", "OPENAI_BASE_URL"),
+    ("max_pause", "MYOPTO_MAX_PAUSE_SECONDS"),
 )
 
 
@@ -152,6 +160,40 @@ def read_environment(role: str) -> Environment:
     return snapshot.value()
 
 
+def openai_base_url() -> str | None:
+    """`OPENAI_BASE_URL`: the `openai` SDK's base URL when it is given none."""
+    return _get("OPENAI_BASE_URL")
+
+
+# Providers LiteLLM may pick for a model named without a `provider/` prefix ("gpt-4o", "claude-...").
+_UNPREFIXED_PROVIDERS = ("openai", "anthropic", "gemini", "vertex_ai", "mistral", "cohere", "groq", "deepseek", "xai")
+_PROVIDER_SNAPSHOTS: dict[str | None, _Snapshot] = {}
+
+
+def provider_endpoint_variables(provider: str | None) -> tuple[str, ...]:
+    """The variables LiteLLM reads for `provider`'s address and API version when a call names
+    none: `<PROVIDER>_API_BASE`, `<PROVIDER>_BASE_URL`, `<PROVIDER>_API_VERSION` (also with the
+    provider's underscores dropped: `vertex_ai` -> `VERTEXAI_API_BASE`). For None (a model
+    named without a provider), those of the providers LiteLLM infers from a bare model name."""
+    names: list[str] = []
+    for one in (provider,) if provider else _UNPREFIXED_PROVIDERS:
+        for stem in dict.fromkeys((one.upper(), one.upper().replace("_", ""))):
+            names += [f"{stem}_BASE_URL", f"{stem}_API_BASE", f"{stem}_API_VERSION"]
+    return tuple(dict.fromkeys(names))
+
+
+def provider_endpoint_settings(provider: str | None) -> tuple[tuple[str, str], ...]:
+    """(name, value) of each `provider_endpoint_variables(provider)` that is set. Cheap: the same
+    tuple object comes back while none of them changed."""
+    snapshot = _PROVIDER_SNAPSHOTS.get(provider)
+    if snapshot is None:
+        names = provider_endpoint_variables(provider)
+        snapshot = _PROVIDER_SNAPSHOTS[provider] = _Snapshot(
+            names, lambda: tuple((name, value) for name in names if (value := _get(name)) is not None)
+        )
+    return snapshot.value()
+
+
 def _user_cache_root() -> Path:
     if sys.platform == "darwin":
         return Path.home() / "Library" / "Caches"
@@ -199,12 +241,18 @@ def tracing_setting() -> str | None:
 
 
 def secret_values() -> list[str]:
-    """Values of variables that hold credentials (`*_API_KEY`, `*_TOKEN`, `*_SECRET*`), to redact."""
-    return [
-        value
-        for name, value in os.environ.items()
-        if len(value) >= 8 and (name.endswith(("_API_KEY", "_TOKEN", "_KEY")) or "SECRET" in name)
-    ]
+    """Values of variables that hold credentials (`*_API_KEY`, `*_TOKEN`, `*_SECRET*`), and the
+    credentials inside URLs any variable holds (a password, `?api-key=...`: `OPENAI_BASE_URL`,
+    `TRACE_CUSTOMLLM_URL`, `AZURE_API_BASE`, ...), to redact."""
+    from myopto.logs import secrets_in_url  # here: logs imports this module
+
+    found = []
+    for name, value in os.environ.items():
+        if len(value) >= 8 and (name.endswith(("_API_KEY", "_TOKEN", "_KEY")) or "SECRET" in name):
+            found.append(value)
+        elif "://" in value:
+            found += secrets_in_url(value)
+    return found
 
 
 DEFAULT_MAX_PAUSE_SECONDS = 300.0

@@ -59,13 +59,18 @@ def messages_wanted() -> bool:
 
 
 def span_event(name: str, attributes: Mapping[str, Any]) -> None:
-    """Add an event to the current span, if there is a recording one (retry attempts use this)."""
+    """Add an event to the current span, if there is a recording one (retry attempts use this).
+
+    Text values are masked as the call log masks them (an error message may quote a key)."""
     trace = sys.modules.get("opentelemetry.trace")
     if trace is None or active_tracer() is None:
         return
     span = trace.get_current_span()
     if span.is_recording():
-        span.add_event(name, {key: value for key, value in attributes.items() if value is not None})
+        from myopto.logs import redact
+
+        span.add_event(name, {key: redact(value) if isinstance(value, str) else value
+                              for key, value in attributes.items() if value is not None})
 
 
 def _traces_url(endpoint: str | None) -> str | None:
@@ -87,7 +92,8 @@ def configure_tracing(
     `endpoint` is the collector's base URL (`http://localhost:5000` for MLflow, `/v1/traces` is
     added) or the full traces URL; with none, the standard `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` /
     `OTEL_EXPORTER_OTLP_ENDPOINT` and `OTEL_EXPORTER_OTLP_HEADERS` variables apply. `messages=True`
-    puts messages and answers on the spans (secrets masked as in the call log). When the host
+    puts messages and answers on the spans (secrets masked as in the call log). Credentials in
+    `headers` and `endpoint` are masked wherever myopto masks keys. When the host
     already installed a tracer provider, myopto's spans go there and nothing is replaced (a
     message on the `myopto.tracing` logger says so). Spans are flushed at exit; `flush_tracing()`
     flushes now.
@@ -101,6 +107,9 @@ def configure_tracing(
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError as error:
         raise ConfigError("tracing needs OpenTelemetry: pip install 'myopto[otel]'") from error
+    from myopto.logs import register_secrets_in
+
+    register_secrets_in({"headers": dict(headers or {}), "endpoint": endpoint})  # a collector's token is a key too
     with _lock:
         _messages = bool(messages)
         current = trace.get_tracer_provider()

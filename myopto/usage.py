@@ -2,7 +2,8 @@
 
 Thread-safe and async-safe (one lock, no awaits inside). Costs are USD. A call whose cost is
 unknown (a model with no known price) is counted in `unknown_cost_calls`, never silently as 0.
-A cached call counts as a call and a cache hit, costs 0, and adds its original cost to `saved_cost`.
+A cached call (also one answered by an identical call already in flight, which the cache shares)
+counts as a call and a cache hit, costs 0, and adds its original cost to `saved_cost`.
 """
 
 from __future__ import annotations

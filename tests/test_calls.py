@@ -84,3 +84,10 @@ def test_batch_can_raise_instead(custom_role):
     custom_role.fail(400)
     with pytest.raises(BackendError):
         get_llm().batch(["a", "b"], return_exceptions=False, progress=True)
+
+
+def test_llm_json_returns_none_for_a_null_a_nullable_schema_allows_and_raises_for_a_json_object(custom_role):
+    custom_role.reply("null", "null")
+    assert llm_json("x", {"anyOf": [PERSON["schema"], {"type": "null"}]}) is None
+    with pytest.raises(StructuredOutputError):
+        llm_json("x")  # any JSON object: null is not one

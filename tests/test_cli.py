@@ -39,3 +39,26 @@ def test_cache_options_work_before_and_after_the_subcommand(tmp_path, capsys):
 def test_cache_command_with_a_bad_url_says_what_to_fix(capsys):
     assert main(["cache", "stats", "--url", "http://127.0.0.1:6379"]) == 2
     assert "use redis://, rediss:// (TLS), unix:// or redis+cluster://" in capsys.readouterr().err
+
+
+def test_cache_command_on_a_dir_that_is_a_file_says_what_to_fix(tmp_path, capsys):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    assert main(["cache", "stats", "--dir", str(a_file)]) == 2
+    assert f"the cache directory {a_file} is a file, not a directory" in capsys.readouterr().err
+    assert a_file.read_text() == "mine"
+
+
+def test_cache_stats_says_whether_the_directory_can_be_written(tmp_path, capsys):
+    import json
+
+    assert main(["cache", "stats", "--dir", str(tmp_path)]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["writable"] is True and stats["memory_bytes"] == 0 and "read_only_reason" not in stats
+
+
+def test_export_to_a_folder_that_does_not_exist_is_a_clear_error_and_leaves_nothing(tmp_path, capsys):
+    target = tmp_path / "missing" / "out.jsonl"
+    assert main(["cache", "export", str(target), "--dir", str(tmp_path / "c")]) == 2
+    assert "No such file or directory" in capsys.readouterr().err
+    assert not target.parent.exists()

@@ -182,3 +182,56 @@ def test_a_run_budget_shared_by_two_workers_stops_both(redis_server, tmp_path):
         assert outcome["errors"], "each worker must have been stopped"
         assert all(error.startswith("BudgetExceeded") for error in outcome["errors"].values())
     assert sum(len(outcome["answers"]) for outcome in outcomes) == sent
+
+
+def test_a_year_long_retry_after_pauses_one_endpoint_of_the_fleet_for_at_most_the_cap(redis_server, tmp_path):
+    cap = 1.5
+    with FakeOpenAIServer() as refusing, FakeOpenAIServer() as elsewhere:
+        env = {"MYOPTO_CACHE": "off", "MYOPTO_LIMITS_URL": redis_server.url, "MYOPTO_MAX_PAUSE_SECONDS": str(cap)}
+        role = {"rpm": 600, "retries": 3, "deadline": 60}
+        # two workers on one server, one on another server with a model of the same name
+        workers = [start_worker({"base_url": backend.url, "prompts": [f"w{w} p{i}" for i in range(400)], "role": role}, env)
+                   for w, backend in enumerate((refusing, refusing, elsewhere))]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (refusing.request_count >= 6 and elsewhere.request_count >= 3):
+            time.sleep(0.01)
+        first_refused = refusing.request_count
+        refusing.fail(429, retry_after=31536000)  # a year
+        time.sleep(cap + 2.5)
+        for worker in workers:
+            worker.kill()
+            worker.wait()
+        refused, other = refusing.requests, elsewhere.requests
+    refused_at = refused[first_refused].time
+    during = [r for r in refused if refused_at + 0.1 < r.time < refused_at + cap - 0.05]
+    after = [r for r in refused if r.time > refused_at + cap]
+    assert during == []  # the refusing server's model was paused fleet-wide...
+    assert len(after) >= 5  # ...for the cap, not a year
+    # ...and the same model name on the other server went on the whole time
+    assert len([r for r in other if refused_at + 0.1 < r.time < refused_at + cap - 0.05]) >= 5
+
+
+def test_a_worker_whose_redis_is_killed_mid_call_keeps_the_paid_answer(tmp_path):
+    from myopto.testing import RedisServer
+
+    arrived, release = threading.Event(), threading.Event()
+
+    def slow(body):
+        if last_user(body) == "the paid one":
+            arrived.set()
+            release.wait(60)  # the model is thinking while Redis dies
+        return f"answer to {last_user(body)}"
+
+    with RedisServer() as doomed, FakeOpenAIServer(slow) as backend:
+        spec = {"base_url": backend.url, "prompts": ["warm up", "the paid one"],
+                "role": {"retries": 0, "pricing": {"input": 0.0, "output": 5000.0}, "max_cost_usd": 1.0, "tpm": 100000}}
+        worker = start_worker(spec, {"MYOPTO_CACHE": "off", "MYOPTO_LIMITS_URL": doomed.url})
+        assert arrived.wait(60)
+        os.kill(doomed.process.pid, signal.SIGKILL)
+        doomed.process.wait()
+        release.set()
+        outcome = result(worker, timeout=60)
+        assert backend.request_count == 2
+    assert outcome["errors"] == {}
+    assert outcome["answers"]["the paid one"] == "answer to the paid one"
+    assert outcome["unrecorded"] == {"limits": 1}

@@ -55,3 +55,42 @@ def test_try_parse_json_returns_none_when_nothing_parses(text):
 
 def test_try_parse_json_reads_a_response_object():
     assert try_parse_json(Response(text='{"x": 1}')) == {"x": 1}
+
+
+def test_a_json_null_is_told_apart_from_no_json_with_a_default():
+    from myopto.parsing import NO_JSON
+
+    assert try_parse_json("null", default=NO_JSON) is None
+    assert try_parse_json("```json\nnull\n```", default=NO_JSON) is None
+    assert try_parse_json("no json here", default=NO_JSON) is NO_JSON
+    assert try_parse_json("", default=NO_JSON) is NO_JSON
+    assert try_parse_json("no json here") is None  # the default default
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda n: "[" * n + "]" * n,  # valid JSON nested deeper than the decoder goes
+        lambda n: "Here you are: " + "[" * n,
+        lambda n: '{"a": ' * (n // 6),
+        lambda n: "[1, " * (n // 4),
+        lambda n: "{" * n + '{"ok": true}',
+        lambda n: "[x] " * (n // 4) + '{"ok": true}',
+        lambda n: "[1 of 3] " * (n // 9) + '{"ok": true}',  # many starts that fail: the search gives up
+    ],
+    ids=["deep-valid", "openers", "nested-objects", "nested-lists", "braces-then-object", "brackets-then-object",
+         "failing-starts"],
+)
+def test_try_parse_json_takes_time_linear_in_the_text(make):
+    import time
+
+    small, large = make(8_000), make(64_000)
+    start = time.perf_counter()
+    expected = try_parse_json(small)
+    took_small = time.perf_counter() - start
+    start = time.perf_counter()
+    assert try_parse_json(large) == expected
+    took_large = time.perf_counter() - start
+    # 8x the text: ~8x the time when linear, ~64x when quadratic (0.1-0.3 s for 8 KB before,
+    # ~2 ms for 64 KB now)
+    assert took_large < 0.25, (took_small, took_large)

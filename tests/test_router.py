@@ -286,3 +286,24 @@ def test_a_bad_customllm_url_in_the_environment_is_refused_before_anything_is_se
     with pytest.raises(ConfigError, match="TRACE_CUSTOMLLM_URL"):
         get_llm()("hello")
     assert server.request_count == 0
+
+
+def test_customllm_base_url_comes_from_its_variable_then_openai_base_url_then_the_openai_api(monkeypatch):
+    set_role_config("executor", backend="CustomLLM", model="m")
+    assert "base_url" not in resolved().options
+    assert get_llm().request("x").endpoint == "https://api.openai.com/v1"  # where the SDK would send
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1/")
+    assert resolved().options["base_url"] == "http://127.0.0.1:9/v1/"
+    assert get_llm().request("x").endpoint == "http://127.0.0.1:9/v1"
+    monkeypatch.setenv("TRACE_CUSTOMLLM_URL", "http://127.0.0.1:10/v1")
+    assert get_llm().request("x").endpoint == "http://127.0.0.1:10/v1"
+    set_role_config("executor", base_url="http://127.0.0.1:11/v1")
+    assert get_llm().request("x").endpoint == "http://127.0.0.1:11/v1"
+
+
+def test_a_bad_openai_base_url_is_refused_before_anything_is_sent(server, monkeypatch):
+    set_role_config("executor", backend="CustomLLM", model="m")
+    monkeypatch.setenv("OPENAI_BASE_URL", "not a url")
+    with pytest.raises(ConfigError, match="OPENAI_BASE_URL"):
+        get_llm()("hello")
+    assert server.request_count == 0

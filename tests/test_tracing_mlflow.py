@@ -3,7 +3,7 @@
 A new process (its own OpenTelemetry setup through `configure_tracing`) runs a tagged run: one
 call answered, one served from the cache, one retried after a 429, one refused with a 400.
 `mlflow.search_traces` then finds them with their model, token usage, run, cached flag, and the
-error as ERROR.
+error as ERROR, the key the refusal quoted masked in its status and exception event.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def test_mlflow_receives_a_tagged_run_of_calls_with_usage_cache_and_errors(mlflo
     # requests in order: 429 then a clean retry, "answered", (the cache hit sends nothing), a 400
     server.fail(429, retry_after=0.01)
     server.delay(0, times=2)
-    server.fail(400, message="unknown parameter")
+    server.fail(400, message="unknown parameter for key sk-mlflow-secret-123456")  # a provider quoting the key
     env = {**os.environ, "MLFLOW_URL": mlflow_server, "EXPERIMENT": experiment, "URL": server.url,
            "CACHE": str(tmp_path / "cache"), "MYOPTO_CACHE": "on"}
     result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=180)
@@ -110,5 +110,9 @@ def test_mlflow_receives_a_tagged_run_of_calls_with_usage_cache_and_errors(mlflo
     assert str(answered.span_type) == "CHAT_MODEL"
     usage = answered.attributes.get("mlflow.chat.tokenUsage")
     assert usage is not None and usage["input_tokens"] == 1 and usage["output_tokens"] == 2
+    # the refusal quoted the key: masked in the status and in the exception event's message and stack trace
+    (exception,) = [event for event in refused.events if event.name == "exception"]
+    assert "unknown parameter for key ***" in refused.status.description
+    assert "unknown parameter for key ***" in exception.attributes["exception.stacktrace"]
     for span in spans:
         assert "sk-mlflow-secret" not in str(span.to_dict())

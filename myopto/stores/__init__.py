@@ -5,14 +5,16 @@
   offers single flight across processes (`claim`).
 
 Both keep the same keys and the same JSON records, with a `MemoryLRU` in front, so an export of
-one imports into the other.
+one imports into the other. Every record read back goes through `memory.decode_record`: a store
+hands back a record of the shape the cache writes, or raises `DamagedCacheEntry`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from myopto.errors import DamagedCacheEntry
 from myopto.redis_connection import is_redis_url
 
 
@@ -21,12 +23,16 @@ class CacheStore(Protocol):
 
     A store that can coordinate processes also has `claim(key)` and `wait(key, seconds)` (see
     `RedisStore`).
-    `location` names it in messages (a path, or a URL with its password masked).
+    `location` names it in messages (a path, or a URL with its password masked). A store that
+    cannot be written (a read-only directory) has `writable = False`: it serves what it holds,
+    and `set` raises `CacheUnavailable`.
     """
 
     location: str
 
-    def get(self, key: str) -> dict[str, Any] | None: ...
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The record of `key`, None when there is none; `DamagedCacheEntry` when it is unreadable."""
+        ...
 
     def in_memory(self, key: str) -> bool:
         """True when `get(key)` answers without I/O (async callers then skip the worker thread)."""
@@ -34,7 +40,11 @@ class CacheStore(Protocol):
 
     def set(self, key: str, record: dict[str, Any]) -> None: ...
 
-    def items(self) -> Iterator[tuple[str, dict[str, Any]]]: ...
+    def items(
+        self, *, on_damaged: Callable[[DamagedCacheEntry], None] | None = None
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every (key, record); a damaged one raises, or with `on_damaged` is handed to it and skipped."""
+        ...
 
     def stats(self) -> dict[str, Any]: ...
 

@@ -1,32 +1,69 @@
 """`DiskStore`: cached answers in a diskcache directory, one machine's default store.
 
-Values are JSON text, never pickle: `SafeDisk` refuses to unpickle anything it finds, so a cache
-directory from someone else cannot run code. Nothing is evicted unless a size limit is set.
-A directory whose database is damaged is reported with its path and never deleted.
+A cache directory is data, never authority, also when it comes from someone else:
+- values are JSON text, never pickle: `SafeDisk` refuses to unpickle anything it finds, so the
+  directory cannot run code;
+- diskcache keeps large values in files and names them in `cache.db`; `SafeDisk` only reads,
+  writes or removes a file whose name has diskcache's own form (`ab/cd/<28 hex>.val`) and whose
+  path, symlinks resolved, is that same path inside the directory. A row naming anything else
+  (`../x`, an absolute path, a symlink, a FIFO) is refused: a read raises `DamagedCacheEntry`,
+  an overwrite or `clear()` leaves that file alone; empty folders are removed only inside;
+- its `Settings` table may only hold diskcache's own settings (they become SQLite pragmas).
+
+A directory that cannot be written (a read-only mount; a full disk when it is opened) is opened
+read-only: `writable` is False, every entry is served, and writes raise `CacheUnavailable`.
+A write that fails (the disk filled up) raises `CacheUnavailable` naming the directory. Nothing
+is evicted unless a size limit is set. A directory whose database is damaged is reported with
+its path and never deleted.
 """
 
 from __future__ import annotations
 
-import json
+import functools
+import logging
+import os
+import re
 import sqlite3
+import stat
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from myopto.errors import CacheUnavailable, MyoptoError
-from myopto.stores.memory import MemoryFronted, MemoryLRU
+from myopto.errors import CacheUnavailable, DamagedCacheEntry
+from myopto.stores.memory import DEFAULT_MEMORY_BYTES, DEFAULT_MEMORY_ENTRIES, MemoryFronted, MemoryLRU, damaged_entry
+
+_log = logging.getLogger("myopto.cache")
+DATABASE = "cache.db"
+# the only value file names diskcache makes (Disk.filename): two folder levels, a random name
+_VALUE_FILE = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{28}\.val")
+_MODE_RAW, _MODE_BINARY, _MODE_TEXT, _MODE_PICKLE = 1, 2, 3, 4
+_DISKCACHE_SETTINGS = frozenset({
+    "statistics", "tag_index", "eviction_policy", "size_limit", "cull_limit", "sqlite_auto_vacuum",
+    "sqlite_cache_size", "sqlite_journal_mode", "sqlite_mmap_size", "sqlite_synchronous",
+    "disk_min_file_size", "disk_pickle_protocol", "count", "size", "hits", "misses",
+})
 
 
-class UnsafeCacheEntry(MyoptoError):
-    """A cache entry is stored as pickle; myopto never unpickles (it could run code)."""
+class UnsafeCacheEntry(DamagedCacheEntry):
+    """A cache entry myopto will not read: stored as pickle (unpickling could run code), or
+    naming a file outside the cache directory. A `DamagedCacheEntry`: the cache middleware
+    treats it as a miss, and `replay` raises it."""
 
 
+@functools.cache
 def _safe_disk() -> type:
     import diskcache
 
     class SafeDisk(diskcache.Disk):
-        """diskcache's Disk with pickle refused on the way out (we only ever write text)."""
+        """diskcache's Disk that never unpickles and never touches a file outside its directory."""
+
+        def __init__(self, directory: str, **settings: Any) -> None:
+            super().__init__(directory, **settings)
+            self.root = os.path.realpath(directory)
+            self.refused_removals = 0
 
         def get(self, key: Any, raw: bool) -> Any:
             if not raw:
@@ -34,11 +71,160 @@ def _safe_disk() -> type:
             return super().get(key, raw)
 
         def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
-            if mode == diskcache.core.MODE_PICKLE:
+            if mode == _MODE_RAW:
+                return super().fetch(mode, filename, value, read)
+            if mode == _MODE_PICKLE:
                 raise UnsafeCacheEntry("refusing to unpickle a cache value; this directory was not written by myopto")
-            return super().fetch(mode, filename, value, read)
+            if mode not in (_MODE_TEXT, _MODE_BINARY) or read:
+                raise UnsafeCacheEntry(f"its row has storage mode {mode!r}, which myopto never writes")
+            return self._read_inside(filename)
+
+        def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple[int, int, Any, Any]:
+            """Text only (myopto stores JSON text); a large one goes to a new file inside."""
+            if read or not isinstance(value, str):
+                raise TypeError(f"myopto stores JSON text only, got {type(value).__name__}")
+            if len(value) < self.min_file_size:
+                return 0, _MODE_RAW, None, value
+            filename, _ = self.filename(key, value)
+            data = value.encode("utf-8")
+            self._write_inside(filename, data)
+            return len(data), _MODE_TEXT, filename, None
+
+        def remove(self, file_path: Any) -> None:
+            """Remove a value file (and the emptied folders above it, up to the directory), only
+            when it is one of ours inside; anything else a row names is left alone."""
+            if file_path is None:
+                return
+            try:
+                full = self._inside(file_path)
+            except UnsafeCacheEntry as refused:
+                self.refused_removals += 1
+                _log.warning("cache directory %s: not removing %r: %s", self.root, file_path, refused)
+                return
+            try:
+                os.remove(full)
+            except OSError:  # another process removed it first
+                pass
+            parent = os.path.dirname(full)
+            for folder in (parent, os.path.dirname(parent)):  # ab/cd, then ab: never above
+                try:
+                    os.rmdir(folder)
+                except OSError:  # not empty, or gone
+                    break
+
+        # -- paths ---------------------------------------------------------------------------
+        def _inside(self, filename: Any) -> str:
+            """The full path of a value file named in a row, when it is diskcache's kind of name
+            and resolves to itself inside the directory (no `..`, no absolute path, no symlink)."""
+            if not isinstance(filename, str) or not _VALUE_FILE.fullmatch(filename.replace(os.sep, "/")):
+                raise UnsafeCacheEntry(f"its row names the file {filename!r}, which is not a cache value file")
+            full = os.path.join(self.root, *filename.replace(os.sep, "/").split("/"))
+            if os.path.realpath(full) != full:
+                raise UnsafeCacheEntry(
+                    f"its value file {filename!r} is reached through a symlink (it resolves to "
+                    f"{os.path.realpath(full)!r}); myopto never follows links out of a cache directory"
+                )
+            return full
+
+        def _read_inside(self, filename: Any) -> bytes:
+            full = self._inside(filename)
+            # no link at the last step, and a FIFO must not block the open
+            flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+            fd = os.open(full, flags)  # OSError when gone: diskcache reads that as a miss
+            with os.fdopen(fd, "rb") as reader:
+                if not stat.S_ISREG(os.fstat(reader.fileno()).st_mode):
+                    raise UnsafeCacheEntry(f"its value file {filename!r} is not a regular file")
+                return reader.read()  # bytes: `decode_record` reads them as UTF-8 JSON
+
+        def _write_inside(self, filename: str, data: bytes) -> None:
+            """Write a new value file, creating its two folders, never through a symlink."""
+            parts = filename.replace(os.sep, "/").split("/")
+            folder = self.root
+            for part in parts[:-1]:
+                folder = os.path.join(folder, part)
+                try:
+                    os.mkdir(folder)
+                except FileExistsError:
+                    if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                        raise CacheUnavailable(
+                            f"the cache directory {self.root} holds {folder}, which is not a folder (a "
+                            "symlink?); myopto never writes through it. Remove it, or use another cache_dir",
+                            location=self.root,
+                        ) from None
+            full = os.path.join(folder, parts[-1])
+            fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            try:
+                with os.fdopen(fd, "wb") as writer:
+                    writer.write(data)
+            except BaseException:
+                try:  # a half-written file (a full disk) is nobody's value
+                    os.remove(full)
+                except OSError:
+                    pass
+                raise
 
     return SafeDisk
+
+
+class _ReadOnlyDatabase:
+    """The reading side of a diskcache directory over a read-only SQLite connection.
+
+    For a directory that cannot be written: diskcache's own `Cache` writes its settings on open.
+    `mode=ro` reads a database whose write-ahead log is there; where SQLite cannot even create
+    the shared-memory file (a read-only mount), `immutable=1` reads the database file alone.
+    """
+
+    def __init__(self, directory: str, disk: Any) -> None:
+        self._disk = disk
+        self._lock = threading.Lock()
+        self.connection = _connect_read_only(os.path.join(directory, DATABASE))
+
+    def _rows(self, query: str, arguments: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self.connection.execute(query, arguments).fetchall()
+
+    def get(self, key: str) -> Any:
+        rows = self._rows("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1 "
+                          "AND (expire_time IS NULL OR expire_time > ?)", (key, time.time()))
+        if not rows:
+            return None
+        mode, filename, value = rows[0]
+        try:
+            return self._disk.fetch(mode, filename, value, False)
+        except OSError:  # its value file is gone: as diskcache does, a miss
+            return None
+
+    def __len__(self) -> int:
+        return self._rows("SELECT count(*) FROM Cache")[0][0]
+
+    def volume(self) -> int:
+        pages = self._rows("PRAGMA page_count")[0][0] * self._rows("PRAGMA page_size")[0][0]
+        return pages + (self._rows("SELECT coalesce(sum(size), 0) FROM Cache")[0][0] or 0)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def _connect_read_only(path: str) -> sqlite3.Connection:
+    """A read-only connection to an existing SQLite file (never creates or changes it)."""
+    uri = "file:" + quote(os.path.abspath(path))
+    try:
+        return _connect(uri + "?mode=ro")
+    except sqlite3.OperationalError:  # no -shm file and none can be made: read the file alone
+        if os.path.exists(path + "-wal") and os.path.getsize(path + "-wal") > 0:
+            _log.warning("%s-wal holds writes not yet merged into %s, and this read-only copy cannot merge "
+                         "them: entries recorded last may be missing", path, path)
+        return _connect(uri + "?immutable=1")
+
+
+def _connect(uri: str) -> sqlite3.Connection:
+    connection = sqlite3.connect(uri, uri=True, check_same_thread=False)
+    try:
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchall()  # opening is lazy: open now
+    except BaseException:
+        connection.close()
+        raise
+    return connection
 
 
 class DiskStore(MemoryFronted):
@@ -46,32 +232,114 @@ class DiskStore(MemoryFronted):
 
     Safe for many threads and many processes writing one directory (SQLite transactions).
     `size_limit` (bytes) turns on least-recently-stored eviction; by default nothing is evicted.
+    `writable` is False when the directory could only be opened read-only (`read_only_reason`
+    says why). `memory_entries` and `memory_bytes` bound the memory front.
     """
 
-    def __init__(self, directory: str | Path, *, size_limit: int | None = None, memory_entries: int = 4096) -> None:
-        import diskcache
-
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        size_limit: int | None = None,
+        memory_entries: int = DEFAULT_MEMORY_ENTRIES,
+        memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    ) -> None:
         self.directory = Path(directory).expanduser()
         self.location = str(self.directory)
-        settings: dict[str, Any] = {"eviction_policy": "none", "size_limit": 2**62}
-        if size_limit is not None:
-            settings = {"eviction_policy": "least-recently-stored", "size_limit": int(size_limit)}
-        try:
-            self._cache = diskcache.Cache(str(self.directory), disk=_safe_disk(), statistics=False, **settings)
-        except sqlite3.DatabaseError as error:
-            raise CacheUnavailable(
-                f"the cache directory {self.directory} holds a {self.directory / 'cache.db'} that is not a "
-                f"usable SQLite database ({error}). Nothing was deleted: move that directory aside (or "
-                "delete it if it holds nothing you need), or point MYOPTO_CACHE_DIR / cache_dir= elsewhere",
-                location=str(self.directory),
-            ) from error
-        self.memory = MemoryLRU(memory_entries)
+        self.writable = True
+        self.read_only_reason: str | None = None
+        self._cache: Any = None
+        self._reader: _ReadOnlyDatabase | None = None
+        _make_directory(self.directory)
+        database = self.directory / DATABASE
+        self._check_settings(database)
+        disk = _safe_disk()
+        if _can_write(self.directory, database):
+            try:
+                self._cache = _open_diskcache(self.directory, disk, size_limit)
+            except sqlite3.DatabaseError as error:
+                if not isinstance(error, sqlite3.OperationalError):
+                    raise self._not_a_database(error) from error
+                self._open_read_only(disk, _unwritable(self.directory, error))
+            except OSError as error:
+                self._open_read_only(disk, _unwritable(self.directory, error))
+        else:
+            self._open_read_only(disk, "a read-only filesystem, or no permission to write it")
+        self.memory = MemoryLRU(memory_entries, memory_bytes)
         self._lock = threading.Lock()
         self.disk_hits = 0
         self.misses = 0
 
+    # -- opening -------------------------------------------------------------------------------
+    def _open_read_only(self, disk: type, reason: str) -> None:
+        database = self.directory / DATABASE
+        if not database.exists():
+            raise CacheUnavailable(
+                f"the cache directory {self.directory} cannot be written ({reason}) and holds no {DATABASE}, "
+                "so there is nothing to replay and nothing could be recorded. Point cache_dir= / "
+                "MYOPTO_CACHE_DIR at a writable directory (or at the folder that holds the cache you meant)",
+                location=self.location,
+            )
+        try:
+            self._reader = _ReadOnlyDatabase(str(self.directory), disk(str(self.directory)))
+            len(self._reader)
+        except sqlite3.DatabaseError as error:
+            if not isinstance(error, sqlite3.OperationalError):
+                raise self._not_a_database(error) from error
+            raise CacheUnavailable(
+                f"the cache directory {self.directory} cannot be written ({reason}), and reading it read-only "
+                f"failed too ({error}). Nothing was changed. Free space or make it writable, or point "
+                "cache_dir= / MYOPTO_CACHE_DIR elsewhere",
+                location=self.location,
+            ) from error
+        self.writable = False
+        self.read_only_reason = reason
+        _log.info("cache directory %s opened read-only: %s", self.directory, reason)
+
+    def _check_settings(self, database: Path) -> None:
+        """A foreign cache.db's settings become SQLite pragmas when diskcache opens it: only
+        diskcache's own are let through (e.g. `temp_store_directory` would point SQLite outside)."""
+        if not database.exists():
+            return
+        try:
+            connection = _connect_read_only(str(database))
+            try:
+                names = {row[0] for row in connection.execute("SELECT key FROM Settings")}
+            finally:
+                connection.close()
+        except sqlite3.OperationalError:  # no Settings table yet (diskcache makes it), or unreadable: opening says
+            return
+        except sqlite3.DatabaseError as error:
+            raise self._not_a_database(error) from error
+        unknown = sorted(str(name) for name in names - _DISKCACHE_SETTINGS)
+        if unknown:
+            raise CacheUnavailable(
+                f"the cache directory {self.directory} holds a {database} with settings diskcache never "
+                f"writes ({', '.join(map(repr, unknown[:5]))}); myopto does not apply them. Nothing was "
+                "changed: this directory was not written by myopto; move it aside or point cache_dir= / "
+                "MYOPTO_CACHE_DIR elsewhere",
+                location=self.location,
+            )
+
+    def _not_a_database(self, error: Exception) -> CacheUnavailable:
+        return CacheUnavailable(
+            f"the cache directory {self.directory} holds a {self.directory / DATABASE} that is not a "
+            f"usable SQLite database ({error}). Nothing was deleted: move that directory aside (or "
+            "delete it if it holds nothing you need), or point MYOPTO_CACHE_DIR / cache_dir= elsewhere",
+            location=self.location,
+        )
+
+    # -- the store interface -------------------------------------------------------------------
+    @property
+    def _database(self) -> Any:
+        """diskcache's `Cache`, or the read-only reader when the directory cannot be written."""
+        return self._cache if self._cache is not None else self._reader
+
     def _read(self, key: str) -> str | None:
-        text = self._cache.get(key)
+        try:
+            text = self._database.get(key)
+        except UnsafeCacheEntry as refused:
+            raise damaged_entry(key, self.location, str(refused), kind=UnsafeCacheEntry) from None
         with self._lock:
             if text is None:
                 self.misses += 1
@@ -80,33 +348,145 @@ class DiskStore(MemoryFronted):
         return text
 
     def _write(self, key: str, text: str) -> None:
-        self._cache.set(key, text)
+        if self._cache is None:
+            raise CacheUnavailable(
+                f"the cache directory {self.directory} is read-only here ({self.read_only_reason}): its answers "
+                "are served, nothing new can be recorded. Use cache='read_only' or 'replay', or point "
+                "cache_dir= / MYOPTO_CACHE_DIR at a writable directory",
+                location=self.location,
+            )
+        import diskcache
 
-    def items(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        for key in self._cache.iterkeys():
-            text = self._cache.get(key)
-            if text is not None:
-                yield key, json.loads(text)
+        try:
+            self._cache.set(key, text)
+        except (sqlite3.Error, OSError, diskcache.Timeout) as error:
+            full = _disk_is_full(self.directory)
+            raise CacheUnavailable(
+                f"could not store an answer in the cache directory {self.directory}"
+                f"{': the disk holding it is full' if full else ''} ({type(error).__name__}: {error})",
+                location=self.location,
+            ) from error
+
+    def items(
+        self, *, on_damaged: Callable[[DamagedCacheEntry], None] | None = None
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every (key, record). A damaged one raises `DamagedCacheEntry`, or, with `on_damaged`,
+        is handed to it and skipped (an export goes on past it)."""
+        for key, raw in self._keys():
+            try:
+                if not raw or not isinstance(key, str):
+                    problem = "a pickled key" if not raw else f"a {type(key).__name__} key"
+                    raise damaged_entry(str(key), self.location, f"{problem}, which myopto never writes",
+                                        kind=UnsafeCacheEntry)
+                text = self._read(key)
+                if text is None:  # removed meanwhile
+                    continue
+                record = self._remember(key, text)
+            except DamagedCacheEntry as damage:
+                if on_damaged is None:
+                    raise
+                on_damaged(damage)
+                continue
+            yield key, record
+
+    def _keys(self) -> list[tuple[Any, int]]:
+        """Every stored key with its raw flag, in the order stored (read in one go, so a writer
+        meanwhile does not disturb the listing)."""
+        reader = self._reader
+        if reader is not None:
+            return [(key, raw) for key, raw in reader.connection.execute("SELECT key, raw FROM Cache ORDER BY rowid")]
+        connection = _connect_read_only(str(self.directory / DATABASE))
+        try:
+            return list(connection.execute("SELECT key, raw FROM Cache ORDER BY rowid"))
+        finally:
+            connection.close()
 
     def __len__(self) -> int:
-        return len(self._cache)
+        return len(self._database)
 
     def stats(self) -> dict[str, Any]:
-        return {
+        volume = self._database.volume()
+        stats: dict[str, Any] = {
             "directory": str(self.directory),
-            "entries": len(self._cache),
-            "size_bytes": self._cache.volume(),
+            "entries": len(self),
+            "size_bytes": volume,
+            "writable": self.writable,
+            "memory_entries": len(self.memory),
+            "memory_bytes": self.memory.size_bytes,
             "memory_hits": self.memory.hits,
             "disk_hits": self.disk_hits,
             "misses": self.misses,
         }
+        if self.read_only_reason:
+            stats["read_only_reason"] = self.read_only_reason
+        return stats
+
+    @property
+    def refused_removals(self) -> int:
+        """Files named by rows that `clear()` or an overwrite left alone (not ours, or outside)."""
+        return self._cache.disk.refused_removals if self._cache is not None else 0
 
     def clear(self) -> int:
+        if self._cache is None:
+            raise CacheUnavailable(
+                f"the cache directory {self.directory} is read-only here ({self.read_only_reason}); nothing was "
+                "removed", location=self.location,
+            )
         self.memory.clear()
         return self._cache.clear()
 
     def close(self) -> None:
-        self._cache.close()
+        self._database.close()
+
+
+def _make_directory(directory: Path) -> None:
+    """The cache directory exists (made when missing), or `CacheUnavailable` says what to fix."""
+    if directory.is_dir():
+        return
+    if directory.exists() or directory.is_symlink():
+        raise CacheUnavailable(
+            f"the cache directory {directory} is a file, not a directory (or a link to nothing). Point "
+            "cache_dir= / MYOPTO_CACHE_DIR at a directory (it is created when missing)",
+            location=str(directory),
+        )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CacheUnavailable(
+            f"the cache directory {directory} does not exist and cannot be created ({error.strerror or error}). "
+            "Create it, or point cache_dir= / MYOPTO_CACHE_DIR at a directory you can write",
+            location=str(directory),
+        ) from error
+
+
+def _can_write(directory: Path, database: Path) -> bool:
+    """Whether this process may write the directory (False on a read-only mount, even as root)."""
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return False
+    return not database.exists() or os.access(database, os.W_OK)
+
+
+def _open_diskcache(directory: Path, disk: type, size_limit: int | None) -> Any:
+    import diskcache
+
+    # every setting spelled out: none is taken from a cache.db someone else wrote
+    settings: dict[str, Any] = {**diskcache.DEFAULT_SETTINGS, "statistics": 0, "tag_index": 0,
+                                "eviction_policy": "none", "size_limit": 2**62}
+    if size_limit is not None:
+        settings.update(eviction_policy="least-recently-stored", size_limit=int(size_limit))
+    return diskcache.Cache(str(directory), disk=disk, **settings)
+
+
+def _disk_is_full(directory: Path) -> bool:
+    try:
+        return os.statvfs(directory).f_bavail == 0
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return False
+
+
+def _unwritable(directory: Path, error: BaseException) -> str:
+    """Why a directory that looked writable could not be opened for writing."""
+    return f"the disk holding it is full ({error})" if _disk_is_full(directory) else f"opening it for writing failed ({error})"
 
 
 _stores: dict[str, DiskStore] = {}

@@ -8,6 +8,12 @@ Cluster hash tag: the three live in one slot, so the scripts that touch them wor
 too; every other command touches one key. Nothing expires and nothing is evicted by us; `stats()` warns when the server's own
 `maxmemory-policy` could evict entries.
 
+A namespace is data, never a pattern: listing, counting, clearing and `stats()` see this
+namespace's records only (its glob characters `*?[]\\` are escaped in the SCAN pattern, and keys
+of a namespace that merely begins like this one are left out), so `lab[1]` never touches `lab1`.
+A record that cannot be read back (not JSON, not the shape myopto writes: `decode_record`)
+raises `DamagedCacheEntry`, from `get`, `claim` and `items` alike.
+
 Single flight across processes and machines: the first caller of a request takes the lease
 (`SET NX PX` with a random token), renewed every third of its life while the call runs; the
 others block on the flight's done signal (`BRPOPLPUSH` of the done list onto itself, so one
@@ -18,16 +24,15 @@ the lease at once (errors are never cached), so a waiter tries itself.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from myopto.errors import CacheUnavailable
-from myopto.redis_connection import RedisConnection, redis_connection
-from myopto.stores.memory import MemoryFronted, MemoryLRU
+from myopto.errors import CacheUnavailable, DamagedCacheEntry
+from myopto.redis_connection import NOTHING_SENT, RedisConnection, escape_glob, redis_connection
+from myopto.stores.memory import MemoryFronted, MemoryLRU, decode_record
 
 _log = logging.getLogger("myopto.cache")
 
@@ -59,6 +64,10 @@ end
 return 0
 """
 _EVICTING_POLICIES = ("allkeys-lru", "allkeys-lfu", "allkeys-random")
+# What a failed command means for the call: reads and leases come before the request is sent;
+# a write comes after its answer (the cache middleware reports it and returns the answer).
+_BEFORE_SENDING = f"{NOTHING_SENT}, since its answer could not be recorded"
+_NOT_STORED = "the answer was not stored in the cache"
 
 
 class Lease:
@@ -111,24 +120,39 @@ class RedisStore(MemoryFronted):
 
     # -- the store interface ---------------------------------------------------------------
     def _read(self, key: str) -> str | None:
-        return self.connection.run(lambda client: client.get(self._record_key(key)))
+        return self.connection.run(lambda client: client.get(self._record_key(key)), consequence=_BEFORE_SENDING)
 
     def _write(self, key: str, text: str) -> None:
-        self.connection.run(lambda client: client.set(self._record_key(key), text))
+        self.connection.run(lambda client: client.set(self._record_key(key), text), consequence=_NOT_STORED)
 
-    def _keys(self) -> Iterator[str]:
-        pattern = f"{self.namespace}:cache:*"
-        yield from self.connection.run(lambda client: list(client.scan_iter(match=pattern, count=1000)))
+    def _keys(self) -> list[str]:
+        """The cache keys of this namespace's records, and of no other namespace's."""
+        prefix = f"{self.namespace}:cache:{{"
+        pattern = escape_glob(prefix) + "*}"
+        found = self.connection.run(lambda client: list(client.scan_iter(match=pattern, count=1000)))
+        # `lab` must not list `lab:cache:{x}:more:cache:{key}` (the namespace `lab:cache:{x}:more`),
+        # which its pattern also matches: a key of ours holds no brace
+        keys = (redis_key[len(prefix):-1] for redis_key in found if redis_key.startswith(prefix))
+        return [key for key in keys if "{" not in key and "}" not in key]
 
-    def items(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        prefix = len(self.namespace) + len(":cache:{")
-        for redis_key in self._keys():
-            text = self.connection.run(lambda client: client.get(redis_key))
-            if text is not None:
-                yield redis_key[prefix:-1], json.loads(text)
+    def items(self, *, on_damaged: Callable[[DamagedCacheEntry], None] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every (key, record) of this namespace. A damaged record raises `DamagedCacheEntry`, or,
+        with `on_damaged`, is handed to it and skipped (an export goes on past it)."""
+        for key in self._keys():
+            text = self.connection.run(lambda client: client.get(self._record_key(key)))
+            if text is None:  # cleared meanwhile
+                continue
+            try:
+                record = decode_record(text, key=key, location=self.location)
+            except DamagedCacheEntry as damage:
+                if on_damaged is None:
+                    raise
+                on_damaged(damage)
+                continue
+            yield key, record
 
     def __len__(self) -> int:
-        return sum(1 for _ in self._keys())
+        return len(self._keys())
 
     def stats(self) -> dict[str, Any]:
         """Entries under this namespace, the server's memory use and its eviction policy (on a
@@ -155,10 +179,11 @@ class RedisStore(MemoryFronted):
         return stats
 
     def clear(self) -> int:
+        """Delete this namespace's records (and no other namespace's); returns how many."""
         self.memory.clear()
         removed = 0
-        for redis_key in list(self._keys()):
-            removed += int(self.connection.run(lambda client: client.delete(redis_key)))
+        for key in self._keys():
+            removed += int(self.connection.run(lambda client: client.delete(self._record_key(key))))
         return removed
 
     def close(self) -> None:
@@ -170,7 +195,8 @@ class RedisStore(MemoryFronted):
         caller now owns the call; (None, None, seconds the current owner's lease has left)."""
         token = secrets.token_hex(16)
         keys = [self._record_key(key), self._lease_key(key), self._done_key(key)]
-        kind, value = self.connection.run(lambda client: self._script(_CLAIM)(keys=keys, args=[token, self.lease_ms]))
+        kind, value = self.connection.run(lambda client: self._script(_CLAIM)(keys=keys, args=[token, self.lease_ms]),
+                                          consequence=_BEFORE_SENDING)
         if int(kind) == 1:
             return self._remember(key, value), None, 0.0
         if int(kind) == 2:
@@ -184,7 +210,8 @@ class RedisStore(MemoryFronted):
     def wait(self, key: str, seconds: float) -> None:
         """Block until the flight of `key` ends (its owner released the lease) or `seconds` pass."""
         done = self._done_key(key)
-        self.connection.run(lambda client: client.brpoplpush(done, done, timeout=max(seconds, 0.01)))
+        self.connection.run(lambda client: client.brpoplpush(done, done, timeout=max(seconds, 0.01)),
+                            consequence=_BEFORE_SENDING)
 
     def _release(self, lease: Lease) -> None:
         with self._held_lock:

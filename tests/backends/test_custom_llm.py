@@ -108,3 +108,17 @@ def test_connection_refused_is_a_retryable_backend_error():
 def test_async_calls_work_across_several_event_loops(custom_role):
     for i in range(3):  # each asyncio.run makes and closes a new loop
         assert asyncio.run(get_llm().acall(f"loop {i}")).text == f"echo: loop {i}"
+
+
+MARKER_KEY = "sk-marker-key-0123456789abcdef"
+
+
+@pytest.mark.parametrize("where", ["api_key", "extra_headers"])
+def test_a_key_the_server_echoes_in_an_error_never_reaches_the_exception(server, where):
+    secret = {"api_key": MARKER_KEY} if where == "api_key" else {"extra_headers": {"X-Api-Key": MARKER_KEY}}
+    set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, retries=0, **secret)
+    server.fail(401, message=f"Incorrect API key provided: {MARKER_KEY}.")
+    with pytest.raises(BackendError) as error:
+        get_llm()("x")
+    assert MARKER_KEY not in str(error.value) and MARKER_KEY not in repr(error.value.args)
+    assert "Incorrect API key provided: ***" in str(error.value)

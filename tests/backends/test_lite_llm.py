@@ -63,3 +63,23 @@ def test_litellm_honours_openai_base_url_from_the_environment(server, monkeypatc
     response = get_llm()("from env")  # defaults: LiteLLM, gpt-4o
     assert response.text == "echo: from env"
     assert server.last_request.body["model"] == "gpt-4o"
+
+
+def test_a_key_the_server_echoes_in_an_error_never_reaches_the_exception(server):
+    marker = "sk-marker-litellm-0123456789"
+    set_role_config("executor", backend="LiteLLM", model="openai/gpt-4o-mini", base_url=server.url, api_key=marker, retries=0)
+    server.fail(401, message=f"Incorrect API key provided: {marker}.")
+    with pytest.raises(BackendError) as error:
+        get_llm()("x")
+    assert marker not in str(error.value) and "Incorrect API key provided: ***" in str(error.value)
+
+
+def test_the_providers_base_url_variable_is_the_endpoint_of_a_model_without_one(server, monkeypatch):
+    set_role_config("executor", backend="LiteLLM", model="hosted_vllm/my-model", api_key="k")
+    assert get_llm().request("x").endpoint is None
+    monkeypatch.setenv("HOSTED_VLLM_API_BASE", server.url + "/")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://other.example/v1")  # another provider's: not this model's
+    assert get_llm().request("x").endpoint == server.url
+    assert get_llm().request("x", model="openai/gpt-4o-mini").endpoint == "http://other.example/v1"
+    response = get_llm()("through the variable")
+    assert response.text == "echo: through the variable" and server.request_count == 1

@@ -3,7 +3,8 @@
 argv[1] is a JSON spec: base_url, prompts, threads, role (extra set_role_config options) and
 run ({"name": ..., "max_cost_usd": ...}, optional). Cache, Redis and limits settings come from
 the environment, as they would on a real worker. Prints one JSON object: answers, whether each
-was cached, and errors (type: message) by prompt.
+was cached, errors (type: message) by prompt, and unrecorded (answers returned but not recorded,
+by where: `myopto.recording.unrecorded_counts()`).
 """
 
 import concurrent.futures
@@ -14,6 +15,7 @@ import sys
 
 import myopto
 from myopto import get_llm, set_role_config
+from myopto.recording import unrecorded_counts
 
 spec = json.loads(sys.argv[1])
 set_role_config("executor", backend="CustomLLM", model=spec.get("model", "fleet-model"), base_url=spec["base_url"],
@@ -41,4 +43,4 @@ with myopto.run(run["name"], max_cost_usd=run.get("max_cost_usd")) if run else c
         with concurrent.futures.ThreadPoolExecutor(spec["threads"]) as pool:
             for future in [pool.submit(contextvars.copy_context().run, ask, prompt) for prompt in spec["prompts"]]:
                 future.result()
-print(json.dumps({"answers": answers, "cached": cached, "errors": errors}))
+print(json.dumps({"answers": answers, "cached": cached, "errors": errors, "unrecorded": unrecorded_counts()}))

@@ -1,18 +1,28 @@
-"""Limits: rates spread evenly, tokens estimated then corrected, 429 pauses for every caller,
-budgets per role and per run (local and on a real Redis), and the errors that say what to fix."""
+"""Limits: rates spread evenly, tokens estimated then corrected, 429 pauses for every caller of
+one endpoint's model (capped, whatever the Retry-After), budgets per role and per run (local and
+on a real Redis), a Redis server killed mid-call, and the errors that say what to fix."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import logging
+import math
+import os
+import signal
 import time
 
 import pytest
+import redis as redis_py
 
 import myopto
-from myopto import BudgetExceeded, ConfigError, InvalidRequest, RateLimited, get_llm, set_role_config
-from myopto.limiter import LocalLimiter, RedisLimiter
+from myopto import BudgetExceeded, CacheUnavailable, ConfigError, InvalidRequest, RateLimited, get_llm, set_role_config
+from myopto.limiter import LONGEST_PAUSE_SECONDS, LocalLimiter, RedisLimiter
 from myopto.middleware.limits import Limits, estimate_tokens
+from myopto.recording import reset_unrecorded, unrecorded_counts
 from myopto.request import Request
+from myopto.settings import DEFAULT_MAX_PAUSE_SECONDS
+from myopto.testing import FakeOpenAIServer, RedisServer
 
 # "echo: <prompt>" answers: a one-word prompt costs 1 input and 2 output tokens on the test server
 PRICING = {"input": 0.0, "output": 5000.0}  # $0.01 a call
@@ -179,3 +189,178 @@ def test_the_limits_middleware_waits_on_the_event_loop_without_blocking_it(loop_
         return ticks.count
 
     assert asyncio.run(main()) >= 10
+
+
+# -- pauses: one endpoint's model, capped ---------------------------------------------------
+@pytest.mark.parametrize("make", [LocalLimiter, "redis"])
+def test_a_pause_belongs_to_one_endpoint_and_model(make, request):
+    limiter = RedisLimiter(request.getfixturevalue("redis_server").url) if make == "redis" else make()
+    limiter.pause("m", 2.0, "http://a.example/v1")
+    assert 1.9 < limiter.reserve("m", None, None, 0, "http://a.example/v1") <= 2.0
+    assert 1.9 < limiter.paused_for("m", "http://a.example/v1") <= 2.0
+    assert limiter.reserve("m", None, None, 0, "http://b.example/v1") == 0.0  # the same model elsewhere
+    assert limiter.paused_for("m") == 0.0 and limiter.reserve("m", None, None, 0) == 0.0  # no endpoint
+    assert limiter.paused_for("other", "http://a.example/v1") == 0.0
+
+
+@pytest.mark.parametrize("make", [LocalLimiter, "redis"])
+@pytest.mark.parametrize("seconds", [math.inf, math.nan, -5.0, 0.0, 1e300, 1e-9])
+def test_a_limiter_takes_any_pause_length_without_breaking(make, seconds, request):
+    limiter = RedisLimiter(request.getfixturevalue("redis_server").url) if make == "redis" else make()
+    limiter.pause("m", seconds, "http://a.example/v1")  # inf broke the Redis script; 1e-9 made its expiry 0
+    left = limiter.paused_for("m", "http://a.example/v1")
+    assert 0.0 <= left <= LONGEST_PAUSE_SECONDS
+    if seconds in (math.inf, 1e300):
+        assert left > 1000  # held back, for at most the longest pause there is
+    else:
+        assert left <= 0.001  # nothing, or the shortest expiry Redis knows
+    assert limiter.reserve("m", None, None, 0, "http://b.example/v1") == 0.0
+
+
+def two_endpoints(server, other, **options):
+    for role, where in (("a", server), ("b", other)):
+        set_role_config(role, backend="CustomLLM", model="test-model", base_url=where.url,
+                        api_key="sk-limits-key-000000", **{"retries": 0, **options})
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_year_long_retry_after_pauses_one_endpoint_for_at_most_the_cap(server, redis_server, monkeypatch, shared):
+    if shared:
+        monkeypatch.setenv("MYOPTO_LIMITS_URL", redis_server.url)
+    with FakeOpenAIServer() as other:
+        two_endpoints(server, other)
+        server.fail(429, retry_after=31536000)
+        with pytest.raises(RateLimited):
+            get_llm("a")("x")
+        # the same model name on another server, and another role there, are not held back
+        assert get_llm("b")("y").text == "echo: y"
+        # this endpoint's model is paused for the default cap, not a year; a caller with less
+        # time than that fails at once, unsent, saying so
+        start = time.monotonic()
+        with pytest.raises(RateLimited, match=r"held back (29\d|300)\.\d\d s") as error:
+            get_llm("a")("z", deadline=5)
+        assert time.monotonic() - start < 1.0 and server.request_count == 1
+        assert 290 < error.value.retry_after <= DEFAULT_MAX_PAUSE_SECONDS
+    if shared:  # the shared pause key lives no longer than the cap either
+        client = redis_py.Redis.from_url(redis_server.url)
+        ttls = [client.pttl(key) for key in client.keys("*:pause:*")]
+        assert len(ttls) == 1 and 290_000 < ttls[0] <= 300_000
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("retry_after, pauses", [(math.inf, True), (1e300, True), (31536000, True),
+                                                 (math.nan, False), (-5, False)])
+def test_absurd_retry_after_values_pause_at_most_max_pause_seconds(server, redis_server, monkeypatch, shared,
+                                                                   retry_after, pauses):
+    if shared:
+        monkeypatch.setenv("MYOPTO_LIMITS_URL", redis_server.url)
+    monkeypatch.setenv("MYOPTO_MAX_PAUSE_SECONDS", "0.5")
+    custom(server)
+    server.fail(429, retry_after=retry_after)
+    with pytest.raises(RateLimited):  # the 429 itself, never a broken Redis script
+        get_llm()("first")
+    refused_at = server.last_request.time
+    assert get_llm()("second").text == "echo: second"
+    waited = server.last_request.time - refused_at
+    assert (0.45 <= waited < 1.5) if pauses else waited < 0.4
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "inf", "nan", "1e300", "86401"])
+def test_a_bad_max_pause_setting_is_a_config_error_before_anything_is_sent(server, monkeypatch, value):
+    custom(server)
+    monkeypatch.setenv("MYOPTO_MAX_PAUSE_SECONDS", value)
+    with pytest.raises(ConfigError, match="MYOPTO_MAX_PAUSE_SECONDS must be a number of seconds > 0"):
+        get_llm()("x")  # the chain is built, and the setting read, before anything is sent
+    with pytest.raises(ConfigError, match="MYOPTO_MAX_PAUSE_SECONDS"):
+        custom(server)  # retry options are checked with the cap they will run under
+    assert server.request_count == 0
+
+
+@pytest.mark.parametrize("value", [0, -1, math.inf, math.nan, "300", True])
+def test_a_bad_max_pause_argument_is_a_config_error(value):
+    with pytest.raises(ConfigError, match="max_pause must be a number of seconds > 0"):
+        Limits(max_pause=value)
+
+
+def test_the_max_pause_argument_wins_over_the_setting(server, monkeypatch):
+    monkeypatch.setenv("MYOPTO_MAX_PAUSE_SECONDS", "100")
+    assert Limits().max_pause == 100 and Limits(max_pause=0.3).max_pause == 0.3
+    monkeypatch.delenv("MYOPTO_MAX_PAUSE_SECONDS")
+    assert Limits().max_pause == DEFAULT_MAX_PAUSE_SECONDS == 300
+    limiter = LocalLimiter()
+    limits = Limits(limiter, max_pause=0.3)
+    request = Request(model="m", messages=[{"role": "user", "content": "x"}], endpoint="http://a.example/v1")
+
+    def refuse(request):
+        raise RateLimited("slow down", retryable=True, retry_after=math.inf)
+
+    with pytest.raises(RateLimited):
+        limits(request, refuse)
+    assert 0.25 < limiter.paused_for("m", "http://a.example/v1") <= 0.3
+
+
+# -- Redis dying while a call is in flight: the paid answer is the caller's --------------------
+def kill(redis):
+    os.kill(redis.process.pid, signal.SIGKILL)
+    redis.process.wait()
+
+
+def wait_for_request(server, count=1, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while server.request_count < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.request_count == count
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_redis_killed_while_the_model_answers_returns_the_paid_answer_and_reports_it(server, monkeypatch, caplog,
+                                                                                  asynchronous):
+    reset_unrecorded()
+    with RedisServer() as doomed:
+        monkeypatch.setenv("MYOPTO_LIMITS_URL", doomed.url)
+        custom(server, pricing=PRICING, max_cost_usd=1.0, tpm=100000)  # spend and tokens count after the answer
+        llm = get_llm()
+        assert llm("warm up").text == "echo: warm up"  # the connection is open and the counters exist
+        server.delay(1.5)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            call = (lambda: asyncio.run(llm.acall("paid"))) if asynchronous else (lambda: llm("paid"))
+            pending = pool.submit(call)
+            wait_for_request(server, 2)
+            kill(doomed)  # the request is with the model now
+            with caplog.at_level(logging.ERROR, logger="myopto"):
+                response = pending.result(timeout=30)
+    assert response.text == "echo: paid" and server.request_count == 2
+    assert unrecorded_counts() == {"limits": 1}
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR and "limits" in r.getMessage()]
+    assert "paid for and returned" in record.getMessage() and "nothing was sent" not in record.getMessage()
+    assert "sk-limits-key" not in record.getMessage()
+
+
+def test_redis_killed_before_a_call_refuses_it_unsent(server, monkeypatch):
+    with RedisServer() as doomed:
+        monkeypatch.setenv("MYOPTO_LIMITS_URL", doomed.url)
+        custom(server, pricing=PRICING, max_cost_usd=1.0)
+        get_llm()("warm up")
+        kill(doomed)
+        with pytest.raises(CacheUnavailable, match="nothing was sent to the model"):
+            get_llm()("never sent")
+    assert server.request_count == 1
+
+
+def test_redis_killed_while_a_429_comes_back_still_raises_the_429(server, monkeypatch, caplog):
+    reset_unrecorded()
+    with RedisServer() as doomed:
+        monkeypatch.setenv("MYOPTO_LIMITS_URL", doomed.url)
+        custom(server, rpm=600)
+        get_llm()("warm up")
+        server.latency = 1.0
+        server.fail(429, retry_after=5)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(get_llm(), "refused")
+            wait_for_request(server, 2)
+            kill(doomed)
+            with caplog.at_level(logging.WARNING, logger="myopto"):
+                with pytest.raises(RateLimited):  # not CacheUnavailable: retry decides what comes next
+                    pending.result(timeout=30)
+    assert any("pause could not be recorded" in r.getMessage() for r in caplog.records)
+    assert unrecorded_counts() == {}  # a 429 is no paid answer

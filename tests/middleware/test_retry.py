@@ -2,6 +2,7 @@
 
 import asyncio
 import concurrent.futures
+import math
 import time
 
 import pytest
@@ -153,3 +154,65 @@ def test_bad_retry_options_are_config_errors(server, options):
 
 def test_retry_describes_itself():
     assert Retry(retries=2, deadline=9).describe() == "retry (up to 2 retries within 9 s, transient errors only)"
+
+
+@pytest.mark.parametrize("option, value", [
+    ("retry_backoff", math.nan), ("retry_backoff", math.inf), ("retry_backoff", -0.5), ("retry_backoff", "0.5"),
+    ("retry_max_wait", math.nan), ("retry_max_wait", math.inf), ("retry_max_wait", -1),
+    ("deadline", math.nan), ("deadline", math.inf), ("deadline", -1), ("deadline", True),
+])
+def test_non_finite_or_negative_retry_bounds_are_config_errors_that_name_the_option(server, option, value):
+    with pytest.raises(ConfigError, match=f"{option} must be a finite number of seconds") as error:
+        custom(server, **{option: value})
+    assert repr(value) in str(error.value)
+    arguments = {"retry_backoff": "backoff", "retry_max_wait": "max_wait"}
+    with pytest.raises(ConfigError, match=option):
+        Retry(**{arguments.get(option, option): value})
+    assert server.request_count == 0
+
+
+def test_a_nan_backoff_no_longer_means_no_backoff(server):
+    with pytest.raises(ConfigError, match="retry_backoff"):
+        custom(server, retries=3, retry_backoff=math.nan)
+    custom(server, retries=3, retry_backoff=0.2)  # a real backoff waits between attempts
+    server.fail(503, times=1)
+    start = time.monotonic()
+    assert get_llm()("x").text == "echo: x"
+    assert time.monotonic() - start >= 0.1
+
+
+@pytest.mark.parametrize("retry_after", [31536000, math.inf, 1e300])
+def test_an_absurd_retry_after_waits_at_most_the_pause_cap_then_tries_again(server, monkeypatch, retry_after):
+    monkeypatch.setenv("MYOPTO_MAX_PAUSE_SECONDS", "0.4")
+    custom(server, retry_backoff=0.001)
+    server.fail(429, retry_after=retry_after)
+    start = time.monotonic()
+    assert get_llm()("x").text == "echo: x"
+    assert 0.35 <= time.monotonic() - start < 2.0
+    assert server.request_count == 2
+
+
+@pytest.mark.parametrize("retry_after", [math.nan, -5])
+def test_a_retry_after_that_is_no_length_of_time_falls_back_to_the_backoff(server, retry_after):
+    custom(server, retry_backoff=0.001)
+    server.fail(429, retry_after=retry_after)
+    start = time.monotonic()
+    assert get_llm()("x").text == "echo: x"
+    assert time.monotonic() - start < 0.5 and server.request_count == 2
+
+
+def test_a_capped_retry_after_still_stops_at_the_deadline(server):
+    custom(server, deadline=0.5)  # the default cap is 300 s: longer than the deadline, so no wait
+    server.fail(429, retry_after=math.inf)
+    start = time.monotonic()
+    with pytest.raises(RateLimited):
+        get_llm()("x")
+    assert time.monotonic() - start < 1.0 and server.request_count == 1
+
+
+def test_retry_takes_its_pause_cap_as_an_argument_or_from_the_setting(monkeypatch):
+    assert Retry().max_pause == 300
+    monkeypatch.setenv("MYOPTO_MAX_PAUSE_SECONDS", "12.5")
+    assert Retry().max_pause == 12.5 and Retry(max_pause=2).max_pause == 2
+    with pytest.raises(ConfigError, match="max_pause"):
+        Retry(max_pause=math.inf)

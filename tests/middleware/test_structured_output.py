@@ -120,3 +120,25 @@ def test_plain_text_calls_are_untouched(prompt_role):
 def test_json_instruction_text():
     assert "no code fences" in json_instruction({"type": "json_object"})
     assert '"city"' in json_instruction(normalize_response_format(SCHEMA))
+
+
+NULLABLE = [
+    {"type": ["object", "null"], "properties": {"city": {"type": "string"}}},
+    {"anyOf": [{"type": "object", "properties": {"city": {"type": "string"}}}, {"type": "null"}]},
+    {"type": "null"},
+]
+
+
+@pytest.mark.parametrize("schema", NULLABLE)
+def test_a_json_null_answers_a_nullable_schema_without_a_reask(prompt_role, schema):
+    prompt_role.reply("null", "```json\nnull\n```")
+    response = get_llm()("Capital of Atlantis?", response_format=schema)
+    assert response.text == "null" and response.parsed is None
+    assert llm_json("Capital of Atlantis?", schema) is None
+    assert prompt_role.request_count == 2  # one call each, no re-ask
+
+
+def test_a_json_null_for_a_schema_that_does_not_allow_it_is_reasked(prompt_role):
+    prompt_role.reply("null", '{"city": "Paris"}')
+    assert get_llm()("x", response_format=SCHEMA).parsed == {"city": "Paris"}
+    assert "None is not of type 'object'" in prompt_role.last_request.body["messages"][-1]["content"]

@@ -9,6 +9,7 @@ import json
 import logging
 import subprocess
 import sys
+import uuid
 
 import pytest
 from opentelemetry import trace
@@ -25,11 +26,14 @@ KEY = "sk-tracing-secret-0123456789"
 
 @pytest.fixture(scope="session")
 def _exporter():
-    """The host's tracer provider, as MLflow or Phoenix would install it (once per process)."""
+    """The host's tracer provider, as MLflow or Phoenix would install it (once per process: if
+    another test module installed it first, this exporter is added to it)."""
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
     return exporter
 
 
@@ -111,6 +115,34 @@ def test_a_failed_call_is_an_error_span_with_its_type(spans, server):
     assert any(event.name == "exception" for event in span.events)
 
 
+def test_a_failed_call_records_its_exception_with_message_and_stack_trace_masked(spans, server):
+    """The SDK's `record_exception` would write the message and the stack trace (the SDK's own
+    exception, quoting the refused key, as the cause) in clear: ours masks both."""
+    server.fail(401, message=f"Incorrect API key provided: {KEY}")
+    with pytest.raises(myopto.AuthenticationFailed):
+        get_llm()("refused")
+    (span,) = chat_spans(spans)
+    (event,) = [event for event in span.events if event.name == "exception"]
+    attributes = dict(event.attributes)
+    assert set(attributes) == {"exception.type", "exception.message", "exception.stacktrace", "exception.escaped"}
+    assert attributes["exception.type"] == "myopto.errors.AuthenticationFailed"
+    assert "Incorrect API key provided: ***" in attributes["exception.message"]
+    stacktrace = attributes["exception.stacktrace"]
+    assert "openai.AuthenticationError" in stacktrace and "Traceback (most recent call last)" in stacktrace
+    assert stacktrace.count("Incorrect API key provided: ***") >= 2  # ours and its cause, both masked
+    assert "Incorrect API key provided: ***" in span.status.description
+    assert KEY not in json.dumps([attributes, span.status.description, dict(span.attributes)])
+
+
+def test_span_events_mask_the_text_they_carry(spans):
+    from myopto.tracing import span_event
+
+    with trace.get_tracer("a user's code").start_as_current_span("step") as step:
+        span_event("note", {"detail": f"retrying with {KEY}", "count": 2, "none": None})
+    (event,) = [span for span in spans.get_finished_spans() if span.name == "step"][0].events
+    assert step is not None and dict(event.attributes) == {"detail": "retrying with ***", "count": 2}
+
+
 def test_messages_only_when_asked_and_masked(spans, server, monkeypatch):
     get_llm()(f"my key is {KEY}")
     (quiet,) = chat_spans(spans)
@@ -165,6 +197,15 @@ def test_configure_tracing_uses_the_provider_the_host_installed_and_says_so(span
     assert provider is trace.get_tracer_provider()
     assert "already installed" in caplog.text and "not used" in caplog.text
     assert myopto.flush_tracing() is True
+
+
+def test_configure_tracing_masks_the_collectors_credentials(spans):
+    from myopto.logs import redact
+
+    token, query_key = f"pk-lf-{uuid.uuid4().hex}", f"qk-{uuid.uuid4().hex}"
+    myopto.configure_tracing(endpoint=f"http://127.0.0.1:9/otlp?api_key={query_key}",
+                             headers={"Authorization": f"Basic {token}"})
+    assert redact(f"exporting with {token} to ...?api_key={query_key}") == "exporting with *** to ...?api_key=***"
 
 
 def test_tracing_is_off_and_imports_nothing_without_a_provider():

@@ -145,3 +145,44 @@ def test_bad_pricing_is_a_config_error(server):
 
     with pytest.raises(ConfigError, match="per million tokens"):
         set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, pricing={"in": 1})
+
+
+@pytest.fixture
+def priced_cache(server, tmp_path):
+    set_role_config("executor", backend="CustomLLM", model="gpt-4o-mini", base_url=server.url, cache="on",
+                    cache_dir=str(tmp_path / "c"), retries=0)
+    server.latency = 0.3
+    return server
+
+
+def assert_paid_once(server, results):
+    paid = [r for r in results if not r.cached]
+    assert server.request_count == 1 and len(paid) == 1 and paid[0].cost > 0
+    row = get_usage_summary()["by_role"]["executor"]
+    assert (row["calls"], row["cache_hits"], row["errors"]) == (8, 7, 0)
+    assert row["cost"] == pytest.approx(paid[0].cost)  # what the server was paid for, once
+    assert row["saved_cost"] == pytest.approx(7 * paid[0].cost)
+    assert get_total_cost() == pytest.approx(paid[0].cost)
+
+
+def test_eight_threads_sharing_one_call_pay_for_it_once_and_count_seven_hits(priced_cache):
+    barrier = threading.Barrier(8)
+    results = []
+
+    def call():
+        barrier.wait()
+        results.append(get_llm()("the same question"))
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert_paid_once(priced_cache, results)
+
+
+async def test_eight_tasks_sharing_one_call_pay_for_it_once_and_count_seven_hits(priced_cache):
+    import asyncio
+
+    results = await asyncio.gather(*(get_llm().acall("the same question") for _ in range(8)))
+    assert_paid_once(priced_cache, results)

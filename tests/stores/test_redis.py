@@ -1,10 +1,12 @@
 """RedisStore against a real redis-server: same records as disk, modes, replay in a new process,
-AOF restart, export/import between Redis and disk, namespaces, stats, faults, leases."""
+AOF restart, export/import between Redis and disk, namespaces (glob characters too), stats,
+faults (damaged records, a server SIGKILLed mid-call), leases."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -274,3 +276,102 @@ def test_an_unreachable_cluster_is_cache_unavailable_and_nothing_is_sent(server,
     with pytest.raises(CacheUnavailable, match="cannot be reached"):
         get_llm()("anything")
     assert server.request_count == 0
+
+
+# Namespaces that are Redis glob patterns when left unescaped, next to the ones they would match.
+GLOB_NAMESPACES = ["lab[1]", "lab1", "a*", "ab", "a?b", "axb", "x\\y", "xy", "lab", "lab:cache:{k}:more"]
+
+
+def test_namespaces_with_glob_characters_never_reach_each_other(redis_server, capsys):
+    stores = {namespace: RedisStore(redis_server.url, namespace=namespace) for namespace in GLOB_NAMESPACES}
+    for namespace, store in stores.items():
+        for index in range(2):
+            store.set(f"{index:064x}", {"response": {"text": namespace}, "request": {"index": index}})
+    for namespace, store in stores.items():
+        assert len(store) == 2, namespace
+        assert sorted(record["response"]["text"] for _, record in store.items()) == [namespace, namespace]
+        assert store.stats()["entries"] == 2
+    assert main(["cache", "stats", "--url", redis_server.url, "--namespace", "a*"]) == 0
+    assert json.loads(capsys.readouterr().out)["entries"] == 2
+    # the reported case: clearing `lab[1]` removes its own entries, and never `lab1`'s
+    assert main(["cache", "clear", "--url", redis_server.url, "--namespace", "lab[1]"]) == 0
+    assert "removed 2 entries" in capsys.readouterr().out
+    left = raw(redis_server)
+    assert left.keys("lab\\[1\\]:cache:*") == []
+    for namespace in GLOB_NAMESPACES[1:]:
+        assert len(RedisStore(redis_server.url, namespace=namespace)) == 2, namespace
+    # each of the others, cleared in turn, takes its own two entries and nothing else
+    remaining = 2 * (len(GLOB_NAMESPACES) - 1)
+    for namespace in GLOB_NAMESPACES[1:]:
+        assert stores[namespace].clear() == 2, namespace
+        remaining -= 2
+        assert len(left.keys("*:cache:*")) == remaining, namespace
+    assert left.keys("*") == []
+
+
+def test_a_damaged_record_raises_damaged_cache_entry_and_an_export_can_go_past_it(redis_server):
+    from myopto.errors import DamagedCacheEntry
+
+    store = RedisStore(redis_server.url, namespace="damaged")
+    store.set("good", {"response": {"text": "fine"}})
+    client = raw(redis_server)
+    client.set("damaged:cache:{not-json}", "{\"response\": ")
+    client.set("damaged:cache:{a-list}", "[1, 2]")
+    client.set("damaged:cache:{no-text}", json.dumps({"response": {"text": None}}))
+    with pytest.raises(DamagedCacheEntry) as error:
+        dict(store.items())
+    assert error.value.key in ("not-json", "a-list", "no-text") and error.value.location == store.location
+    assert not isinstance(error.value, json.JSONDecodeError)
+    damaged = []
+    assert dict(store.items(on_damaged=damaged.append)) == {"good": {"response": {"text": "fine"}}}
+    assert sorted(damage.key for damage in damaged) == ["a-list", "no-text", "not-json"]
+    for key in ("not-json", "a-list", "no-text"):  # a read of one key, and a single-flight claim, say the same
+        with pytest.raises(DamagedCacheEntry):
+            store.get(key)
+        with pytest.raises(DamagedCacheEntry):
+            store.claim(key)
+
+
+def test_a_redis_gone_says_nothing_was_sent_only_before_sending():
+    with RedisServer() as doomed:
+        store = RedisStore(doomed.url, namespace="gone")
+        store.set("k", {"response": {"text": "kept"}})
+        store.memory.clear()
+        os.kill(doomed.process.pid, signal.SIGKILL)
+        doomed.process.wait()
+        with pytest.raises(CacheUnavailable, match="nothing was sent to the model"):
+            store.get("k")  # read before a call: the call does not happen
+        with pytest.raises(CacheUnavailable, match="nothing was sent to the model"):
+            store.claim("k")
+        with pytest.raises(CacheUnavailable) as error:
+            store.set("k2", {"response": {"text": "paid"}})  # the write after a paid answer
+        assert "the answer was not stored" in str(error.value) and "nothing was sent" not in str(error.value)
+        assert error.value.location == doomed.url
+
+
+def test_redis_killed_while_the_model_answers_a_cached_call_returns_the_paid_answer(server, monkeypatch):
+    import concurrent.futures
+
+    from myopto.recording import reset_unrecorded, unrecorded_counts
+
+    reset_unrecorded()
+    monkeypatch.setenv("MYOPTO_CACHE", "on")
+    with RedisServer() as doomed:
+        # cache, single flight, budget and token counts all on the one server that dies
+        redis_role(server, doomed.url, pricing={"input": 0.0, "output": 5000.0}, max_cost_usd=1.0, tpm=100000)
+        llm = get_llm()
+        assert llm("warm up").text == "echo: warm up"
+        server.delay(1.5)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(llm, "paid")
+            deadline = time.monotonic() + 30
+            while server.request_count < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            os.kill(doomed.process.pid, signal.SIGKILL)
+            doomed.process.wait()
+            response = pending.result(timeout=30)
+        assert response.text == "echo: paid" and not response.cached
+        assert unrecorded_counts() == {"cache": 1, "limits": 1}
+        with pytest.raises(CacheUnavailable, match="nothing was sent"):
+            llm("next")  # the next call cannot be recorded: refused before sending
+    assert server.request_count == 2
