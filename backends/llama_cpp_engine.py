@@ -12,7 +12,13 @@ Sampling is done here on each sequence's logits: greedy by default, or temperatu
 top-p with a random generator of the request's own, so a seeded answer does not depend on
 what else ran beside it. `constrained=True` masks the logits with the same xgrammar grammars
 as the other engines, built from the GGUF vocabulary, and the same closer ends an answer cut
-off by its token budget.
+off by its token budget; a schema is checked and compiled in the caller's thread before its
+request is queued (`json_grammar.constrained_plan`), so a schema that cannot work never costs a
+step, and neither does a request whose caller left before its first step.
+
+`close()` answers every caller still waiting with `BackendUnavailable` (after the decoding step
+in progress, so within a step's time), frees the model, and takes the engine out of LocalSLM's
+registry: the next call to the model loads a fresh engine.
 """
 
 from __future__ import annotations
@@ -26,11 +32,12 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from myopto.backends.generation import Generated, Generation, cut_at_stop, plain_prompt, text_messages
-from myopto.backends.json_grammar import GrammarCache, LazyGrammars
+from myopto.backends.json_grammar import GrammarCache, LazyGrammars, Plan, constrained_plan
 from myopto.backends.model_files import ModelSource
 from myopto.errors import BackendError, BackendUnavailable, BadRequest
 
@@ -71,6 +78,7 @@ class _Sequence:
     text: str = ""  # decoded so far, kept only when stop strings are watched
     decoder: Any = None
     matcher: Any = None
+    plan: Plan | None = None
     rng: Any = None
 
     @property
@@ -130,9 +138,15 @@ class LlamaCppEngine:
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self.stop_ids = {t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)}
+        # Held while the vocabulary is read in any thread, so close() never frees it under a reader.
+        self._use = threading.RLock()
+        # Orders submissions against close(): nothing is queued after the closing mark.
+        self._state = threading.Lock()
+        self._closing = False
+        self._on_close: list[Callable[[], None]] = []  # LocalSLM's registry forgets the engine
         self.chat_format = self._chat_format()
         self._grammars = LazyGrammars(
-            lambda: GrammarCache.for_pieces([self.piece(t) for t in range(self.n_vocab)], sorted(self.stop_ids))
+            lambda: GrammarCache.for_pieces([self.piece(t) for t in range(self.n_vocab)], sorted(self.stop_ids), self.text_ids)
         )
         self._queue: queue.Queue[_Sequence | None] = queue.Queue()
         self._waiting: collections.deque[_Sequence] = collections.deque()
@@ -145,6 +159,8 @@ class LlamaCppEngine:
         self.reused_tokens = 0  # prompt tokens served from kept cells, for tests and benchmarks
         self.steps = 0
         self.batch_sizes: list[int] = []  # sequences per step, for tests and benchmarks
+        self.admitted = 0  # requests that started decoding
+        self.dropped = 0  # requests dropped unstarted because their caller had left
         self._worker = threading.Thread(target=self._loop, name=f"myopto-llama.cpp:{source.label}", daemon=True)
         self._worker.start()
 
@@ -164,44 +180,59 @@ class LlamaCppEngine:
         return Jinja2ChatFormatter(template=template.decode("utf-8"), eos_token=self._token_text(eos) if eos >= 0 else "",
                                    bos_token=self._token_text(bos) if bos >= 0 else "")
 
+    @property
+    def closed(self) -> bool:
+        """True once `close()` began: no request is taken any more."""
+        return self._closing
+
+    def _closed_error(self) -> BackendUnavailable:
+        return BackendUnavailable(f"the llama.cpp engine for {self.source.label} was closed")
+
     def _check_open(self) -> None:
         """After `close()` the model is freed: touching it would crash the process."""
         if self.ctx is None:
-            raise BackendUnavailable(f"the llama.cpp engine for {self.source.label} was closed")
+            raise self._closed_error()
 
     def tokenize(self, text: str, *, add_special: bool) -> list[int]:
-        self._check_open()
         data = text.encode("utf-8")
         room = len(data) + 8
-        while True:
-            buffer = (self.llama.llama_token * room)()
-            count = self.llama.llama_tokenize(self.vocab, data, len(data), buffer, room, add_special, True)
-            if count >= 0:
-                return list(buffer[:count])
-            room = -count
+        with self._use:
+            self._check_open()
+            while True:
+                buffer = (self.llama.llama_token * room)()
+                count = self.llama.llama_tokenize(self.vocab, data, len(data), buffer, room, add_special, True)
+                if count >= 0:
+                    return list(buffer[:count])
+                room = -count
+
+    def text_ids(self, text: str) -> list[int]:
+        """Token ids of plain text (no special tokens): how long an answer is."""
+        return self.tokenize(text, add_special=False)
 
     def detokenize(self, tokens: list[int]) -> str:
-        self._check_open()
         if not tokens:
             return ""
         array = (self.llama.llama_token * len(tokens))(*tokens)
         room = 8 * len(tokens) + 16
-        while True:
-            buffer = ctypes.create_string_buffer(room)
-            count = self.llama.llama_detokenize(self.vocab, array, len(tokens), buffer, room, True, False)
-            if count >= 0:
-                return buffer.raw[:count].decode("utf-8", "replace")
-            room = -count
+        with self._use:
+            self._check_open()
+            while True:
+                buffer = ctypes.create_string_buffer(room)
+                count = self.llama.llama_detokenize(self.vocab, array, len(tokens), buffer, room, True, False)
+                if count >= 0:
+                    return buffer.raw[:count].decode("utf-8", "replace")
+                room = -count
 
     def piece(self, token: int) -> bytes:
         """The bytes one token stands for (b"" for control tokens such as end-of-turn)."""
-        self._check_open()
-        buffer = ctypes.create_string_buffer(64)
-        count = self.llama.llama_token_to_piece(self.vocab, token, buffer, 64, 0, False)
-        if count < 0:
-            buffer = ctypes.create_string_buffer(-count)
-            count = self.llama.llama_token_to_piece(self.vocab, token, buffer, -count, 0, False)
-        return buffer.raw[:count]
+        with self._use:
+            self._check_open()
+            buffer = ctypes.create_string_buffer(64)
+            count = self.llama.llama_token_to_piece(self.vocab, token, buffer, 64, 0, False)
+            if count < 0:
+                buffer = ctypes.create_string_buffer(-count)
+                count = self.llama.llama_token_to_piece(self.vocab, token, buffer, -count, 0, False)
+            return buffer.raw[:count]
 
     def prompt_ids(self, messages: list[dict[str, Any]]) -> tuple[int, ...]:
         """Token ids of the chat prompt (the GGUF's chat template, or a plain format without one)."""
@@ -222,9 +253,16 @@ class LlamaCppEngine:
         """Generate one answer; concurrent callers share the context's decoding steps."""
         return self.submit(generation).result()
 
-    def submit(self, generation: Generation) -> concurrent.futures.Future[Generated]:
+    def submit(self, generation: Generation,
+               future: concurrent.futures.Future[Generated] | None = None) -> concurrent.futures.Future[Generated]:
         """Queue one answer and return its future at once (asyncio awaits it without a thread).
-        Cancelling the future before it is done stops its decoding at the next step."""
+
+        Cancelling the future stops its decoding at the next step, and a request not started
+        yet is dropped without costing one. A caller that may leave while its grammar compiles
+        passes a `future` of its own and cancels it: the request is then never queued.
+        A constrained schema that cannot work raises `InvalidRequest` here, before anything is queued."""
+        if self._closing:
+            raise self._closed_error()
         self._check_open()
         prompt = len(generation.prompt_ids)
         if prompt == 0:
@@ -234,15 +272,23 @@ class LlamaCppEngine:
                 f"the prompt has {prompt} tokens and the model's context holds {self.n_ctx}: shorten the messages "
                 "or give LocalSLM a larger n_ctx", retryable=False,
             )
-        sequence = _Sequence(generation, concurrent.futures.Future(), budget=min(generation.max_new_tokens, self.n_ctx - prompt))
+        future = future if future is not None else concurrent.futures.Future()
+        sequence = _Sequence(generation, future, budget=min(generation.max_new_tokens, self.n_ctx - prompt))
         if generation.constrained:
-            sequence.matcher = self.grammars.xgr.GrammarMatcher(self.grammars.compile(generation.json_schema or None))
+            sequence.plan = constrained_plan(self._grammars, generation.json_schema or None, self.text_ids, sequence.budget)
+            sequence.matcher = self.grammars.xgr.GrammarMatcher(sequence.plan.grammar)
         if generation.stop and not generation.constrained:
             sequence.decoder = codecs.getincrementaldecoder("utf-8")("replace")
         if generation.temperature > 0:
             sequence.rng = self.np.random.default_rng(generation.seed)
-        self._queue.put(sequence)
-        return sequence.future
+        with self._state:
+            if self._closing:
+                raise self._closed_error()
+            if future.cancelled():  # its caller left while the grammar compiled
+                self.dropped += 1
+                return future
+            self._queue.put(sequence)
+        return future
 
     def _loop(self) -> None:
         while True:
@@ -250,8 +296,8 @@ class LlamaCppEngine:
             try:
                 item = self._queue.get() if block else self._queue.get_nowait()
                 while True:
-                    if item is None:  # closing: nobody is left waiting forever
-                        closed = BackendUnavailable(f"the llama.cpp engine for {self.source.label} was closed")
+                    if item is None:  # closing: nobody is left waiting (nothing is queued after this mark)
+                        closed = self._closed_error()
                         for sequence in [*self._running, *self._waiting]:
                             self._end(sequence, closed)
                         return
@@ -270,6 +316,10 @@ class LlamaCppEngine:
     def _admit(self) -> None:
         """Start waiting requests while a sequence slot is free: in the free slot whose kept
         cells share the longest beginning with the prompt (the lowest id among equals)."""
+        for gone in [s for s in self._waiting if s.future.cancelled()]:  # their callers left: no step for them
+            self._waiting.remove(gone)
+            with self._state:
+                self.dropped += 1
         while self._waiting and self._free_ids:
             sequence = self._waiting.popleft()
             prompt = sequence.generation.prompt_ids
@@ -285,6 +335,7 @@ class LlamaCppEngine:
             del self._kept[slot][reuse:]
             sequence.seq_id, sequence.prefilled = slot, reuse
             self.reused_tokens += reuse
+            self.admitted += 1
             self._running.append(sequence)
         # A batch whose sequence ids are out of order decoded a fifth slower here (llama.cpp
         # regroups it by stream): steps list their sequences in id order.
@@ -400,9 +451,9 @@ class LlamaCppEngine:
 
     def _answer(self, sequence: _Sequence, finish: str) -> Generated:
         g, tokens = sequence.generation, sequence.tokens
-        if sequence.matcher is not None and not sequence.matcher.is_terminated():
-            closing = self.grammars.close(sequence.matcher, self.stop_ids)
-            tokens, finish = tokens + closing, "stop" if closing else finish
+        if sequence.matcher is not None and sequence.plan is not None and not sequence.matcher.is_terminated():
+            closing, replaced = self.grammars.close(sequence.matcher, sequence.plan)
+            tokens, finish = (closing if replaced else tokens + closing), ("stop" if closing else finish)
         text = self.detokenize(tokens)
         if g.stop and not g.constrained:
             text, stopped = cut_at_stop(text, g.stop)
@@ -410,15 +461,29 @@ class LlamaCppEngine:
         return Generated(text, len(g.prompt_ids), len(tokens), finish)
 
     def close(self) -> None:
-        """Stop the worker and free the context and the model; later calls raise BackendUnavailable."""
-        if self._worker.is_alive():
-            self._queue.put(None)
+        """Stop the worker and free the context and the model. Every caller still waiting gets
+        `BackendUnavailable` once the step in progress ends; later calls raise it at once; the
+        engine leaves LocalSLM's registry, so the next call to the model loads a fresh one."""
+        with self._state:
+            first = not self._closing
+            self._closing = True
+            if first:
+                self._queue.put(None)
+        if threading.current_thread() is not self._worker:
             self._worker.join()
-        if self.ctx:
-            ctx, self.ctx = self.ctx, None
-            self.llama.llama_batch_free(self.batch)
-            self.llama.llama_free(ctx)
-            self.llama.llama_model_free(self.model)
+        with self._use:  # waits for any thread still reading the vocabulary
+            if self.ctx:
+                ctx, self.ctx = self.ctx, None
+                self.llama.llama_batch_free(self.batch)
+                self.llama.llama_free(ctx)
+                self.llama.llama_model_free(self.model)
+        if first:
+            for forget in self._on_close:
+                forget()
+
+    def on_close(self, forget: Callable[[], None]) -> None:
+        """Call `forget()` when the engine closes (the registry frees its slot)."""
+        self._on_close.append(forget)
 
 
 def _shared_prefix(kept: list[int], prompt: tuple[int, ...]) -> int:

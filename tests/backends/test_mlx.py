@@ -39,26 +39,38 @@ PERSON = {
 }
 
 
+def shortest_person_tokens(model):
+    from myopto.backends import local_slm
+    from myopto.backends.json_grammar import shortest_json
+
+    return len(local_slm.engine_for(model, use_mlx=True).text_ids(shortest_json(PERSON)))
+
+
 def test_mlx_constrained_answers_are_valid_json_for_the_schema_20_of_20(mlx_role):
     import json
 
     import jsonschema
 
+    budget = shortest_person_tokens(mlx_role) + 4  # room for the shortest answer, and little more
     for seed in range(20):  # random weights, sampled: only the grammar makes these valid
         response = get_llm()(f"person {seed}", response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}},
-                             constrained=True, max_tokens=12, temperature=0.9, seed=seed)
+                             constrained=True, max_tokens=budget, temperature=0.9, seed=seed)
         jsonschema.validate(json.loads(response.text), PERSON)
         assert response.parsed == json.loads(response.text)
 
 
-def test_mlx_constrained_answer_cut_by_a_tiny_budget_is_still_closed(mlx_role):
+def test_mlx_constrained_answer_cut_by_a_tight_budget_is_still_closed_and_a_smaller_one_refused(mlx_role):
     import json
 
-    response = get_llm()("x", response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}},
-                         constrained=True, max_tokens=2)
+    from myopto import InvalidRequest
+
+    needed = shortest_person_tokens(mlx_role)
+    schema = {"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}}
+    with pytest.raises(InvalidRequest, match=f"takes {needed} tokens"):
+        get_llm()("x", response_format=schema, constrained=True, max_tokens=needed - 1)
+    response = get_llm()("x", response_format=schema, constrained=True, max_tokens=needed)
     value = json.loads(response.text)
     assert set(value) == {"name", "age", "tags"}
-    assert response.usage.completion_tokens > 2  # the closing tokens are counted
 
 
 def test_mlx_constrained_json_object_without_a_schema(mlx_role):
