@@ -1,4 +1,11 @@
-"""`RoleLLM`: the callable a role hands out. Builds a `Request` and runs it down the role's chain."""
+"""`RoleLLM`: the callable a role hands out. Builds a `Request` and runs it down the role's chain.
+
+It is also a drop-in for the LLM objects of Trace (trace-opt): Trace's optimisers call
+`llm(messages=..., response_format=..., max_tokens=...)` (OptoPrime, OPRO) or
+`llm.create(messages=..., n=..., temperature=...)` (OptoPrimeMulti, TextGrad), and
+`AbstractModel` users read `llm.model(...)`, `llm.model_name` and `llm.reset_freq`: all are here,
+all return the same `Response`.
+"""
 
 from __future__ import annotations
 
@@ -53,8 +60,18 @@ class RoleLLM:
         return self._chain()[1]
 
     @property
-    def model(self) -> str:
+    def model(self) -> ModelName:
+        """The role's model name; calling it calls the role, as Trace's `AbstractModel.model(...)`."""
+        return ModelName(self._chain()[0].model, self)
+
+    @property
+    def model_name(self) -> str:
+        """The role's model name (Trace's `LiteLLM` and `CustomLLM` spell it so)."""
         return self._chain()[0].model
+
+    # Trace's `AbstractModel` rebuilds its client every `reset_freq` seconds; a role needs no
+    # refresh (its chain is looked up on every call), so there is never one.
+    reset_freq: None = None
 
     @property
     def backend(self) -> str:
@@ -104,12 +121,20 @@ class RoleLLM:
             raise InvalidRequest(f"timeout must be a positive, finite number of seconds, got {timeout!r}")
         if metadata is not None and not isinstance(metadata, Mapping):
             raise InvalidRequest(f"metadata must be a dict, got {type(metadata).__name__}")
+        if metadata:  # the run and its tags are recorded with the answer: they must be storable
+            run = metadata.get("run")
+            if run is not None and not isinstance(run, str):
+                raise InvalidRequest(f"metadata['run'] must be a run name (a string), got {run!r:.80}")
+            if not is_json_data(metadata.get("tags")):
+                raise InvalidRequest(f"metadata['tags'] must be JSON data, got {metadata.get('tags')!r:.80}")
         active = current_run()
         if active is not None and "run" not in (metadata or {}):
             metadata = {**(metadata or {}), "run": active.name, "tags": dict(active.tags)}
             if active.budgets:
                 metadata["budgets"] = active.budgets
-        model = model or resolved.model
+        if model is not None and not (isinstance(model, str) and model.strip()):
+            raise InvalidRequest(f"model must be a non-empty string such as 'gpt-4o-mini', got {model!r:.80}")
+        model = str(model) if isinstance(model, ModelName) else (model or resolved.model)  # the name, not the callable
         return Request(
             model=model,
             messages=check_messages(messages),
@@ -141,6 +166,18 @@ class RoleLLM:
         chain = self._chain()
         request = self._request(chain, messages, response_format, model, timeout, metadata, params)
         return chain[1](request)
+
+    def create(self, **config: Any) -> Response:
+        """Trace's `AbstractModel.create(**config)`: the same call as `llm(**config)`.
+
+        `config` holds what an OpenAI chat completion takes (`messages`, `model`, `n`,
+        `temperature`, `max_tokens`, `response_format`, ...) and myopto's per-call options.
+        """
+        return self(**config)
+
+    async def acreate(self, **config: Any) -> Response:
+        """Async twin of `create`."""
+        return await self.acall(**config)
 
     async def acall(
         self,
@@ -203,12 +240,52 @@ class RoleLLM:
                     raise result
         return results
 
+    def __copy__(self) -> RoleLLM:
+        # the role, its overrides (immutable) and its router are shared; the chain is looked up again
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone._cache = None
+        return clone
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> RoleLLM:
+        # a copied optimizer calls the same role: there is nothing of the role's own to copy
+        return self.__copy__()
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(
+            f"a RoleLLM (role {self.role!r}) cannot be pickled: its config may hold API keys, which myopto "
+            "never writes out. Build it again in the other process: get_llm(role, **overrides)"
+        )
+
     def __repr__(self) -> str:
         try:
             resolved = self._chain()[0]
         except Exception as error:  # repr must not raise
             return f"<RoleLLM role={self.role!r} (unresolved: {error})>"
         return f"<RoleLLM role={self.role!r} backend={resolved.backend} model={resolved.model!r}>"
+
+
+class ModelName(str):
+    """A role's model name that can also be called: `llm.model(messages=...)` is `llm(messages=...)`.
+
+    Trace's `AbstractModel.model` is the callable that answers; myopto's is the model's name.
+    This is both, so code written for either reads it as it expects.
+    """
+
+    _llm: RoleLLM | None
+
+    def __new__(cls, name: str, llm: RoleLLM | None = None) -> ModelName:
+        value = super().__new__(cls, name)
+        value._llm = llm
+        return value
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Response:
+        if self._llm is None:
+            raise TypeError(f"the model name {str(self)!r} is not attached to a role")
+        return self._llm(*args, **kwargs)
+
+    def __reduce__(self) -> Any:
+        return str, (str(self),)  # a copy or a pickle is the plain name
 
 
 # Per-call options that travel in metadata, whether given as keywords or inside `metadata`.

@@ -67,10 +67,27 @@ def check_messages(messages: Any) -> tuple[Mapping[str, Any], ...]:
                 f"messages[{index}]['content'] must be a string or a list of content parts, "
                 f"got {type(content).__name__}"
             )
+        if len(message) > 2 or "content" not in message:
+            _check_fields(message, index)
         frozen.append(MappingProxyType(dict(message)))
     if not frozen:
         raise InvalidRequest("messages is empty; give at least one message")
     return tuple(frozen)
+
+
+def _check_fields(message: Mapping[Any, Any], index: int) -> None:
+    """A message's other fields (`name`, `tool_calls`, ...) are JSON data under string names:
+    what can be keyed, stored and sent (a set, bytes or a numpy number cannot)."""
+    for name, value in message.items():
+        if name in ("role", "content"):
+            continue
+        if not isinstance(name, str):
+            raise InvalidRequest(f"messages[{index}] has a field named {name!r}; field names are strings")
+        if not is_json_data(value):
+            raise InvalidRequest(
+                f"messages[{index}][{name!r}] must be JSON data (strings, finite numbers, booleans, null, "
+                f"lists, dicts with string keys), got {value!r:.80}"
+            )
 
 
 def _check_parts(parts: list[Any], index: int) -> None:
@@ -80,6 +97,11 @@ def _check_parts(parts: list[Any], index: int) -> None:
         if not isinstance(part, Mapping) or not isinstance(part.get("type"), str):
             raise InvalidRequest(
                 f"{where} must be a content part such as {{'type': 'text', 'text': ...}}, got {part!r:.80}"
+            )
+        if not is_json_data(part):
+            raise InvalidRequest(
+                f"{where} must be JSON data (strings, finite numbers, booleans, null, lists, dicts with "
+                f"string keys), got {part!r:.80}"
             )
         if part["type"] == "text":
             text = part.get("text")

@@ -250,3 +250,41 @@ def test_usage_given_as_numeric_strings_is_counted_and_other_usage_is_malformed(
         with pytest.raises(MalformedResponse, match="prompt_tokens") as error:
             get_llm()("x")
         assert error.value.retryable
+
+
+@pytest.mark.parametrize("cache", ["on", "off"])
+@pytest.mark.parametrize(
+    "message, fragment",
+    [
+        ({"role": "user", "content": "x", 5: "int key"}, "field named 5"),
+        ({"role": "user", "content": "x", "name": {"a", "set"}}, "messages[0]['name'] must be JSON data"),
+        ({"role": "user", "content": "x", "name": b"bytes"}, "messages[0]['name'] must be JSON data"),
+        ({"role": "user", "content": [{"type": "image_url", "image_url": {"url": b"raw"}}]},
+         "messages[0]['content'][0] must be JSON data"),
+    ],
+    ids=["int field name", "set", "bytes", "bytes in a part"],
+)
+def test_message_fields_that_are_not_json_data_are_refused_before_sending(role, monkeypatch, cache, message, fragment):
+    monkeypatch.setenv("MYOPTO_CACHE", cache)
+    with pytest.raises(InvalidRequest) as error:
+        get_llm()([message])
+    assert fragment in str(error.value)
+    assert role.request_count == 0
+
+
+@pytest.mark.parametrize("model", [5, "", "  ", ["m"]])
+def test_a_per_call_model_that_is_not_a_name_is_refused_before_sending(role, model):
+    with pytest.raises(InvalidRequest, match="model must be a non-empty string"):
+        get_llm()("x", model=model)
+    assert role.request_count == 0
+
+
+@pytest.mark.parametrize(
+    "metadata, fragment",
+    [({"run": object()}, "metadata['run'] must be a run name"), ({"tags": {"a": object()}}, "metadata['tags'] must be JSON data")],
+)
+def test_a_run_or_tags_that_cannot_be_recorded_are_refused_before_sending(role, metadata, fragment):
+    with pytest.raises(InvalidRequest) as error:
+        get_llm()("x", metadata=metadata)
+    assert fragment in str(error.value)
+    assert role.request_count == 0

@@ -1,12 +1,15 @@
 """Backward compatibility: the old `LLM` entry point, and Trace's optimisers running on myopto."""
 
+import copy
+import pickle
 import re
 import subprocess
 import sys
 
 import pytest
 
-from myopto import get_llm, set_role_config
+from myopto import InvalidRequest, get_llm, set_role_config
+from myopto.params import check_params
 from myopto.utils.llm import LLM
 
 
@@ -78,3 +81,93 @@ def test_import_myopto_imports_no_sdk_and_no_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+# -- Trace's LLM surface: what its optimisers and `AbstractModel` users touch -------------------
+
+JSON_CALL = {
+    "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+    "response_format": {"type": "json_object"},
+    "max_tokens": 64,
+    "temperature": 0.3,
+}
+
+
+@pytest.mark.parametrize("make", [lambda: get_llm("optimizer"), lambda: LLM(role="optimizer")], ids=["get_llm", "LLM"])
+def test_create_is_the_same_call_as_calling_the_llm(server, make, tmp_path):
+    set_role_config("optimizer", backend="CustomLLM", model="opt-model", base_url=server.url, cache="on", cache_dir=str(tmp_path))
+    server.reply({"suggestion": {"x": 5}})
+    llm = make()
+    called = llm(**JSON_CALL)
+    created = llm.create(**JSON_CALL)
+    assert server.request_count == 1  # the same request: create's answer is the cached one
+    assert created.cached and not called.cached
+    assert created.choices[0].message.content == called.choices[0].message.content == '{"suggestion": {"x": 5}}'
+    assert type(created) is type(called)
+
+
+def test_create_sends_what_an_openai_chat_completion_takes(custom_role):
+    response = get_llm().create(model="another-model", n=1, stop="END", **JSON_CALL)
+    body = custom_role.last_request.body
+    assert (body["model"], body["max_tokens"], body["temperature"], body["stop"]) == ("another-model", 64, 0.3, ["END"])
+    assert body["response_format"] == {"type": "json_object"}
+    assert response["choices"][0]["message"]["content"] == '{"echo": "u"}'  # AbstractModel's documented read
+
+
+def test_create_refuses_bad_input_before_sending(custom_role):
+    with pytest.raises(InvalidRequest, match="temperature"):
+        get_llm().create(messages=[{"role": "user", "content": "u"}], temperature=5)
+    with pytest.raises(InvalidRequest, match="no messages"):
+        get_llm().create(max_tokens=5)
+    assert custom_role.request_count == 0
+
+
+def test_create_passes_n_along(custom_role):
+    llm = get_llm()
+    try:
+        check_params({"n": 3})
+    except InvalidRequest:  # before n choices land, n > 1 is refused before anything is sent
+        with pytest.raises(InvalidRequest, match="n must be"):
+            llm.create(messages="u", n=3)
+        assert custom_role.request_count == 0
+        pytest.skip("myopto.params does not accept n > 1 yet (issue 20, n choices)")
+    response = llm.create(messages="u", n=3)
+    assert custom_role.last_request.body["n"] == 3
+    assert len(response.choices) == 3
+
+
+async def test_acreate_is_the_async_twin(custom_role):
+    response = await get_llm().acreate(messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+    assert response.text == "echo: hi" and custom_role.last_request.body["max_tokens"] == 5
+
+
+def test_abstract_model_members(custom_role):
+    llm = LLM(model="named-model")
+    assert llm.model == "named-model" and llm.model_name == "named-model" and isinstance(llm.model_name, str)
+    assert llm.reset_freq is None  # a role is looked up on every call: nothing to refresh
+    # Trace's AbstractModel.model is the callable that answers; here the name is that callable too
+    response = llm.model(messages=[{"role": "user", "content": "hi"}])
+    assert response.choices[0].message.content == "echo: hi"
+    assert custom_role.last_request.body["model"] == "named-model"
+    # given back as the model of a call, it is the plain name
+    llm(messages="again", model=llm.model)
+    assert type(custom_role.last_request.body["model"]) is str
+    assert type(copy.deepcopy(llm.model)) is str and pickle.loads(pickle.dumps(llm.model)) == "named-model"
+
+
+def test_a_copied_llm_calls_the_same_role_with_the_same_overrides(custom_role):
+    llm = get_llm("executor", model="copied-model", temperature=0.2)
+    for clone in (copy.copy(llm), copy.deepcopy(llm)):
+        clone.create(messages="hi")
+        assert (custom_role.last_request.body["model"], custom_role.last_request.body["temperature"]) == ("copied-model", 0.2)
+    set_role_config("executor", backend="CustomLLM", model="test-model", base_url=custom_role.url, api_key="sk-test-key",
+                    max_tokens=9)
+    copy.deepcopy(llm).create(messages="hi")  # a later config reaches copies too
+    assert custom_role.last_request.body["max_tokens"] == 9
+
+
+def test_pickling_an_llm_says_why_not_and_shows_no_key(custom_role):
+    llm = get_llm("executor", api_key="sk-secret-pickle-key")
+    with pytest.raises(TypeError, match="cannot be pickled") as error:
+        pickle.dumps(llm)
+    assert "sk-secret-pickle-key" not in str(error.value)

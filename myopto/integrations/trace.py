@@ -1,5 +1,10 @@
 """Trace's optimisers with their answer shape enforced as a JSON schema.
 
+Every optimiser trace-opt ships steps on a myopto role as Trace has it (`OptoPrime(params,
+llm=get_llm("optimizer"))`). The JSON-parsing ones are here as drop-in subclasses that ask for a
+schema: `OptoPrime`, `OptoPrimeMulti` and `OPRO`. `TextGrad` reads free text (its new value
+between `<IMPROVED_VARIABLE>` tags), so it is Trace's own, re-exported for one import line.
+
 Trace's `OptoPrime` asks for `response_format={"type": "json_object"}`: any JSON object will do,
 so a small model (and now and then a large one) writes an object without a usable
 `suggestion`, and the step changes nothing. The optimisers here ask for a JSON **schema**
@@ -28,6 +33,8 @@ from typing import Any
 
 from opto.optimizers import OPRO as _TraceOPRO
 from opto.optimizers import OptoPrime as _TraceOptoPrime
+from opto.optimizers import OptoPrimeMulti as _TraceOptoPrimeMulti
+from opto.optimizers import TextGrad
 
 SCHEMA_NAME = "optimizer_step"
 DEFAULT_REASONING_MAX_LENGTH = 400
@@ -96,21 +103,46 @@ class SchemaAnswers:
     def call_llm(self, system_prompt: str, user_prompt: str, verbose: bool | str = False, max_tokens: int = 4096) -> str:
         if verbose not in (False, "output"):
             print("Prompt\n", system_prompt + user_prompt)
-        messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": user_prompt}]
-        schema = self.answer_schema()
-        response_format = {"type": "json_schema", "json_schema": {"name": SCHEMA_NAME, "schema": schema, "strict": _strict(schema)}}
-        try:
-            response = self.llm(messages=messages, response_format=response_format, max_tokens=max_tokens)
-        except Exception:  # as Trace does: a backend that refuses the format gets the plain call
-            response = self.llm(messages=messages, max_tokens=max_tokens)
-        text = response.choices[0].message.content
+        text = self._ask(system_prompt, user_prompt, max_tokens).choices[0].message.content
         if verbose:
             print("LLM response:\n", text)
         return text
 
+    def _ask(self, system_prompt: str, user_prompt: str, max_tokens: int, **params: Any) -> Any:
+        """The model's answer under this step's schema; without `response_format` when refused."""
+        messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": user_prompt}]
+        schema = self.answer_schema()
+        response_format = {"type": "json_schema", "json_schema": {"name": SCHEMA_NAME, "schema": schema, "strict": _strict(schema)}}
+        try:
+            return self.llm(messages=messages, response_format=response_format, max_tokens=max_tokens, **params)
+        except Exception:  # as Trace does: a backend that refuses the format gets the plain call
+            return self.llm(messages=messages, max_tokens=max_tokens, **params)
+
 
 class OptoPrime(SchemaAnswers, _TraceOptoPrime):
     """Trace's `OptoPrime`, its answer enforced as `{"reasoning", "answer", "suggestion": {...}}`."""
+
+
+class OptoPrimeMulti(SchemaAnswers, _TraceOptoPrimeMulti):
+    """Trace's `OptoPrimeMulti`, each candidate enforced as OptoPrime's answer is.
+
+    Trace's own asks `llm.create(..., n=...)` inside a bare `except` that returns no candidates,
+    so any error (an LLM object without `create`, a refused parameter) ends in an `IndexError`
+    far from its cause. Here a refused schema falls back to the plain call, and when that call
+    fails too its error is raised as it is. `n` is sent only when more than one answer is asked
+    for in one call (Trace's `generate_candidates` asks for one per temperature).
+    """
+
+    def call_llm(self, system_prompt: str, user_prompt: str, verbose: bool | str = False, max_tokens: int = 4096,
+                 num_responses: int = 1, temperature: float = 0.0) -> list[str]:
+        if verbose not in (False, "output"):
+            print("Prompt\n", system_prompt + user_prompt)
+        n = {"n": num_responses} if num_responses != 1 else {}
+        response = self._ask(system_prompt, user_prompt, max_tokens, temperature=temperature, **n)
+        texts = [choice.message.content for choice in response.choices]
+        if verbose:
+            print("LLM responses:\n", texts)
+        return texts
 
 
 class OPRO(SchemaAnswers, _TraceOPRO):
@@ -119,4 +151,4 @@ class OPRO(SchemaAnswers, _TraceOPRO):
     reasoning_in_answer = False
 
 
-__all__ = ["OPRO", "OptoPrime", "SchemaAnswers", "suggestion_schema", "value_schema"]
+__all__ = ["OPRO", "OptoPrime", "OptoPrimeMulti", "SchemaAnswers", "TextGrad", "suggestion_schema", "value_schema"]

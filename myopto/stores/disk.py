@@ -8,7 +8,21 @@ A cache directory is data, never authority, also when it comes from someone else
   path, symlinks resolved, is that same path inside the directory. A row naming anything else
   (`../x`, an absolute path, a symlink, a FIFO) is refused: a read raises `DamagedCacheEntry`,
   an overwrite or `clear()` leaves that file alone; empty folders are removed only inside;
-- its `Settings` table may only hold diskcache's own settings (they become SQLite pragmas).
+- its `Settings` table may only hold diskcache's own settings (they become SQLite pragmas), each
+  a number or a word;
+- `cache.db` and the files SQLite keeps beside it (`-wal`, `-shm`, `-journal`) must be regular
+  files with one name: SQLite opens them by name and follows a symlink (writing, creating and
+  deleting where it leads) and a hard link is another file's content. Anything else is refused
+  when the directory is opened, and checked again once SQLite has it open (still the same file);
+- its schema must be exactly diskcache's own tables, indexes and triggers (type, name and SQL):
+  a trigger or a view someone added would run inside myopto's own reads and writes. It is read
+  from `sqlite_master` on a read-only connection before any other statement, and refused with
+  nothing run and nothing changed.
+
+The directory itself may be a symlink (a cache kept on another disk): it is resolved once, when
+opened, and every file is opened inside the folder it led to then. The checks are made when the
+directory is opened (and before `clear()` and an export), never per lookup; a directory that
+someone else can change while you use it is theirs to rewrite, and is not defended against.
 
 A directory that cannot be written (a read-only mount; a full disk when it is opened) is opened
 read-only: `writable` is False, every entry is served, and writes raise `CacheUnavailable`.
@@ -45,6 +59,52 @@ _DISKCACHE_SETTINGS = frozenset({
     "sqlite_cache_size", "sqlite_journal_mode", "sqlite_mmap_size", "sqlite_synchronous",
     "disk_min_file_size", "disk_pickle_protocol", "count", "size", "hits", "misses",
 })
+# the files SQLite opens by name for a database: each must be a plain file of the directory
+_SQLITE_FILES = (DATABASE, DATABASE + "-wal", DATABASE + "-shm", DATABASE + "-journal")
+_SETTING_WORD = re.compile(r"[A-Za-z]{1,16}")  # a pragma value diskcache writes: `wal`, or a number
+_INSPECT_SECONDS = 10.0  # reading a schema and a settings table is instant; a bound, not a budget
+
+
+def _normal_sql(sql: Any) -> Any:
+    """SQL text with runs of whitespace made one space and none around brackets and commas."""
+    if not isinstance(sql, str):  # None for an automatic index; anything else never matches
+        return sql
+    return re.sub(r" ?([(),;]) ?", r"\1", re.sub(r"\s+", " ", sql).strip())
+
+
+# Every schema object diskcache 5.6 creates, as SQLite keeps it in sqlite_master (type, name,
+# table, SQL): `Cache.__init__`, the index of each eviction policy and the tag index.
+_DISKCACHE_SCHEMA = frozenset((kind, name, table, _normal_sql(sql)) for kind, name, table, sql in (
+    ("table", "Settings", "Settings", "CREATE TABLE Settings ( key TEXT NOT NULL UNIQUE, value)"),
+    ("index", "sqlite_autoindex_Settings_1", "Settings", None),
+    ("table", "Cache", "Cache",
+     "CREATE TABLE Cache ( rowid INTEGER PRIMARY KEY, key BLOB, raw INTEGER, store_time REAL,"
+     " expire_time REAL, access_time REAL, access_count INTEGER DEFAULT 0, tag BLOB,"
+     " size INTEGER DEFAULT 0, mode INTEGER DEFAULT 0, filename TEXT, value BLOB)"),
+    ("index", "Cache_key_raw", "Cache", "CREATE UNIQUE INDEX Cache_key_raw ON Cache(key, raw)"),
+    ("index", "Cache_expire_time", "Cache", "CREATE INDEX Cache_expire_time ON Cache (expire_time)"),
+    ("index", "Cache_store_time", "Cache", "CREATE INDEX Cache_store_time ON Cache (store_time)"),
+    ("index", "Cache_access_time", "Cache", "CREATE INDEX Cache_access_time ON Cache (access_time)"),
+    ("index", "Cache_access_count", "Cache", "CREATE INDEX Cache_access_count ON Cache (access_count)"),
+    ("index", "Cache_tag_rowid", "Cache", "CREATE INDEX Cache_tag_rowid ON Cache(tag, rowid)"),
+    ("trigger", "Settings_count_insert", "Cache",
+     'CREATE TRIGGER Settings_count_insert AFTER INSERT ON Cache FOR EACH ROW BEGIN'
+     ' UPDATE Settings SET value = value + 1 WHERE key = "count"; END'),
+    ("trigger", "Settings_count_delete", "Cache",
+     'CREATE TRIGGER Settings_count_delete AFTER DELETE ON Cache FOR EACH ROW BEGIN'
+     ' UPDATE Settings SET value = value - 1 WHERE key = "count"; END'),
+    ("trigger", "Settings_size_insert", "Cache",
+     'CREATE TRIGGER Settings_size_insert AFTER INSERT ON Cache FOR EACH ROW BEGIN'
+     ' UPDATE Settings SET value = value + NEW.size WHERE key = "size"; END'),
+    ("trigger", "Settings_size_update", "Cache",
+     'CREATE TRIGGER Settings_size_update AFTER UPDATE ON Cache FOR EACH ROW BEGIN'
+     ' UPDATE Settings SET value = value + NEW.size - OLD.size WHERE key = "size"; END'),
+    ("trigger", "Settings_size_delete", "Cache",
+     'CREATE TRIGGER Settings_size_delete AFTER DELETE ON Cache FOR EACH ROW BEGIN'
+     ' UPDATE Settings SET value = value - OLD.size WHERE key = "size"; END'),
+))
+_DISKCACHE_NAMES = frozenset(name for _, name, _, _ in _DISKCACHE_SCHEMA)
+_RISK_ORDER = {"view": 0, "trigger": 1, "table": 2, "index": 3}
 
 
 class UnsafeCacheEntry(DamagedCacheEntry):
@@ -207,7 +267,7 @@ class _ReadOnlyDatabase:
 
 def _connect_read_only(path: str) -> sqlite3.Connection:
     """A read-only connection to an existing SQLite file (never creates or changes it)."""
-    uri = "file:" + quote(os.path.abspath(path))
+    uri = _uri(path)
     try:
         return _connect(uri + "?mode=ro")
     except sqlite3.OperationalError:  # no -shm file and none can be made: read the file alone
@@ -215,6 +275,10 @@ def _connect_read_only(path: str) -> sqlite3.Connection:
             _log.warning("%s-wal holds writes not yet merged into %s, and this read-only copy cannot merge "
                          "them: entries recorded last may be missing", path, path)
         return _connect(uri + "?immutable=1")
+
+
+def _uri(path: str) -> str:
+    return "file:" + quote(os.path.abspath(path))
 
 
 def _connect(uri: str) -> sqlite3.Connection:
@@ -233,7 +297,8 @@ class DiskStore(MemoryFronted):
     Safe for many threads and many processes writing one directory (SQLite transactions).
     `size_limit` (bytes) turns on least-recently-stored eviction; by default nothing is evicted.
     `writable` is False when the directory could only be opened read-only (`read_only_reason`
-    says why). `memory_entries` and `memory_bytes` bound the memory front.
+    says why). `memory_entries` and `memory_bytes` bound the memory front. `root` is the
+    directory with symlinks resolved when it was opened: every file is opened inside it.
     """
 
     def __init__(
@@ -251,18 +316,27 @@ class DiskStore(MemoryFronted):
         self._cache: Any = None
         self._reader: _ReadOnlyDatabase | None = None
         _make_directory(self.directory)
-        database = self.directory / DATABASE
-        self._check_settings(database)
+        # followed once, here: a directory linked to another disk is the user's own choice, and
+        # where the link points later changes nothing for this store
+        self.root = Path(os.path.realpath(self.directory))
+        self._identity = self._check_files()
         disk = _safe_disk()
-        if _can_write(self.directory, database):
+        if _can_write(self.root, self.root / DATABASE):
             try:
-                self._cache = _open_diskcache(self.directory, disk, size_limit)
+                self._inspect_before_writing()
+                self._cache = _open_diskcache(self.root, disk, size_limit)
             except sqlite3.DatabaseError as error:
                 if not isinstance(error, sqlite3.OperationalError):
                     raise self._not_a_database(error) from error
-                self._open_read_only(disk, _unwritable(self.directory, error))
+                self._open_read_only(disk, _unwritable(self.root, error))
             except OSError as error:
-                self._open_read_only(disk, _unwritable(self.directory, error))
+                self._open_read_only(disk, _unwritable(self.root, error))
+            else:
+                try:
+                    self._identity = self._check_files(self._identity)
+                except CacheUnavailable:
+                    self._cache.close()
+                    raise
         else:
             self._open_read_only(disk, "a read-only filesystem, or no permission to write it")
         self.memory = MemoryLRU(memory_entries, memory_bytes)
@@ -272,7 +346,7 @@ class DiskStore(MemoryFronted):
 
     # -- opening -------------------------------------------------------------------------------
     def _open_read_only(self, disk: type, reason: str) -> None:
-        database = self.directory / DATABASE
+        database = self.root / DATABASE
         if not database.exists():
             raise CacheUnavailable(
                 f"the cache directory {self.directory} cannot be written ({reason}) and holds no {DATABASE}, "
@@ -281,43 +355,143 @@ class DiskStore(MemoryFronted):
                 location=self.location,
             )
         try:
-            self._reader = _ReadOnlyDatabase(str(self.directory), disk(str(self.directory)))
+            self._reader = _ReadOnlyDatabase(str(self.root), disk(str(self.root)))
+        except sqlite3.DatabaseError as error:
+            raise self._unreadable(reason, error) from error
+        try:
+            self._identity = self._check_files(self._identity)
+            self._inspect(self._reader.connection)
             len(self._reader)
         except sqlite3.DatabaseError as error:
-            if not isinstance(error, sqlite3.OperationalError):
-                raise self._not_a_database(error) from error
-            raise CacheUnavailable(
-                f"the cache directory {self.directory} cannot be written ({reason}), and reading it read-only "
-                f"failed too ({error}). Nothing was changed. Free space or make it writable, or point "
-                "cache_dir= / MYOPTO_CACHE_DIR elsewhere",
-                location=self.location,
-            ) from error
+            self._reader.close()
+            raise self._unreadable(reason, error) from error
+        except BaseException:
+            self._reader.close()
+            raise
         self.writable = False
         self.read_only_reason = reason
         _log.info("cache directory %s opened read-only: %s", self.directory, reason)
 
-    def _check_settings(self, database: Path) -> None:
-        """A foreign cache.db's settings become SQLite pragmas when diskcache opens it: only
-        diskcache's own are let through (e.g. `temp_store_directory` would point SQLite outside)."""
+    def _unreadable(self, reason: str, error: sqlite3.DatabaseError) -> CacheUnavailable:
+        if not isinstance(error, sqlite3.OperationalError):
+            return self._not_a_database(error)
+        return CacheUnavailable(
+            f"the cache directory {self.directory} cannot be written ({reason}), and reading it read-only "
+            f"failed too ({error}). Nothing was changed. Free space or make it writable, or point "
+            "cache_dir= / MYOPTO_CACHE_DIR elsewhere",
+            location=self.location,
+        )
+
+    def _check_files(self, expected: tuple[int, int] | None = None) -> tuple[int, int] | None:
+        """`cache.db` and the files SQLite keeps beside it are each absent or a regular file with
+        one name (SQLite follows a link; a hard link is another file's content). Returns cache.db's
+        (device, inode), None when absent; with `expected`, it must still be that file."""
+        identity = None
+        for name in _SQLITE_FILES:
+            path = self.root / name
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                raise CacheUnavailable(
+                    f"the cache directory {self.directory}: cannot look at {path} ({error.strerror or error}). "
+                    "Make it readable, or point cache_dir= / MYOPTO_CACHE_DIR elsewhere",
+                    location=self.location,
+                ) from error
+            problem = _not_a_plain_file(path, info)
+            if problem:
+                raise CacheUnavailable(
+                    f"the cache directory {self.directory} holds {path}, which {problem}. SQLite would read, "
+                    "write, create or delete files through it, so myopto does not open this directory; nothing "
+                    "was changed. If it is a cache of yours, point cache_dir= / MYOPTO_CACHE_DIR at the folder "
+                    "that holds the file itself (or put a plain copy here); otherwise move this directory aside",
+                    location=self.location,
+                )
+            if name == DATABASE:
+                identity = (info.st_dev, info.st_ino)
+        if expected is not None and identity != expected:
+            raise CacheUnavailable(
+                f"the cache directory {self.directory}: its {DATABASE} was replaced by another file while "
+                "myopto had it open, so nothing more is done with it. Something else is changing this "
+                "directory; open it again once it is left alone",
+                location=self.location,
+            )
+        return identity
+
+    def _inspect_before_writing(self) -> None:
+        """An existing cache.db is inspected on a read-only connection first: diskcache's own
+        constructor writes (its settings, its `CREATE ... IF NOT EXISTS`), and SQLite would run a
+        foreign trigger inside those writes. A connection that cannot open raises OperationalError."""
+        database = self.root / DATABASE
         if not database.exists():
             return
+        connection = _connect(_uri(str(database)) + "?mode=ro")
         try:
-            connection = _connect_read_only(str(database))
-            try:
-                names = {row[0] for row in connection.execute("SELECT key FROM Settings")}
-            finally:
-                connection.close()
-        except sqlite3.OperationalError:  # no Settings table yet (diskcache makes it), or unreadable: opening says
-            return
-        except sqlite3.DatabaseError as error:
-            raise self._not_a_database(error) from error
-        unknown = sorted(str(name) for name in names - _DISKCACHE_SETTINGS)
-        if unknown:
+            self._inspect(connection)
+        finally:
+            connection.close()
+
+    def _inspect(self, connection: sqlite3.Connection) -> None:
+        """Refuse a cache.db holding anything diskcache does not write, before any statement that
+        could run it: its schema first (reading sqlite_master runs nothing), then, from a table now
+        known to be plain, its settings. Bounded in time all the same."""
+        deadline = time.monotonic() + _INSPECT_SECONDS
+        stopped: list[bool] = []
+
+        def past_deadline() -> bool:
+            if time.monotonic() > deadline:
+                stopped.append(True)
+            return bool(stopped)
+
+        connection.set_progress_handler(past_deadline, 1000)
+        try:
+            schema = connection.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()
+            self._check_schema(schema)
+            if any(kind == "table" and name == "Settings" for kind, name, _, _ in schema):
+                self._check_settings(connection.execute("SELECT key, value FROM Settings").fetchall())
+        except sqlite3.OperationalError as error:
+            if not stopped:
+                raise
             raise CacheUnavailable(
-                f"the cache directory {self.directory} holds a {database} with settings diskcache never "
-                f"writes ({', '.join(map(repr, unknown[:5]))}); myopto does not apply them. Nothing was "
-                "changed: this directory was not written by myopto; move it aside or point cache_dir= / "
-                "MYOPTO_CACHE_DIR elsewhere",
+                f"the cache directory {self.directory}: reading the schema and settings of its {DATABASE} "
+                f"took over {_INSPECT_SECONDS:g} s, so it was not opened. Nothing was changed; move it aside or "
+                "point cache_dir= / MYOPTO_CACHE_DIR elsewhere",
+                location=self.location,
+            ) from error
+        finally:
+            connection.set_progress_handler(None, 0)
+
+    def _check_schema(self, schema: list[tuple[Any, ...]]) -> None:
+        """Only diskcache's own tables, indexes and triggers, each exactly as diskcache writes it."""
+        found = sorted((row for row in schema if (*row[:3], _normal_sql(row[3])) not in _DISKCACHE_SCHEMA),
+                       key=lambda row: _RISK_ORDER.get(row[0], 0))  # what runs code first
+        foreign = [_describe(kind, name, table) for kind, name, table, _ in found]
+        if foreign:
+            more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+            raise CacheUnavailable(
+                f"the cache directory {self.directory} holds a {self.root / DATABASE} with "
+                f"{', '.join(foreign[:5])}{more}, which diskcache never creates (SQLite runs a trigger or a view "
+                "inside myopto's own reads and writes). Nothing was run and nothing was changed: this directory was "
+                "not written by myopto; move it aside or point cache_dir= / MYOPTO_CACHE_DIR elsewhere",
+                location=self.location,
+            )
+
+    def _check_settings(self, settings: list[tuple[Any, Any]]) -> None:
+        """A foreign cache.db's settings become SQLite pragmas when diskcache opens it: only
+        diskcache's own are let through (e.g. `temp_store_directory` would point SQLite outside),
+        and a pragma's value only as a number or a word (it is pasted into the statement)."""
+        unknown = sorted(repr(str(key)[:60]) for key, _ in settings if key not in _DISKCACHE_SETTINGS)
+        odd = sorted(f"{str(key)[:30]}={str(value)[:30]!r}" for key, value in settings
+                     if str(key).startswith("sqlite_") and key in _DISKCACHE_SETTINGS
+                     and not (isinstance(value, int) or isinstance(value, str) and _SETTING_WORD.fullmatch(value)))
+        if unknown or odd:
+            what = (f"settings diskcache never writes ({', '.join(unknown[:5])})" if unknown
+                    else f"settings with values diskcache never writes ({', '.join(odd[:5])})")
+            raise CacheUnavailable(
+                f"the cache directory {self.directory} holds a {self.root / DATABASE} with {what}; myopto does "
+                "not apply them. Nothing was changed: this directory was not written by myopto; move it aside "
+                "or point cache_dir= / MYOPTO_CACHE_DIR elsewhere",
                 location=self.location,
             )
 
@@ -360,7 +534,7 @@ class DiskStore(MemoryFronted):
         try:
             self._cache.set(key, text)
         except (sqlite3.Error, OSError, diskcache.Timeout) as error:
-            full = _disk_is_full(self.directory)
+            full = _disk_is_full(self.root)
             raise CacheUnavailable(
                 f"could not store an answer in the cache directory {self.directory}"
                 f"{': the disk holding it is full' if full else ''} ({type(error).__name__}: {error})",
@@ -395,7 +569,8 @@ class DiskStore(MemoryFronted):
         reader = self._reader
         if reader is not None:
             return [(key, raw) for key, raw in reader.connection.execute("SELECT key, raw FROM Cache ORDER BY rowid")]
-        connection = _connect_read_only(str(self.directory / DATABASE))
+        self._check_files(self._identity)
+        connection = _connect_read_only(str(self.root / DATABASE))
         try:
             return list(connection.execute("SELECT key, raw FROM Cache ORDER BY rowid"))
         finally:
@@ -432,6 +607,7 @@ class DiskStore(MemoryFronted):
                 f"the cache directory {self.directory} is read-only here ({self.read_only_reason}); nothing was "
                 "removed", location=self.location,
             )
+        self._check_files(self._identity)  # never clear a file swapped in since it was opened
         self.memory.clear()
         return self._cache.clear()
 
@@ -457,6 +633,32 @@ def _make_directory(directory: Path) -> None:
             "Create it, or point cache_dir= / MYOPTO_CACHE_DIR at a directory you can write",
             location=str(directory),
         ) from error
+
+
+def _not_a_plain_file(path: Path, info: os.stat_result) -> str | None:
+    """What is wrong with a file SQLite would open by name, from its lstat; None when nothing."""
+    if stat.S_ISLNK(info.st_mode):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return f"is a symlink (to {target!r})"
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode)
+                else "a special file")
+        return f"is {kind}, not a regular file"
+    if info.st_nlink > 1:
+        return (f"has {info.st_nlink} hard links: the same file has another name, perhaps outside this "
+                "directory, and writing here would change it there")
+    return None
+
+
+def _describe(kind: Any, name: Any, table: Any) -> str:
+    """A schema object for a message: `a trigger 'p' on Cache`."""
+    described = f"{'an' if kind == 'index' else 'a'} {str(kind)[:10]} {str(name)[:60]!r}"
+    if kind in ("index", "trigger"):
+        described += f" on {str(table)[:60]}"
+    return described + (" unlike diskcache's own" if name in _DISKCACHE_NAMES else "")
 
 
 def _can_write(directory: Path, database: Path) -> bool:

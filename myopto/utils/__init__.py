@@ -3,6 +3,7 @@
 from myopto.calls import allm_json, allm_text, llm_json, llm_text
 from myopto.client import RoleLLM, get_llm
 from myopto.parsing import extract_text, try_parse_json
+from myopto.price_map import prefer_bundled_price_map
 from myopto.router import (
     add_middleware,
     clear_role_config,
@@ -19,6 +20,10 @@ from myopto.usage import (
     print_usage_summary,
     reset_usage,
 )
+
+# Run when myopto is imported: a LiteLLM imported afterwards loads the price map it ships, never
+# one from the network, so costs are the same on every run (see myopto/price_map.py).
+prefer_bundled_price_map()
 
 __all__ = [
     "RoleLLM",

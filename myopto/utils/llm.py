@@ -9,7 +9,8 @@ from myopto.router import overrides_from
 
 
 class LLM(RoleLLM):
-    """A role's LLM, as Trace's optimisers expect it: `llm(messages=..., response_format=..., max_tokens=...)`.
+    """A role's LLM, as Trace's optimisers expect it: `llm(messages=..., response_format=..., max_tokens=...)`
+    and `llm.create(messages=..., n=..., temperature=...)`, both returning the same `Response`.
 
     `LLM()` is the executor role; `LLM(role="optimizer")` another role. With no other argument
     the role's config and the `TRACE_*` environment variables decide backend and model;
