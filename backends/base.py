@@ -6,6 +6,7 @@ import asyncio
 import email.utils
 import json
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 from urllib.parse import unquote_plus, urlsplit
@@ -25,7 +26,18 @@ from myopto.logs import is_secret_name, redact
 from myopto.parsing import content_text
 from myopto.pricing import cost_from_map
 from myopto.request import Request
-from myopto.response import Response, Usage, new_response_id
+from myopto.response import (
+    Choice,
+    ChoiceLogprobs,
+    Function,
+    Message,
+    Response,
+    TokenLogprob,
+    ToolCall,
+    TopLogprob,
+    Usage,
+    new_response_id,
+)
 
 _RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 _RETRYABLE_KINDS = (RateLimited, ServerError, BackendTimeout, ConnectionFailed, MalformedResponse)
@@ -153,37 +165,146 @@ def completion_response(raw: Any, request: Request, latency: float, backend: str
                         price: Callable[[Usage], float | None]) -> Response:
     """A `Response` from an OpenAI-shaped chat completion (openai's or LiteLLM's object).
 
-    `price(usage)` gives the call's USD cost, or None when unknown. An answer without choices
-    is a `MalformedResponse` (retryable).
+    Every choice is kept with its content, tool calls, reasoning, logprobs and finish reason,
+    and the usage with its cached-prompt and reasoning token counts, so none of it lives only in
+    `raw` (which the cache never stores). `price(usage)` gives the call's USD cost, or None when
+    unknown. An answer without choices, or with one that is not a message, is a
+    `MalformedResponse` (retryable).
     """
-    choices = getattr(raw, "choices", None)
-    if not choices:
+    raw_choices = getattr(raw, "choices", None)
+    if not raw_choices:
         raise MalformedResponse(f"{backend} answered with no choices", retryable=True, role=request.role, model=request.model)
-    choice = choices[0]
-    message = getattr(choice, "message", None)
-    content = getattr(message, "content", None)
-    if isinstance(content, list):  # content parts, as some OpenAI-compatible servers answer
-        content = content_text(content)
-    if message is None or not (content is None or isinstance(content, str)):
-        raise MalformedResponse(
-            f"{backend} answered with a choice that has no message"
-            if message is None else f"{backend} answered with message content that is not text: {content!r:.100}",
-            retryable=True, role=request.role, model=request.model,
-        )
-    usage = getattr(raw, "usage", None)
-    tokens = Usage.of(
-        _token_count(getattr(usage, "prompt_tokens", 0), "prompt_tokens", backend, request),
-        _token_count(getattr(usage, "completion_tokens", 0), "completion_tokens", backend, request),
-    )
+    try:
+        choices = tuple(_choice(choice, position, backend) for position, choice in enumerate(raw_choices))
+    except _NotAnAnswer as problem:
+        raise MalformedResponse(str(problem), retryable=True, role=request.role, model=request.model) from None
+    tokens = _usage(getattr(raw, "usage", None), backend, request)
+    created = getattr(raw, "created", None)
+    first = choices[0]
     return Response(
-        text=content or "",
+        text=first.message.content or "",
         model=getattr(raw, "model", None) or request.model,
         usage=tokens,
         cost=price(tokens),
         latency=latency,
-        finish_reason=getattr(choice, "finish_reason", None),
+        finish_reason=first.finish_reason,
         id=getattr(raw, "id", None) or new_response_id(),
+        created=created if type(created) is int else int(time.time()),
+        choices=choices,
         raw=raw,
+    )
+
+
+class _NotAnAnswer(Exception):
+    """A choice the provider sent that does not read as an answer (becomes `MalformedResponse`)."""
+
+
+def _field(value: Any, name: str) -> Any:
+    """`value.name`, or `value[name]` for a dict (SDK objects and plain JSON alike)."""
+    if isinstance(value, Mapping):
+        return value.get(name)
+    return getattr(value, name, None)
+
+
+def _choice(choice: Any, position: int, backend: str) -> Choice:
+    message = _field(choice, "message")
+    if message is None:
+        raise _NotAnAnswer(f"{backend} answered with a choice that has no message")
+    content = _field(message, "content")
+    if isinstance(content, list):  # content parts, as some OpenAI-compatible servers answer
+        content = content_text(content)
+    if not (content is None or isinstance(content, str)):
+        raise _NotAnAnswer(f"{backend} answered with message content that is not text: {content!r:.100}")
+    reasoning = _field(message, "reasoning_content")
+    if reasoning is None:  # vLLM and OpenRouter name it `reasoning`
+        reasoning = _field(message, "reasoning")
+    index = _field(choice, "index")
+    finish_reason = _field(choice, "finish_reason")
+    try:
+        return Choice(
+            message=Message(
+                content=content,
+                tool_calls=_tool_calls(_field(message, "tool_calls"), backend),
+                reasoning_content=reasoning if isinstance(reasoning, str) else None,
+            ),
+            index=index if type(index) is int and index >= 0 else position,
+            finish_reason=finish_reason if isinstance(finish_reason, str) else None,
+            logprobs=_logprobs(_field(choice, "logprobs")),
+        )
+    except (TypeError, ValueError) as error:
+        raise _NotAnAnswer(f"{backend} answered with a choice that cannot be read: {error}") from None
+
+
+def _tool_calls(calls: Any, backend: str) -> tuple[ToolCall, ...] | None:
+    """Tool calls in OpenAI's shape. A custom tool's call (`type: "custom"`, free-text `input`)
+    keeps its type, with its input as the arguments; a server that sends arguments as an object
+    rather than JSON text has them written as JSON text; a missing id is made up, as LiteLLM does."""
+    if not calls:
+        return None
+    converted = []
+    for call in calls:
+        kind = _field(call, "type") or "function"
+        function = _field(call, "function") or _field(call, "custom")
+        name = _field(function, "name") if function is not None else None
+        if not isinstance(name, str):
+            raise _NotAnAnswer(f"{backend} answered with a tool call that names no function: {call!r:.200}")
+        arguments = _field(function, "arguments")
+        if arguments is None:
+            arguments = _field(function, "input")
+        if arguments is not None and not isinstance(arguments, str):
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        identifier = _field(call, "id")
+        converted.append(ToolCall(
+            id=identifier if isinstance(identifier, str) and identifier else "call_" + uuid.uuid4().hex[:24],
+            type=kind if isinstance(kind, str) else "function",
+            function=Function(name=name, arguments=arguments or ""),
+        ))
+    return tuple(converted)
+
+
+def _logprobs(logprobs: Any) -> ChoiceLogprobs | None:
+    """A choice's logprobs as data: the token entries' `token`, `logprob`, `bytes` and
+    `top_logprobs`, whatever else an SDK object carries left out."""
+    if logprobs is None:
+        return None
+    return ChoiceLogprobs(content=_token_logprobs(_field(logprobs, "content")),
+                          refusal=_token_logprobs(_field(logprobs, "refusal")))
+
+
+def _token_logprobs(tokens: Any) -> tuple[TokenLogprob, ...] | None:
+    if tokens is None:
+        return None
+    return tuple(
+        TokenLogprob(
+            token=_field(token, "token"),
+            logprob=_field(token, "logprob"),
+            bytes=_field(token, "bytes"),
+            top_logprobs=tuple(
+                TopLogprob(token=_field(top, "token"), logprob=_field(top, "logprob"), bytes=_field(top, "bytes"))
+                for top in _field(token, "top_logprobs") or ()
+            ),
+        )
+        for token in tokens
+    )
+
+
+def _usage(usage: Any, backend: str, request: Request) -> Usage:
+    """The call's token counts, with the prompt tokens served from the provider's prompt cache
+    (`prompt_tokens_details.cached_tokens`; DeepSeek's `prompt_cache_hit_tokens`) and the
+    reasoning tokens of the completion (`completion_tokens_details.reasoning_tokens`)."""
+    if usage is None:
+        return Usage.of(0, 0)
+    prompt_details = _field(usage, "prompt_tokens_details")
+    cached = _field(prompt_details, "cached_tokens") if prompt_details is not None else None
+    if cached is None:
+        cached = _field(usage, "prompt_cache_hit_tokens")
+    completion_details = _field(usage, "completion_tokens_details")
+    reasoning = _field(completion_details, "reasoning_tokens") if completion_details is not None else None
+    return Usage.of(
+        _token_count(_field(usage, "prompt_tokens"), "prompt_tokens", backend, request),
+        _token_count(_field(usage, "completion_tokens"), "completion_tokens", backend, request),
+        cached_tokens=_token_count(cached, "prompt_tokens_details.cached_tokens", backend, request),
+        reasoning_tokens=_token_count(reasoning, "completion_tokens_details.reasoning_tokens", backend, request),
     )
 
 

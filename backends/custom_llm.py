@@ -149,8 +149,9 @@ class CustomLLM(BaseBackend):
         return self._response(raw, request, time.perf_counter() - start)
 
     def _response(self, raw: Any, request: Request, latency: float) -> Response:
-        # priced by model name from LiteLLM's map; None (unknown) for models it does not list
-        return completion_response(
-            raw, request, latency, self.kind,
-            lambda tokens: cost_from_map(request.model, tokens.prompt_tokens, tokens.completion_tokens),
-        )
+        # priced by model name from LiteLLM's map, token class by token class as LiteLLM prices
+        # them (cached prompt tokens at the cache-read price); None (unknown) for models it does not list
+        return completion_response(raw, request, latency, self.kind, lambda tokens: cost_from_map(
+            request.model, tokens.prompt_tokens, tokens.completion_tokens,
+            cached_tokens=tokens.cached_tokens, reasoning_tokens=tokens.reasoning_tokens,
+        ))

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from myopto.backends.base import BaseBackend, backend_error, completion_response, endpoint_url, is_sdk_error, unsendable
 from myopto.errors import ConfigError
 from myopto.logs import is_secret_name, redact
+from myopto.price_map import litellm_cost
 from myopto.request import Request, is_json_data, key_numbers
 from myopto.response import Response
 from myopto.settings import provider_endpoint_settings
@@ -201,7 +202,9 @@ class LiteLLM(BaseBackend):
         return self._response(litellm, raw, request, time.perf_counter() - start)
 
     def _response(self, litellm: Any, raw: Any, request: Request, latency: float) -> Response:
-        return completion_response(raw, request, latency, self.kind, lambda tokens: _cost(litellm, raw, request.model))
+        # LiteLLM prices every token class (cached prompt tokens, reasoning tokens) from the price
+        # map the litellm package ships, whichever package imported litellm first
+        return completion_response(raw, request, latency, self.kind, lambda tokens: litellm_cost(litellm, raw, request.model))
 
 
 def _without_credentials(value: Any) -> Any:
@@ -219,25 +222,3 @@ def _steady(timeout: float | None) -> float | None:
     if timeout is None or timeout < 10:
         return timeout
     return float(math.ceil(timeout))
-
-
-def _cost(litellm: Any, raw: Any, model: str) -> float | None:
-    """USD cost from LiteLLM's price map; None when the model is not in it (unknown, not free).
-
-    Models the map does not list are answered without asking LiteLLM: its `completion_cost`
-    raises for them, and raising costs more than the call's own overhead.
-    """
-    hidden = getattr(raw, "_hidden_params", None) or {}
-    cost = hidden.get("response_cost")
-    if cost is None:
-        prices = litellm.model_cost
-        if model not in prices and model.split("/", 1)[-1] not in prices:
-            return None
-        try:
-            cost = litellm.completion_cost(completion_response=raw, model=model)
-        except Exception:  # LiteLLM raises a variety of errors for models it cannot price
-            return None
-    try:
-        return float(cost)
-    except (TypeError, ValueError):
-        return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -10,7 +11,7 @@ from myopto.output_format import schema_of, validation_error
 from myopto.parsing import NO_JSON, try_parse_json
 from myopto.pipeline import AsyncHandler, Handler, Middleware
 from myopto.request import Request
-from myopto.response import Response
+from myopto.response import Choice, Response
 
 MODES = ("auto", "native", "prompt")
 
@@ -83,56 +84,70 @@ class StructuredOutput(Middleware):
         shaped = self.process_request(request)
         response = call_next(shaped)
         for _ in range(self.reasks):
-            outcome = self._settle(request, shaped, response)
-            if isinstance(outcome, Response):
-                return outcome
-            shaped = outcome
-            response = _added(response, call_next(shaped))
+            response, failed = self._check(request, response)
+            if not failed:
+                return response
+            for index, error in failed.items():  # each failing choice is asked again on its own
+                response = _added(response, index, call_next(_reask(shaped, response.choices[index], error)))
         return self.parse(request, response)
 
     async def acall(self, request: Request, call_next: AsyncHandler) -> Response:
         shaped = self.process_request(request)
         response = await call_next(shaped)
         for _ in range(self.reasks):
-            outcome = self._settle(request, shaped, response)
-            if isinstance(outcome, Response):
-                return outcome
-            shaped = outcome
-            response = _added(response, await call_next(shaped))
+            response, failed = self._check(request, response)
+            if not failed:
+                return response
+            for index, error in failed.items():
+                response = _added(response, index, await call_next(_reask(shaped, response.choices[index], error)))
         return self.parse(request, response)
 
-    def _settle(self, request: Request, shaped: Request, response: Response) -> Response | Request:
-        """The parsed response, or the re-ask to send when the answer does not fit the schema."""
-        try:
-            return self.parse(request, response)
-        except SchemaError as error:
-            return _reask(shaped, response, error)
-
     def parse(self, request: Request, response: Response) -> Response:
-        """Fill `response.parsed` for a JSON request; validate it against the schema when one was given."""
+        """Fill `parsed` for a JSON request (each choice's `message.parsed`; `response.parsed` is
+        the first choice's), validating every choice against the schema when one was given:
+        `SchemaError` names the first choice that fails, and carries the response."""
+        response, failed = self._check(request, response)
+        if failed:
+            raise next(iter(failed.values()))
+        return response
+
+    def _check(self, request: Request, response: Response) -> tuple[Response, dict[int, SchemaError]]:
+        """The response with every choice's parsed value filled in, and the choices (by position)
+        that do not fit the schema, each with its `SchemaError`."""
         response_format = request.response_format_dict()
         if response_format is None:
-            return response
-        value = try_parse_json(response.text, default=NO_JSON)
+            return response, {}
         schema = schema_of(response_format)
-        if schema is None:
-            return response.replace(parsed=value if isinstance(value, (dict, list)) else None)
-        name = response_format["json_schema"]["name"]
-        # a JSON null is an answer (a nullable schema accepts it): only no JSON at all is not
-        if value is NO_JSON:
-            raise SchemaError(
-                f"the answer of {request.model!r} is not JSON (asked for schema {name!r}): {response.text[:200]!r}",
+        several = len(response.choices) > 1
+        choices, problems = [], {}
+        for position, choice in enumerate(response.choices):
+            message = choice.message
+            if message.tool_calls and not message.content:  # it called a tool: no JSON to check
+                choices.append(choice)
+                continue
+            text = message.content or ""
+            value = try_parse_json(text, default=NO_JSON)
+            if schema is None:
+                parsed = value if isinstance(value, (dict, list)) else None
+            else:
+                parsed = None if value is NO_JSON else value
+                problem = _schema_problem(value, schema)
+                if problem is not None:
+                    problems[position] = (problem, text)
+            choices.append(dataclasses.replace(choice, message=dataclasses.replace(message, parsed=parsed)))
+        response = response.replace(choices=choices)
+        failed = {}
+        for position, (problem, text) in problems.items():
+            where = f"choice {position} of {len(choices)}: " if several else ""
+            name = response_format["json_schema"]["name"]
+            failed[position] = SchemaError(
+                f"{where}the answer of {request.model!r} is not JSON (asked for schema {name!r}): {text[:200]!r}"
+                if problem == _NOT_JSON else
+                f"{where}the answer of {request.model!r} does not satisfy schema {name!r} {problem}",
                 response=response,
-                problem="it is not JSON",
+                problem=problem if problem == _NOT_JSON else f"it does not satisfy the schema {problem}",
             )
-        problem = validation_error(value, schema)
-        if problem is not None:
-            raise SchemaError(
-                f"the answer of {request.model!r} does not satisfy schema {name!r} {problem}",
-                response=response.replace(parsed=value),
-                problem=f"it does not satisfy the schema {problem}",
-            )
-        return response.replace(parsed=value)
+        return response, failed
 
     def describe(self) -> str:
         native = [kind for kind, on in (("json_schema", self.native_schema), ("json_object", self.native_object)) if on]
@@ -151,25 +166,39 @@ REASK = (
 )
 
 
-def _reask(shaped: Request, response: Response, error: SchemaError) -> Request:
-    """The conversation so far plus the bad answer and a follow-up naming what is wrong."""
+_NOT_JSON = "it is not JSON"
+
+
+def _schema_problem(value: Any, schema: dict[str, Any]) -> str | None:
+    # a JSON null is an answer (a nullable schema accepts it): only no JSON at all is not
+    if value is NO_JSON:
+        return _NOT_JSON
+    return validation_error(value, schema)
+
+
+def _reask(shaped: Request, choice: Choice, error: SchemaError) -> Request:
+    """The conversation so far plus the bad answer (one choice's) and a follow-up naming what is
+    wrong, asking for one answer (`n` dropped)."""
     messages = [
         *shaped.messages_list(),
-        {"role": "assistant", "content": response.text},
+        {"role": "assistant", "content": choice.message.content or ""},
         {"role": "user", "content": REASK.format(problem=error.problem)},
     ]
-    return shaped.replace(messages=messages)
+    params = shaped.params
+    if "n" in params:
+        params = {name: value for name, value in params.items() if name != "n"}
+    return shaped.replace(messages=messages, params=params)
 
 
-def _added(earlier: Response, later: Response) -> Response:
-    """`later`, carrying the tokens, cost and time of both calls."""
-    usage = type(later.usage).of(
-        earlier.usage.prompt_tokens + later.usage.prompt_tokens,
-        earlier.usage.completion_tokens + later.usage.completion_tokens,
-    )
+def _added(earlier: Response, index: int, later: Response) -> Response:
+    """`later` (the answer to a re-ask of choice `index`) in that choice's place among
+    `earlier`'s choices, carrying the tokens, cost and time of both calls."""
+    choices = list(earlier.choices)
+    choices[index] = dataclasses.replace(later.choices[0], index=choices[index].index)
     cost = None if earlier.cost is None or later.cost is None else earlier.cost + later.cost
     latency = (earlier.latency or 0.0) + (later.latency or 0.0)
-    return later.replace(usage=usage, cost=cost, latency=latency, cached=earlier.cached and later.cached)
+    return later.replace(choices=choices, usage=earlier.usage + later.usage, cost=cost, latency=latency,
+                         cached=earlier.cached and later.cached)
 
 
 def _with_instruction(messages: list[dict[str, Any]], instruction: str) -> list[dict[str, Any]]:

@@ -17,8 +17,9 @@ class Usage(Middleware):
     It sits outside the cache, so a cached answer is recorded as a cache hit that cost nothing;
     so is an answer shared with an identical call in flight (single flight): only the caller whose
     request was sent pays, and the ledger agrees with what the provider and the budgets saw.
-    `pricing` (USD per million tokens, `{"input": ..., "output": ...}`) prices the role's calls
-    itself, for models no price map knows.
+    `pricing` (USD per million tokens, `{"input": ..., "output": ...}`, optionally
+    `"cached_input"` for prompt tokens served from the provider's prompt cache) prices the role's
+    calls itself, for models no price map knows.
     """
 
     name = "usage"
@@ -31,7 +32,10 @@ class Usage(Middleware):
         if self.pricing is None:
             return response
         usage = response.usage
-        return response.replace(cost=cost_from_pricing(self.pricing, usage.prompt_tokens, usage.completion_tokens))
+        return response.replace(cost=cost_from_pricing(
+            self.pricing, usage.prompt_tokens, usage.completion_tokens,
+            cached_tokens=usage.cached_tokens, reasoning_tokens=usage.reasoning_tokens,
+        ))
 
     def __call__(self, request: Request, call_next: Handler) -> Response:
         run = request.metadata.get("run")

@@ -87,8 +87,8 @@ def check_params(params: Mapping[str, Any], *, where: str = "call") -> dict[str,
     for name in ("max_tokens", "max_completion_tokens", "max_new_tokens", "top_k"):
         if name in checked:
             _positive_int(name, checked[name])
-    if "n" in checked and checked["n"] != 1:
-        raise InvalidRequest("n must be 1: myopto returns one choice per call; use llm.batch or a loop for more")
+    if "n" in checked:  # choices per call: response.choices holds them all
+        _positive_int("n", checked["n"])
     if "seed" in checked and (isinstance(checked["seed"], bool) or not isinstance(checked["seed"], int)):
         raise InvalidRequest(f"seed must be an integer, got {checked['seed']!r}")
     if "stop" in checked:

@@ -4,6 +4,9 @@ Thread-safe and async-safe (one lock, no awaits inside). Costs are USD. A call w
 unknown (a model with no known price) is counted in `unknown_cost_calls`, never silently as 0.
 A cached call (also one answered by an identical call already in flight, which the cache shares)
 counts as a call and a cache hit, costs 0, and adds its original cost to `saved_cost`.
+`cached_tokens` counts the prompt tokens the provider served from its own prompt cache (part of
+`prompt_tokens`, billed at its cache-read price), `reasoning_tokens` the completion tokens a
+model spent reasoning (part of `completion_tokens`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ class Tally:
     errors: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
     cost: float = 0.0
     saved_cost: float = 0.0
     unknown_cost_calls: int = 0
@@ -58,6 +63,8 @@ class UsageLedger:
             usage = response.usage
             tally.prompt_tokens += usage.prompt_tokens
             tally.completion_tokens += usage.completion_tokens
+            tally.cached_tokens += getattr(usage, "cached_tokens", 0)
+            tally.reasoning_tokens += getattr(usage, "reasoning_tokens", 0)
             if response.cached:
                 tally.cache_hits += 1
                 tally.saved_cost += response.cost or 0.0
@@ -170,7 +177,10 @@ def print_usage_summary(file: TextIO | None = None, *, run: str | None = None) -
     summary = get_usage_summary(run)
     labels = [f"{kind} {n}" for kind in ("role", "model", "run") for n in summary.get(f"by_{kind}", {})]
     width = max([22, *(len(label) + 2 for label in labels)])
-    header = f"{'':<{width}}{'calls':>7}{'cached':>8}{'errors':>8}{'prompt':>10}{'completion':>12}{'cost USD':>12}"
+    # "cached": calls served by myopto's cache; "cache-read": prompt tokens the provider served
+    # from its own prompt cache (billed at its cheaper cache-read price)
+    header = (f"{'':<{width}}{'calls':>7}{'cached':>8}{'errors':>8}{'prompt':>10}{'cache-read':>12}"
+              f"{'completion':>12}{'cost USD':>12}")
     print(header, file=out)
     print("-" * len(header), file=out)
     for title, rows in (("role", summary["by_role"]), ("model", summary["by_model"]), ("run", summary.get("by_run", {}))):
@@ -178,14 +188,16 @@ def print_usage_summary(file: TextIO | None = None, *, run: str | None = None) -
             cost = _cost_cell(row)
             print(
                 f"{title + ' ' + name:<{width}}{row['calls']:>7}{row['cache_hits']:>8}{row['errors']:>8}"
-                f"{row['prompt_tokens']:>10}{row['completion_tokens']:>12}{cost:>12}",
+                f"{row['prompt_tokens']:>10}{row['cached_tokens']:>12}{row['completion_tokens']:>12}{cost:>12}",
                 file=out,
             )
     total = summary["total"]
     print("-" * len(header), file=out)
     unknown = f" ({total['unknown_cost_calls']} calls of unknown price)" if total["unknown_cost_calls"] else ""
+    cache_read = f" ({total['cached_tokens']} prompt tokens read from the providers' prompt caches)" \
+        if total["cached_tokens"] else ""
     print(
-        f"total: {total['calls']} calls, {total['total_tokens']} tokens, "
+        f"total: {total['calls']} calls, {total['total_tokens']} tokens{cache_read}, "
         f"${total['cost']:.6f}{unknown}, ${total['saved_cost']:.6f} saved by the cache",
         file=out,
     )

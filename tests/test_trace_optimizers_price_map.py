@@ -149,8 +149,6 @@ def test_a_customllm_role_prices_from_the_bundled_map_when_litellm_came_first(op
     assert cost == pytest.approx(bundled_cost(prompt, completion), rel=1e-9)
 
 
-@pytest.mark.xfail(strict=True, reason="needs backends/lite_llm.py `_cost` to call myopto.price_map.litellm_cost "
-                                       "(F1's file; asked for in the issue-20 report)")
 def test_a_litellm_role_prices_from_the_bundled_map_when_litellm_came_first(opto_first):
     out, _ = opto_first
     cost, prompt, completion = out["LiteLLM"]

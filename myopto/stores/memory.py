@@ -59,9 +59,10 @@ def record_problem(record: Any) -> str | None:
     """What keeps `record` from being served as a cache hit, or None when it can be.
 
     The shape the cache middleware writes: an object with a `response` object whose `text` is a
-    string, token counts that are whole numbers, a numeric or null cost, and no field a
-    `Response` does not have; `version`, when present, one this myopto reads; `request`, when
-    present, an object. (`myopto cache import` asks more: see `myopto.cache_transfer`.)
+    string, token counts that are whole numbers, a numeric or null cost, choices and usage
+    details (when present) that `Response` reads, and no field a `Response` does not have;
+    `version`, when present, one this myopto reads; `request`, when present, an object.
+    (`myopto cache import` asks more: see `myopto.cache_transfer`.)
     """
     if not isinstance(record, dict):
         return f"a JSON {_kind(record)}, not a record object"
@@ -87,6 +88,8 @@ def _response_problem(response: dict[str, Any]) -> str | None:
     if not isinstance(usage, dict):
         return f"'response.usage' is a JSON {_kind(usage)}, not an object"
     for name, count in usage.items():
+        if name in _USAGE_DETAILS:
+            continue  # checked with the choices below
         if name not in ("prompt_tokens", "completion_tokens", "total_tokens"):
             return f"'response.usage' has an unknown count {name!r}"
         if not _is_whole(count):
@@ -103,6 +106,35 @@ def _response_problem(response: dict[str, Any]) -> str | None:
         return f"'response.finish_reason' is {_kind(finish)}, not a string"
     if "created" in response and not _is_number(response["created"]):
         return f"'response.created' is {response['created']!r}, not a number"
+    if "choices" in response or _USAGE_DETAILS.intersection(usage):
+        return _parts_problem(response, usage)
+    return None
+
+
+_USAGE_DETAILS = frozenset({"prompt_tokens_details", "completion_tokens_details"})
+
+
+def _parts_problem(response: dict[str, Any], usage: dict[str, Any]) -> str | None:
+    """What is wrong with the parts a record holds beyond the text (every choice with its tool
+    calls, reasoning and logprobs; the usage details), or None. They are checked by building
+    them, so a stored record is read exactly as `Response` reads it."""
+    from myopto.response import Usage, choices_of
+
+    try:
+        Usage(**usage)
+    except (TypeError, ValueError) as error:
+        return f"'response.usage' cannot be read: {error}"
+    if "choices" not in response:
+        return None
+    choices = response["choices"]
+    if not isinstance(choices, list):
+        return f"'response.choices' is a JSON {_kind(choices)}, not a list of choices"
+    if not choices:
+        return "'response.choices' is empty"
+    try:
+        choices_of(choices)
+    except (TypeError, ValueError) as error:
+        return f"'response.choices' cannot be read: {error}"
     return None
 
 

@@ -6,10 +6,18 @@ token usage (one token per whitespace-separated word), honours `response_format`
 that satisfies a `json_schema`, an object for `json_object`), and injects faults on demand:
 HTTP errors with `Retry-After`, delays, dropped connections, malformed bodies.
 
+It answers as fully as a provider does: `n` choices (each takes the next queued answer),
+`logprobs` (one token per word, with `top_logprobs` alternatives) when the request asks,
+tool calls, reasoning (`reasoning_content`, counted in `completion_tokens_details.reasoning_tokens`)
+and prompt tokens served from a prompt cache (`cached_tokens`, in `prompt_tokens_details`), the
+last three arranged with an `Answer`.
+
     with FakeOpenAIServer() as server:
         set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url)
         server.fail(429, retry_after=1)       # the next request gets a 429
         server.reply("hello")                 # the one after answers "hello"
+        server.reply(Answer(tool_calls=[{"name": "add", "arguments": {"a": 1}}]))
+        server.cached_tokens = 3              # from now on, 3 prompt tokens come from its cache
 """
 
 from __future__ import annotations
@@ -61,6 +69,63 @@ class RecordedRequest:
             if message.get("role") == "user":
                 return content_text(message.get("content"))
         return ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """A whole answer to queue with `reply` (or return from a responder), beyond plain text.
+
+    `tool_calls`: OpenAI-shaped calls (`{"id", "type", "function": {"name", "arguments"}}`) or
+    short ones (`{"name": ..., "arguments": {...}}`; the id is made up, dict arguments are
+    JSON-encoded). `reasoning_content`: the model's thinking, sent beside the content. `finish_reason`
+    defaults to "tool_calls" when there are calls, else "stop". `usage`: counts that replace the
+    server's own in the response's usage block (such as `{"prompt_tokens": 1_000_000,
+    "prompt_tokens_details": {"cached_tokens": 900_000}}`); with `n`, the first choice's `usage` counts.
+    `message_fields`: more fields of the message as sent, as other servers spell them (vLLM's
+    `reasoning`, say).
+    """
+
+    content: str | None = None
+    tool_calls: tuple[dict[str, Any], ...] | list[dict[str, Any]] | None = None
+    reasoning_content: str | None = None
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    message_fields: dict[str, Any] | None = None
+
+    def message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = [_tool_call(call) for call in self.tool_calls]
+        if self.reasoning_content is not None:
+            message["reasoning_content"] = self.reasoning_content
+        message.update(self.message_fields or {})
+        return message
+
+
+def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
+    """A tool call in OpenAI's shape from a full or a short one (see `Answer`)."""
+    function = call.get("function", call)
+    arguments = function.get("arguments", "")
+    return {
+        "id": call.get("id") or "call_" + uuid.uuid4().hex[:24],
+        "type": call.get("type", "function"),
+        "function": {"name": function["name"], "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments)},
+    }
+
+
+def logprobs_for(text: str, top: int = 0) -> dict[str, Any]:
+    """The server's logprobs of `text`: one token per word (a space before all but the first), a
+    fixed log probability each, and `top` alternatives per position, most likely first."""
+    tokens = [word if index == 0 else " " + word for index, word in enumerate(text.split())]
+    content = []
+    for index, token in enumerate(tokens):
+        logprob = -round(0.125 * (index % 8 + 1), 3)
+        alternatives = [{"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}]
+        alternatives += [{"token": f"{token}~{rank}", "logprob": logprob - rank, "bytes": list(f"{token}~{rank}".encode("utf-8"))}
+                         for rank in range(1, top)]
+        content.append({"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8")),
+                        "top_logprobs": alternatives[:top]})
+    return {"content": content, "refusal": None}
 
 
 def count_tokens(text: str) -> int:
@@ -133,6 +198,8 @@ class FakeOpenAIServer:
         self._thread: threading.Thread | None = None
         self._chaos: tuple[float, tuple[str, ...], float, Any] | None = None
         self.injected_faults = 0
+        # prompt tokens each answer reports as served from a prompt cache (capped at the prompt)
+        self.cached_tokens = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> FakeOpenAIServer:
@@ -170,7 +237,8 @@ class FakeOpenAIServer:
 
     # -- arranging answers and faults --------------------------------------------------------
     def reply(self, *answers: Any) -> None:
-        """Queue answers for the next requests, in order: a string, or a dict (JSON-encoded)."""
+        """Queue answers for the next requests, in order: a string, a dict (JSON-encoded), or an
+        `Answer`. A request for `n` choices takes up to `n` of them, one per choice."""
         with self._lock:
             self._replies.extend(answers)
 
@@ -229,6 +297,7 @@ class FakeOpenAIServer:
             self._faults.clear()
             self._chaos = None
             self.injected_faults = 0
+            self.cached_tokens = 0
 
     # -- what happened -----------------------------------------------------------------------
     @property
@@ -249,22 +318,61 @@ class FakeOpenAIServer:
             return self._requests[-1]
 
     # -- used by the handler -----------------------------------------------------------------
-    def _record(self, request: RecordedRequest) -> tuple[Fault | None, Any]:
+    def _record(self, request: RecordedRequest, choices: int = 1) -> tuple[Fault | None, list[Any]]:
         with self._lock:
             self._requests.append(request)
             fault = self._faults.popleft() if self._faults else self._chaos_fault()
             if fault is not None:
                 self.injected_faults += 1
-            reply = self._replies.popleft() if (fault is None and self._replies) else None
-        return fault, reply
+            replies = []
+            while fault is None and self._replies and len(replies) < choices:
+                replies.append(self._replies.popleft())
+        return fault, replies
 
-    def _answer(self, body: dict[str, Any], reply: Any) -> str:
-        if reply is not None:
-            return reply if isinstance(reply, str) else json.dumps(reply)
-        if self.responder is not None:
-            answer = self.responder(body)
-            return answer if isinstance(answer, str) else json.dumps(answer)
-        return default_answer(body)
+    def _answer(self, body: dict[str, Any], reply: Any) -> Answer:
+        if reply is None:
+            reply = self.responder(body) if self.responder is not None else default_answer(body)
+        if isinstance(reply, Answer):
+            return reply
+        return Answer(content=reply if isinstance(reply, str) else json.dumps(reply))
+
+    def _completion(self, body: dict[str, Any], replies: list[Any]) -> dict[str, Any]:
+        """The chat completion answering `body`: `n` choices, logprobs when asked, and usage
+        counting every choice."""
+        count = body.get("n") or 1
+        answers = [self._answer(body, replies[index] if index < len(replies) else None) for index in range(count)]
+        choices, completion_tokens, reasoning_tokens = [], 0, 0
+        for index, answer in enumerate(answers):
+            message = answer.message()
+            text = answer.content or ""
+            calls = " ".join(f"{call['function']['name']} {call['function']['arguments']}" for call in message.get("tool_calls", ()))
+            reasoning = count_tokens(answer.reasoning_content or "")
+            completion_tokens += count_tokens(text) + count_tokens(calls) + reasoning
+            reasoning_tokens += reasoning
+            choice: dict[str, Any] = {
+                "index": index, "message": message,
+                "finish_reason": answer.finish_reason or ("tool_calls" if answer.tool_calls else "stop"),
+                "logprobs": logprobs_for(text, body.get("top_logprobs") or 0) if body.get("logprobs") else None,
+            }
+            choices.append(choice)
+        prompt_tokens = sum(count_tokens(content_text(m.get("content"))) for m in body["messages"])
+        usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                 "total_tokens": prompt_tokens + completion_tokens}
+        if self.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": min(self.cached_tokens, prompt_tokens)}
+        if reasoning_tokens:
+            usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
+        usage.update(answers[0].usage or {})
+        if answers[0].usage and "total_tokens" not in answers[0].usage:
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        return {
+            "id": "chatcmpl-" + uuid.uuid4().hex[:24],
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": choices,
+            "usage": usage,
+        }
 
 
 class _Server(ThreadingHTTPServer):
@@ -316,7 +424,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         owner = self.owner
         headers = {name.lower(): value for name, value in self.headers.items()}
-        fault, reply = owner._record(RecordedRequest(self.path, headers, body, time.time()))
+        n = body.get("n") if isinstance(body, dict) else None
+        fault, replies = owner._record(RecordedRequest(self.path, headers, body, time.time()),
+                                       n if type(n) is int and n > 0 else 1)
         if owner.latency:
             time.sleep(owner.latency)
         if owner.api_key is not None and headers.get("authorization") != f"Bearer {owner.api_key}":
@@ -327,18 +437,11 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(body.get("messages"), list) or not body.get("model"):
             self._send_json(400, {"error": {"message": "'model' and 'messages' are required", "type": "invalid_request_error"}})
             return
-        answer = owner._answer(body, reply)
-        prompt_tokens = sum(count_tokens(content_text(m.get("content"))) for m in body["messages"])
-        completion_tokens = count_tokens(answer)
-        self._send_json(200, {
-            "id": "chatcmpl-" + uuid.uuid4().hex[:24],
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
-        })
+        n = body.get("n", 1)
+        if n is not None and (type(n) is not int or n < 1):
+            self._send_json(400, {"error": {"message": f"n must be a positive integer, got {n!r}", "type": "invalid_request_error"}})
+            return
+        self._send_json(200, owner._completion(body, replies))
 
     def _apply(self, fault: Fault) -> bool:
         """Carry out a fault; True when the request has been dealt with."""

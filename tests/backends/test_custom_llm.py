@@ -122,3 +122,51 @@ def test_a_key_the_server_echoes_in_an_error_never_reaches_the_exception(server,
         get_llm()("x")
     assert MARKER_KEY not in str(error.value) and MARKER_KEY not in repr(error.value.args)
     assert "Incorrect API key provided: ***" in str(error.value)
+
+
+# -- everything the server said is data of the response (issue 20) ---------------------------
+
+
+def test_reasoning_sent_as_reasoning_like_vllm_is_the_messages_reasoning_content(custom_role):
+    from myopto.testing.server import Answer
+
+    custom_role.reply(Answer(content="4", message_fields={"reasoning": "two and two"}))
+    assert get_llm()("2+2?").choices[0].message.reasoning_content == "two and two"
+
+
+def test_deepseeks_prompt_cache_hit_tokens_count_as_cached_tokens(server):
+    from myopto.pricing import cost_from_map
+    from myopto.testing.server import Answer
+
+    set_role_config("executor", backend="CustomLLM", model="gpt-4o-mini", base_url=server.url, retries=0)
+    server.reply(Answer(content="ok", usage={"prompt_tokens": 1000, "prompt_cache_hit_tokens": 600}))
+    response = get_llm()("x")
+    assert response.usage.prompt_tokens_details.cached_tokens == 600
+    assert response.cost == pytest.approx(cost_from_map("gpt-4o-mini", 1000, 1, cached_tokens=600))
+    assert response.cost < cost_from_map("gpt-4o-mini", 1000, 1)
+
+
+def test_tool_call_arguments_sent_as_an_object_are_kept_as_json_text(custom_role):
+    from myopto.testing.server import Answer
+
+    custom_role.reply(Answer(tool_calls=[{"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"x": [1, 2]}}}]))
+    call = get_llm()("x").choices[0].message.tool_calls[0]
+    assert (call.id, call.function.name, call.function.arguments) == ("c1", "f", '{"x": [1, 2]}')
+
+
+def test_a_tool_call_that_names_no_function_is_a_retryable_malformed_response(custom_role):
+    from myopto import MalformedResponse
+    from myopto.testing.server import Answer
+
+    custom_role.reply(Answer(tool_calls=[{"id": "c1", "type": "function", "function": {"name": None, "arguments": "{}"}}]))
+    with pytest.raises(MalformedResponse, match="names no function") as error:
+        get_llm()("x")
+    assert error.value.retryable
+
+
+async def test_async_calls_keep_every_choice_and_its_logprobs(custom_role):
+    custom_role.reply("a b", "c")
+    response = await get_llm().acall("two please", n=2, logprobs=True)
+    assert [choice.message.content for choice in response.choices] == ["a b", "c"]
+    assert [[token.token for token in choice.logprobs.content] for choice in response.choices] == [["a", " b"], ["c"]]
+    assert response.usage.completion_tokens == 3

@@ -83,3 +83,30 @@ def test_the_providers_base_url_variable_is_the_endpoint_of_a_model_without_one(
     assert get_llm().request("x", model="openai/gpt-4o-mini").endpoint == "http://other.example/v1"
     response = get_llm()("through the variable")
     assert response.text == "echo: through the variable" and server.request_count == 1
+
+
+# -- everything the server said is data of the response (issue 20) ---------------------------
+
+
+def test_litellm_keeps_tool_calls_reasoning_and_token_classes(litellm_role):
+    from myopto.pricing import cost_from_map
+    from myopto.testing.server import Answer
+
+    litellm_role.reply(Answer(content="let me add", reasoning_content="adding is a tool job",
+                              tool_calls=[{"id": "call_9", "name": "add", "arguments": {"a": 1}}],
+                              usage={"prompt_tokens": 2000, "prompt_tokens_details": {"cached_tokens": 1500}}))
+    response = get_llm()("add", tools=[{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}])
+    message = response.choices[0].message
+    assert message.content == "let me add" and message.reasoning_content == "adding is a tool job"
+    assert message.tool_calls[0].function.name == "add" and message.tool_calls[0].id == "call_9"
+    assert response.usage.prompt_tokens_details.cached_tokens == 1500
+    usage = response.usage
+    assert response.cost == pytest.approx(cost_from_map("gpt-4o-mini", 2000, usage.completion_tokens, cached_tokens=1500,
+                                                        reasoning_tokens=usage.completion_tokens_details.reasoning_tokens))
+
+
+async def test_async_n_choices_through_litellm(litellm_role):
+    litellm_role.reply("one", "two", "three")
+    response = await get_llm().acall("three", n=3)
+    assert [choice.message.content for choice in response.choices] == ["one", "two", "three"]
+    assert litellm_role.last_request.body["n"] == 3 and response.usage.completion_tokens == 3

@@ -142,3 +142,54 @@ def test_a_json_null_for_a_schema_that_does_not_allow_it_is_reasked(prompt_role)
     prompt_role.reply("null", '{"city": "Paris"}')
     assert get_llm()("x", response_format=SCHEMA).parsed == {"city": "Paris"}
     assert "None is not of type 'object'" in prompt_role.last_request.body["messages"][-1]["content"]
+
+
+# -- n choices: each one validated, each failing one asked again on its own (issue 20) --------
+
+
+def test_each_of_n_choices_is_validated_and_only_the_failing_ones_are_asked_again(prompt_role):
+    prompt_role.reply('{"city": "Paris"}', '{"town": "Lyon"}', "no json here", '{"city": "Nice"}',
+                      '{"city": "Lyon"}', '{"city": "Lille"}')
+    response = get_llm()("French cities?", response_format=SCHEMA, n=4)
+    assert [choice.message.parsed for choice in response.choices] == [
+        {"city": "Paris"}, {"city": "Lyon"}, {"city": "Lille"}, {"city": "Nice"}]
+    assert response.parsed == {"city": "Paris"} and [c.index for c in response.choices] == [0, 1, 2, 3]
+    first, reask_1, reask_2 = prompt_role.requests
+    assert first.body["n"] == 4
+    assert "n" not in reask_1.body and "n" not in reask_2.body  # one answer per re-ask
+    assert reask_1.body["messages"][-2] == {"role": "assistant", "content": '{"town": "Lyon"}'}
+    assert "'city' is a required property" in reask_1.body["messages"][-1]["content"]
+    assert reask_2.body["messages"][-2] == {"role": "assistant", "content": "no json here"}
+    assert "it is not JSON" in reask_2.body["messages"][-1]["content"]
+    assert response.usage.completion_tokens == (2 + 2 + 3 + 2) + 2 + 2  # the three calls' tokens
+
+
+async def test_async_n_choices_are_validated_per_choice(prompt_role):
+    prompt_role.reply("nope", '{"city": "Rome"}', '{"city": "Milan"}')
+    response = await get_llm().acall("x", response_format=SCHEMA, n=2)
+    assert [choice.message.parsed for choice in response.choices] == [{"city": "Milan"}, {"city": "Rome"}]
+    assert response.text == '{"city": "Milan"}' and prompt_role.request_count == 2
+
+
+def test_a_choice_still_invalid_after_the_reasks_raises_naming_it_with_every_choice_attached(prompt_role):
+    prompt_role.reply('{"city": "Paris"}', '{"town": "A"}', '{"town": "B"}')
+    with pytest.raises(SchemaError, match=r"choice 1 of 2: .*'city' is a required property") as error:
+        get_llm()("x", response_format=SCHEMA, n=2)
+    choices = error.value.response.choices
+    assert choices[0].message.parsed == {"city": "Paris"} and choices[1].message.content == '{"town": "B"}'
+
+
+def test_json_object_answers_are_parsed_per_choice(prompt_role):
+    prompt_role.reply('{"a": 1}', "not json")
+    response = get_llm()("x", response_format={"type": "json_object"}, n=2)
+    assert [choice.message.parsed for choice in response.choices] == [{"a": 1}, None]
+    assert prompt_role.request_count == 1
+
+
+def test_a_choice_that_calls_a_tool_is_not_checked_against_the_schema(prompt_role):
+    from myopto.testing.server import Answer
+
+    prompt_role.reply(Answer(tool_calls=[{"name": "lookup", "arguments": {"q": "capital"}}]))
+    response = get_llm()("x", response_format=SCHEMA, tools=[{"type": "function", "function": {"name": "lookup"}}])
+    assert response.choices[0].message.tool_calls[0].function.name == "lookup" and response.parsed is None
+    assert prompt_role.request_count == 1

@@ -186,3 +186,29 @@ async def test_eight_tasks_sharing_one_call_pay_for_it_once_and_count_seven_hits
 
     results = await asyncio.gather(*(get_llm().acall("the same question") for _ in range(8)))
     assert_paid_once(priced_cache, results)
+
+
+def test_the_summary_counts_prompt_tokens_served_from_the_providers_cache(server, capsys):
+    from myopto.testing.server import Answer
+
+    set_role_config("executor", backend="CustomLLM", model="gpt-4o-mini", base_url=server.url, retries=0)
+    server.reply(Answer(content="a b", reasoning_content="hmm", usage={"prompt_tokens": 5000, "prompt_tokens_details": {"cached_tokens": 4096}}))
+    get_llm()("x")
+    row = get_usage_summary()["by_role"]["executor"]
+    assert (row["prompt_tokens"], row["cached_tokens"], row["reasoning_tokens"]) == (5000, 4096, 1)
+    print_usage_summary()
+    out = capsys.readouterr().out
+    header, _, executor = out.splitlines()[:3]
+    assert "cache-read" in header and executor.split()[:7] == ["role", "executor", "1", "0", "0", "5000", "4096"]
+    assert "4096 prompt tokens read from the providers' prompt caches" in out
+
+
+def test_role_pricing_with_a_cached_input_price_prices_cached_tokens_at_it(server):
+    from myopto.testing.server import Answer
+
+    set_role_config("executor", backend="CustomLLM", model="my-finetune", base_url=server.url, retries=0,
+                    pricing={"input": 1.0, "output": 2.0, "cached_input": 0.1})
+    server.reply(Answer(content="ten words " * 5, usage={"prompt_tokens": 1000, "prompt_tokens_details": {"cached_tokens": 800}}))
+    response = get_llm()("x")
+    assert response.cost == pytest.approx((200 * 1.0 + 800 * 0.1 + 10 * 2.0) / 1e6)
+    assert get_usage_summary()["by_role"]["executor"]["cost"] == pytest.approx(response.cost)
