@@ -156,6 +156,35 @@ def endpoint_url(url: str) -> str:
     return f"{scheme}://{host}{path}" + (f"?{query}" if query else "")
 
 
+def headers_key(*headers: Mapping[str, Any] | None) -> str:
+    """The extra headers a call sends, as part of its endpoint (and so of the cache key): a proxy
+    may route on one (`x-route`, `anthropic-beta`, Helicone's and Portkey's headers), so two
+    values are two destinations. Names lower-cased (HTTP's spelling does not matter) and sorted;
+    a later mapping's header replaces an earlier one's. Credentials are left out, never masked
+    in: headers of a secret-looking name (`is_secret_name`: `Authorization`, `x-api-key`,
+    `Cookie`, ...) and values that hold a registered secret or a `Bearer ...` credential.
+    "" when no header is keyed. Computed once per backend, not per call.
+    """
+    kept: dict[str, str] = {}
+    for mapping in headers:
+        for name, value in (mapping or {}).items():
+            name = str(name).lower()
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+            if is_secret_name(name) or "authorization" in name or redact(text) != text or _is_credential(text):
+                kept.pop(name, None)
+                continue
+            kept[name] = text
+    if not kept:
+        return ""
+    return "headers=" + json.dumps(dict(sorted(kept.items())), ensure_ascii=False, separators=(",", ":"))
+
+
+def _is_credential(value: str) -> bool:
+    """A header value of the form `<scheme> <credential>` with a credential scheme."""
+    scheme, _, credential = value.strip().partition(" ")
+    return scheme.lower() in ("bearer", "basic", "token", "digest") and bool(credential.strip())
+
+
 def _masked_parameter(parameter: str) -> str:
     name, equals, _ = parameter.partition("=")
     return f"{name}={MASK}" if equals and is_secret_name(unquote_plus(name)) else parameter
@@ -357,13 +386,53 @@ def is_sdk_error(error: BaseException) -> bool:
     return isinstance(error, json.JSONDecodeError) or type(error).__module__.split(".")[0] in _SDK_PACKAGES
 
 
+class ProviderError(Exception):
+    """The masked copy of a provider SDK's exception, chained as a `BackendError`'s `__cause__`.
+
+    The SDK's own exception is never chained: its message (and the response body it carries)
+    often quotes the API key back, and `traceback.format_exception` / `logging.exception` print
+    the whole chain. This copy keeps what a reader needs: the SDK exception's module and class
+    (`sdk_type`), the HTTP status, and its message masked (`myopto.logs.redact`).
+    """
+
+    def __init__(self, message: str, *, sdk_type: str, status_code: int | None) -> None:
+        super().__init__(message)
+        self.sdk_type = sdk_type
+        self.status_code = status_code
+
+
+def provider_error(error: BaseException, status: int | None = None) -> ProviderError:
+    """The masked copy of `error` (see `ProviderError`)."""
+    sdk_type = f"{type(error).__module__}.{type(error).__qualname__}"
+    where = f" (HTTP {status})" if status is not None else ""
+    return ProviderError(f"{sdk_type}{where}: {redact(str(error).strip())}", sdk_type=sdk_type, status_code=status)
+
+
+def sdk_failure(error: BaseException, backend: str, request: Request) -> BaseException | None:
+    """What a backend raises for an exception its SDK call raised, or None for one that is not
+    the SDK's (our own code's: re-raise it as it is).
+
+    A request that could not be encoded is an `InvalidRequest` (nothing was sent); an SDK
+    exception is its `backend_error`. Raise the result outside the `except` block that caught
+    `error` (`raise failure`), so the SDK exception is not its `__context__` either.
+    """
+    if (invalid := unsendable(error)) is not None:  # nothing was sent
+        invalid.__cause__ = None  # and __suppress_context__: the SDK's exception stays out
+        return invalid
+    if not is_sdk_error(error):
+        return None
+    return backend_error(error, backend, request)
+
+
 def backend_error(error: BaseException, backend: str, request: Request | None = None) -> BackendError:
     """Translate an SDK exception (openai, litellm, httpx) into the matching `BackendError` subclass.
 
     Reads the HTTP status and the `retry-after-ms` / `retry-after` headers when the exception
     carries a response. The kind decides `retryable`: rate limits, 5xx, timeouts, dropped or
     refused connections and malformed bodies are; authentication and bad requests are not.
-    The provider's message is masked (`myopto.logs.redact`): servers echo API keys back.
+    The provider's message is masked (`myopto.logs.redact`): servers echo API keys back. Its
+    `__cause__` is the masked copy of `error` (`ProviderError`), never `error` itself: raise it
+    as it is (`raise failure`, not `raise failure from error`), outside the `except` block.
     """
     status = getattr(error, "status_code", None)
     response = getattr(error, "response", None)
@@ -377,7 +446,7 @@ def backend_error(error: BaseException, backend: str, request: Request | None = 
     name = type(error).__name__
     kind = _kind(error, name, status)
     where = f"HTTP {status}" if status is not None else name
-    return kind(
+    failure = kind(
         f"{backend} call failed ({where}): {redact(str(error).strip() or name)}",
         status_code=status,
         retryable=kind in _RETRYABLE_KINDS or (kind is BadRequest and status in _RETRYABLE_STATUS),
@@ -385,6 +454,8 @@ def backend_error(error: BaseException, backend: str, request: Request | None = 
         role=request.role if request is not None else None,
         model=request.model if request is not None else None,
     )
+    failure.__cause__ = provider_error(error, status)  # sets __suppress_context__ too
+    return failure
 
 
 def _kind(error: BaseException, name: str, status: int | None) -> type[BackendError]:
@@ -412,19 +483,22 @@ def _retry_after(headers: Mapping[str, str] | None) -> float | None:
         return None
     try:
         milliseconds = headers.get("retry-after-ms")
-        if milliseconds is not None:
-            return max(0.0, float(milliseconds) / 1000)
         seconds = headers.get("retry-after")
     except AttributeError:
         return None
+    if milliseconds is not None:
+        try:
+            return max(0.0, float(milliseconds) / 1000)
+        except (TypeError, ValueError, OverflowError):  # not a number: the header is ignored
+            pass  # and Retry-After, when sent, is read instead
     if seconds is None:
         return None
     try:
         return max(0.0, float(seconds))
-    except ValueError:
+    except (TypeError, ValueError, OverflowError):
         pass
     try:
         when = email.utils.parsedate_to_datetime(seconds)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return max(0.0, when.timestamp() - time.time())

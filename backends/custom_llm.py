@@ -10,7 +10,7 @@ import weakref
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from myopto.backends.base import BaseBackend, backend_error, completion_response, endpoint_url, is_sdk_error, unsendable
+from myopto.backends.base import BaseBackend, completion_response, endpoint_url, headers_key, sdk_failure
 from myopto.pricing import cost_from_map
 from myopto.request import Request
 from myopto.response import Response
@@ -52,11 +52,12 @@ class CustomLLM(BaseBackend):
     ) -> None:
         super().__init__()
         self.base_url = base_url or openai_base_url() or OPENAI_API_URL
-        self._endpoint = endpoint_url(self.base_url)
         self._api_key = api_key or PLACEHOLDER_KEY
         self.timeout = timeout
         self.max_retries = max_retries
         self.extra_headers = dict(extra_headers or {})
+        # where calls go: the URL, and the headers a proxy there may route on (no credential)
+        self._endpoint = " ".join(part for part in (endpoint_url(self.base_url), headers_key(self.extra_headers)) if part)
         self.organization = organization
         self._lock = threading.Lock()
         self._client: Any = None
@@ -65,10 +66,11 @@ class CustomLLM(BaseBackend):
         self._async_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:  # never show the key, nor one in the URL's query
-        return f"CustomLLM(base_url={self._endpoint!r})"
+        return f"CustomLLM(base_url={endpoint_url(self.base_url)!r})"
 
     def endpoint(self) -> str | None:
-        """The base URL the client sends to, normalised, credentials masked (`endpoint_url`)."""
+        """The base URL the client sends to, normalised, credentials masked (`endpoint_url`),
+        and the extra headers it sends but credentials (`headers_key`)."""
         return self._endpoint
 
     def _client_kwargs(self) -> dict[str, Any]:
@@ -129,24 +131,28 @@ class CustomLLM(BaseBackend):
         try:
             raw = self._sync_client().chat.completions.create(**self._arguments(request))
         except Exception as error:
-            if (invalid := unsendable(error)) is not None:  # nothing was sent
-                raise invalid from None
-            if not is_sdk_error(error):
+            failure = sdk_failure(error, self.kind, request)
+            if failure is None:  # our own code's error, not the provider's
                 raise
-            raise backend_error(error, self.kind, request) from error
-        return self._response(raw, request, time.perf_counter() - start)
+        else:
+            return self._response(raw, request, time.perf_counter() - start)
+        # raised here, not in the except block: the SDK's exception (which may quote the key
+        # back) is neither the cause nor the context of what the caller sees
+        raise failure
 
     async def acomplete(self, request: Request) -> Response:
         start = time.perf_counter()
         try:
             raw = await self._aclient().chat.completions.create(**self._arguments(request))
         except Exception as error:
-            if (invalid := unsendable(error)) is not None:  # nothing was sent
-                raise invalid from None
-            if not is_sdk_error(error):
+            failure = sdk_failure(error, self.kind, request)
+            if failure is None:  # our own code's error, not the provider's
                 raise
-            raise backend_error(error, self.kind, request) from error
-        return self._response(raw, request, time.perf_counter() - start)
+        else:
+            return self._response(raw, request, time.perf_counter() - start)
+        # raised here, not in the except block: the SDK's exception (which may quote the key
+        # back) is neither the cause nor the context of what the caller sees
+        raise failure
 
     def _response(self, raw: Any, request: Request, latency: float) -> Response:
         # priced by model name from LiteLLM's map, token class by token class as LiteLLM prices

@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from myopto.backends.base import BaseBackend, backend_error, completion_response, endpoint_url, is_sdk_error, unsendable
+from myopto.backends.base import BaseBackend, completion_response, endpoint_url, headers_key, sdk_failure
 from myopto.errors import ConfigError
 from myopto.logs import is_secret_name, redact
 from myopto.price_map import litellm_cost
@@ -68,9 +68,11 @@ class LiteLLM(BaseBackend):
     Its endpoint (in the cache key) is where LiteLLM sends a call and how: the API base given
     (`base_url`, else `extra`'s `api_base` / `base_url`), else the values of the base-URL
     variables LiteLLM reads for the model's provider (`OPENAI_BASE_URL`, `AZURE_API_BASE`, ...);
-    the API version (given, else `<PROVIDER>_API_VERSION`); and every other `extra` keyword
+    the API version (given, else `<PROVIDER>_API_VERSION`); every other `extra` keyword
     that is JSON data and may reach the provider (`custom_llm_provider`, `drop_params`,
-    provider fields, ...), minus credentials and keywords that only change how a call is made.
+    provider fields, ...), minus credentials and keywords that only change how a call is made;
+    and the headers sent (`extra_headers`, `extra`'s `headers` / `extra_headers`) but
+    credentials (`headers_key`), on which a proxy may route.
     """
 
     kind: ClassVar[str] = "LiteLLM"
@@ -111,6 +113,9 @@ class LiteLLM(BaseBackend):
         wire = {key: value for key, value in self.extra.items() if key not in _UNKEYED_EXTRAS and is_json_data(value)}
         wire = redact(_without_credentials(wire))  # and any registered secret that sits under another name
         self._extras = f"extra={json.dumps(key_numbers(wire), sort_keys=True, separators=(',', ':'))}" if wire else ""
+        # the headers sent (a proxy may route on one), as `_arguments` sends them: `extra`'s, then ours
+        self._headers = headers_key(*(value for value in (self.extra.get("headers"), self.extra.get("extra_headers"))
+                                      if isinstance(value, Mapping)), self.extra_headers)
         # model -> (the provider's variables as read, the endpoint they gave)
         self._endpoints: dict[str, tuple[Any, str | None]] = {}
 
@@ -139,7 +144,7 @@ class LiteLLM(BaseBackend):
         bases = [self._api_base] if self._api_base else list(dict.fromkeys(
             endpoint_url(value) for name, value in environment if not name.endswith("_API_VERSION")))
         version = self._api_version or next((value for name, value in environment if name.endswith("_API_VERSION")), None)
-        parts = [*bases, f"api_version={version}" if version else "", self._extras]
+        parts = [*bases, f"api_version={version}" if version else "", self._extras, self._headers]
         return " ".join(part for part in parts if part) or None
 
     def _arguments(self, request: Request) -> dict[str, Any]:
@@ -181,12 +186,14 @@ class LiteLLM(BaseBackend):
         try:
             raw = litellm.completion(**self._arguments(request))
         except Exception as error:
-            if (invalid := unsendable(error)) is not None:  # nothing was sent
-                raise invalid from None
-            if not is_sdk_error(error):
+            failure = sdk_failure(error, self.kind, request)
+            if failure is None:  # our own code's error, not the provider's
                 raise
-            raise backend_error(error, self.kind, request) from error
-        return self._response(litellm, raw, request, time.perf_counter() - start)
+        else:
+            return self._response(litellm, raw, request, time.perf_counter() - start)
+        # raised here, not in the except block: the SDK's exception (which may quote the key
+        # back) is neither the cause nor the context of what the caller sees
+        raise failure
 
     async def acomplete(self, request: Request) -> Response:
         litellm = import_litellm()
@@ -194,12 +201,14 @@ class LiteLLM(BaseBackend):
         try:
             raw = await litellm.acompletion(**self._arguments(request))
         except Exception as error:
-            if (invalid := unsendable(error)) is not None:  # nothing was sent
-                raise invalid from None
-            if not is_sdk_error(error):
+            failure = sdk_failure(error, self.kind, request)
+            if failure is None:  # our own code's error, not the provider's
                 raise
-            raise backend_error(error, self.kind, request) from error
-        return self._response(litellm, raw, request, time.perf_counter() - start)
+        else:
+            return self._response(litellm, raw, request, time.perf_counter() - start)
+        # raised here, not in the except block: the SDK's exception (which may quote the key
+        # back) is neither the cause nor the context of what the caller sees
+        raise failure
 
     def _response(self, litellm: Any, raw: Any, request: Request, latency: float) -> Response:
         # LiteLLM prices every token class (cached prompt tokens, reasoning tokens) from the price

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 from myopto.backends.base import BaseBackend
 from myopto.backends.generation import Generation
 from myopto.backends.model_files import identity, locate
-from myopto.errors import BackendTimeout, ConfigError
+from myopto.errors import BackendTimeout, ConfigError, InvalidRequest
 from myopto.output_format import schema_of
 from myopto.request import Request
 from myopto.response import Response, Usage
@@ -216,6 +216,7 @@ class LocalSLM(BaseBackend):
     def complete(self, request: Request) -> Response:
         """On llama.cpp the request's `timeout` is honoured: a caller that stops waiting
         cancels its request, which then costs no more decoding steps (none, if it had not started)."""
+        _one_choice(request)
         engine = self.engine(request.model)
         start = time.perf_counter()
         generation = self._generation(engine, request)
@@ -238,6 +239,7 @@ class LocalSLM(BaseBackend):
         asyncio callers decode together however small the default thread pool is; the other
         engines generate in a worker thread. A cancelled or timed-out caller cancels its
         request, even while its grammar is still compiling: it is then never decoded."""
+        _one_choice(request)
         engine = await asyncio.to_thread(self.engine, request.model)  # loads the model once, off the loop
         submit = getattr(engine, "submit", None)
         if submit is None:
@@ -302,3 +304,15 @@ class LocalSLM(BaseBackend):
 def _left(request: Request, start: float) -> float | None:
     """Seconds left of the request's timeout (None: no timeout)."""
     return None if request.timeout is None else max(0.0, request.timeout - (time.perf_counter() - start))
+
+
+def _one_choice(request: Request) -> None:
+    """`InvalidRequest` for `n` > 1, before a model is loaded or anything decoded: a local model
+    answers one choice per call, and answering one silently would leave choices missing."""
+    n = request.params.get("n")
+    if n is not None and n > 1:
+        raise InvalidRequest(
+            f"LocalSLM answers one choice per call, and n={n} asks for {n}: call it {n} times instead "
+            "(with temperature > 0 and different seeds for different answers). n choices sampled in "
+            "one batch is planned"
+        )

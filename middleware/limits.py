@@ -43,11 +43,12 @@ _log = logging.getLogger("myopto")
 
 def estimate_tokens(request: Request) -> int:
     """Tokens a request may use, before it is sent: ~4 characters a token of prompt, plus the
-    completion cap when one is given (corrected with the real usage afterwards)."""
+    completion cap when one is given, once per choice asked for (`n`: each choice is a
+    completion of its own); corrected with the real usage afterwards."""
     characters = sum(len(content_text(message.get("content"))) for message in request.messages)
     params = request.params
-    cap = params.get("max_tokens") or params.get("max_completion_tokens") or 0
-    return characters // 4 + 1 + int(cap)
+    cap = params.get("max_tokens") or params.get("max_completion_tokens") or params.get("max_new_tokens") or 0
+    return characters // 4 + 1 + int(cap) * int(params.get("n") or 1)
 
 
 class Limits(Middleware):
@@ -110,7 +111,9 @@ class Limits(Middleware):
     def _cost(self, response: Response) -> float:
         if self.pricing is not None:
             usage = response.usage
-            return cost_from_pricing(self.pricing, usage.prompt_tokens, usage.completion_tokens)
+            # cached prompt tokens at the role's cached_input price, as the provider bills them
+            return cost_from_pricing(self.pricing, usage.prompt_tokens, usage.completion_tokens,
+                                     cached_tokens=usage.prompt_tokens_details.cached_tokens)
         return response.cost or 0.0
 
     def _settle(self, request: Request, response: Response, estimate: int,

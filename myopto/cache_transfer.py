@@ -133,10 +133,15 @@ def read_line(line: bytes | str) -> tuple[str, dict[str, Any]]:
         entry = json.loads(text)
     except ValueError as error:
         raise InvalidRequest(f"not a JSON line ({error})") from None
+    except RecursionError:  # valid JSON nested deeper than Python's stack
+        raise InvalidRequest("JSON nested too deep to read") from None
     if not isinstance(entry, dict):
         raise InvalidRequest("not a myopto cache record (needs 'key', 'request' and 'response.text')")
     key = entry.pop("key", None)
-    problem = import_problem(key, entry)
+    try:
+        problem = import_problem(key, entry)
+    except RecursionError:  # parsed, but too deep to check, key or serve
+        problem = "JSON nested too deep to read"
     if problem is not None:
         raise InvalidRequest(problem)
     return key, entry  # type: ignore[return-value]

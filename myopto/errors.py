@@ -30,8 +30,10 @@ class BackendError(MyoptoError):
 
     `status_code` is the HTTP status when there was one; `retryable` says whether the same request
     may succeed later; `retry_after` is the delay in seconds the server asked for; `role`,
-    `model` and `attempts` say which call failed after how many tries. The SDK's exception is
-    the `__cause__`. Subclasses name the kind of failure.
+    `model` and `attempts` say which call failed after how many tries. The `__cause__` is a
+    masked copy of the SDK's exception (`myopto.backends.base.ProviderError`: its `sdk_type`,
+    `status_code` and masked message); the SDK's own exception is never chained, because
+    providers quote API keys back. Subclasses name the kind of failure.
     """
 
     def __init__(

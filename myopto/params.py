@@ -49,16 +49,78 @@ def _number(name: str, value: Any, low: float, high: float | None) -> None:
         raise InvalidRequest(f"{name} must be between {low}{upper}, got {value!r}")
 
 
-def _finite(value: Any) -> bool:
-    """False when a NaN or infinity sits anywhere in `value`: JSON cannot carry them, and a
-    provider would refuse the request only after it was sent."""
+# As deep as `myopto.request.is_json_data` reads (its bound): deeper is refused, not recursed into.
+_MAX_DEPTH = 64
+
+
+def _json_problem(value: Any, depth: int = 0) -> str | None:
+    """What keeps `value` from being JSON data (`myopto.request.is_json_data`: what can be keyed,
+    stored and sent), or None. NaN and infinity are refused (JSON cannot carry them, and a
+    provider would refuse the request only after it was sent), and so are numbers of other types
+    (`Fraction`, `Decimal`, numpy's) that the SDKs cannot encode, sets, bytes and objects."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return None
     if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, Mapping):
-        return all(_finite(item) for item in value.values())
+        return None if math.isfinite(value) else f"{value!r} (no NaN or infinity: finite numbers only)"
+    if depth >= _MAX_DEPTH:
+        return f"data nested more than {_MAX_DEPTH} levels deep"
     if isinstance(value, (list, tuple)):
-        return all(_finite(item) for item in value)
-    return True
+        return next((problem for item in value if (problem := _json_problem(item, depth + 1))), None)
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"a {type(key).__name__} key {key!r:.40} (keys are strings)"
+            if (problem := _json_problem(item, depth + 1)) is not None:
+                return problem
+        return None
+    hint = " (convert it with int() or float())" if isinstance(value, numbers.Number) else ""
+    return f"a {type(value).__module__}.{type(value).__qualname__}{hint}"
+
+
+def _logit_bias(value: Any) -> dict[str, Any]:
+    """`logit_bias` with its token ids as the strings JSON sends (`{42: 5}` and `{"42": 5}` are
+    one request); `InvalidRequest` for an id that is not a whole number, or one given twice."""
+    if not isinstance(value, Mapping):
+        raise InvalidRequest(f"logit_bias must be a dict of token id -> bias, got {type(value).__name__}")
+    biases: dict[str, Any] = {}
+    for token, bias in value.items():
+        try:
+            number = None if isinstance(token, bool) or not isinstance(token, (int, str)) else int(token)
+        except ValueError:
+            number = None
+        if number is None:
+            raise InvalidRequest(f"logit_bias keys must be token ids (whole numbers), got {token!r:.40}")
+        name = str(number)
+        if name in biases:
+            raise InvalidRequest(f"logit_bias gives token id {name} twice ({token!r} and another spelling)")
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)):
+            raise InvalidRequest(f"logit_bias values must be numbers, got {bias!r:.40} for token id {name}")
+        biases[name] = bias
+    return biases
+
+
+def _check_types(checked: dict[str, Any]) -> None:
+    """Types a provider would refuse only after the request was sent, refused here."""
+    tools = checked.get("tools")
+    if tools is not None and not (isinstance(tools, (list, tuple)) and all(isinstance(tool, Mapping) for tool in tools)):
+        raise InvalidRequest(f"tools must be a list of tool dicts ({{'type': 'function', 'function': {{...}}}}), got {tools!r:.100}")
+    tool_choice = checked.get("tool_choice")
+    if tool_choice is not None and not isinstance(tool_choice, (str, Mapping)):
+        raise InvalidRequest(f"tool_choice must be 'auto', 'none', 'required' or a dict naming a tool, got {tool_choice!r:.100}")
+    for name in ("logprobs", "parallel_tool_calls"):
+        if name in checked and not isinstance(checked[name], bool):
+            raise InvalidRequest(f"{name} must be True or False, got {checked[name]!r:.100}")
+    if "top_logprobs" in checked:
+        top = checked["top_logprobs"]
+        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 20:
+            raise InvalidRequest(f"top_logprobs must be a whole number from 0 to 20, got {top!r:.100}")
+    for name in ("user", "reasoning_effort"):
+        if name in checked and not isinstance(checked[name], str):
+            raise InvalidRequest(f"{name} must be a string, got {checked[name]!r:.100}")
+    for name in ("presence_penalty", "frequency_penalty", "repetition_penalty", "min_p"):
+        value = checked.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise InvalidRequest(f"{name} must be a number, got {value!r:.100}")
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -67,7 +129,10 @@ def _positive_int(name: str, value: Any) -> None:
 
 
 def check_params(params: Mapping[str, Any], *, where: str = "call") -> dict[str, Any]:
-    """Return `params` as a dict with None values dropped; `InvalidRequest` for bad names or values."""
+    """Return `params` as a dict with None values dropped; `InvalidRequest` for bad names or values.
+
+    Every value must be JSON data (what can be keyed, stored and sent: `_json_problem`), and the
+    known parameters must have the types providers take; all of it before anything is sent."""
     if not params:
         return {}
     checked = {key: value for key, value in params.items() if value is not None}
@@ -77,9 +142,14 @@ def check_params(params: Mapping[str, Any], *, where: str = "call") -> dict[str,
             f"unknown parameter(s) {unknown} for this {where}; known generation parameters: "
             f"{', '.join(sorted(GENERATION_PARAMS))}. Provider-specific fields go in extra_body={{...}}"
         )
+    if "logit_bias" in checked:  # token ids may be given as ints: JSON sends them as strings
+        checked["logit_bias"] = _logit_bias(checked["logit_bias"])
     for name, value in checked.items():
-        if not _finite(value):
-            raise InvalidRequest(f"{name} must hold finite numbers only (no NaN or infinity), got {value!r:.200}")
+        problem = _json_problem(value)
+        if problem is not None:
+            raise InvalidRequest(f"{name} must be JSON data (str, finite number, bool, None, and lists and "
+                                 f"dicts of them with string keys); it holds {problem}")
+    _check_types(checked)
     if "temperature" in checked:
         _number("temperature", checked["temperature"], 0, 2)
     if "top_p" in checked:

@@ -37,7 +37,12 @@ def decode_record(text: str | bytes, *, key: str, location: str) -> dict[str, An
         record = json.loads(text)
     except ValueError as error:
         raise damaged_entry(key, location, f"not JSON ({error})") from error
-    problem = record_problem(record)
+    except RecursionError:  # valid JSON nested deeper than Python's stack: no record is
+        raise damaged_entry(key, location, "JSON nested too deep to read") from None
+    try:
+        problem = record_problem(record)
+    except RecursionError:  # parsed, but too deep to check (or to serve)
+        problem = "JSON nested too deep to read"
     if problem is not None:
         raise damaged_entry(key, location, problem)
     return record
