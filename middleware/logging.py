@@ -18,12 +18,14 @@ from myopto.logs import CallLog, active_log, redact
 from myopto.recording import report_unrecorded
 from myopto.pipeline import AsyncHandler, Handler, Middleware
 from myopto.request import Request
-from myopto.response import Response
+from myopto.response import Response, ToolCall
 
 
 class Logging(Middleware):
     """Logs every call, hit or miss, success or final error, with run, role, backend, model,
-    cache hit, attempts, latency, tokens and cost; messages and answer when asked for.
+    cache hit, attempts, latency, tokens (cached and reasoning tokens too) and cost, the number of
+    choices (and each one's finish reason when there are several) and the names of the tools
+    called; messages, answers and tool arguments when asked for.
 
     Outermost in the chain, so it sees what the caller saw. `log` fixes the destination;
     by default it is looked up on each call (so `configure_logging` takes effect at once).
@@ -98,15 +100,7 @@ def _write_line(log: CallLog, request: Request, response: Response | None, error
         "latency_s": round(latency, 6),
     }
     if response is not None:
-        fields.update(
-            status="ok",
-            cached=response.cached,
-            attempts=response.attempts,
-            prompt_tokens=response.usage.prompt_tokens,
-            completion_tokens=response.usage.completion_tokens,
-            cost=response.cost,
-            finish_reason=response.finish_reason,
-        )
+        fields.update(_answer_fields(response))
     else:
         fields.update(
             status="error",
@@ -121,6 +115,41 @@ def _write_line(log: CallLog, request: Request, response: Response | None, error
             fields["response_format"] = request.response_format_dict()
         if response is not None:
             fields["answer"] = response.text
+            if len(response.choices) > 1:
+                fields["answers"] = [choice.message.content for choice in response.choices]
+            calls = _tool_calls(response)
+            if calls:  # as the model wrote them, with the choice each belongs to
+                fields["tool_arguments"] = [{"choice": index, "id": call.id, "name": call.function.name,
+                                             "arguments": call.function.arguments} for index, call in calls]
         elif getattr(error, "response", None) is not None:
             fields["answer"] = getattr(error.response, "text", None)
     log.write(**{key: value for key, value in fields.items() if value is not None or key in ("cost", "run")})
+
+
+def _tool_calls(response: Response) -> list[tuple[int, ToolCall]]:
+    """Every tool call of every choice, with its choice's index."""
+    return [(choice.index, call) for choice in response.choices for call in choice.message.tool_calls or ()]
+
+
+def _answer_fields(response: Response) -> dict[str, Any]:
+    """What a line says of an answer, message text aside: status, tokens by class, cost, how many
+    choices and why each ended, and the names of the functions called (names are not content)."""
+    usage = response.usage
+    fields: dict[str, Any] = {
+        "status": "ok",
+        "cached": response.cached,
+        "attempts": response.attempts,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "cost": response.cost,
+        "finish_reason": response.finish_reason,
+        "choices": len(response.choices),
+    }
+    if len(response.choices) > 1:
+        fields["finish_reasons"] = [choice.finish_reason for choice in response.choices]
+    names = [call.function.name for _, call in _tool_calls(response)]
+    if names:
+        fields["tool_calls"] = names
+    return fields

@@ -2,13 +2,18 @@
 
 Span `chat {model}`, kind CLIENT, nested under whatever span is current (the caller's own,
 Trace's, MLflow's). Attributes: `gen_ai.operation.name`, `gen_ai.provider.name`,
-`gen_ai.request.model` and the request parameters (`temperature`, `max_tokens`, `top_p`, `seed`),
-`gen_ai.response.model` / `id` / `finish_reasons`, `gen_ai.usage.input_tokens` /
-`output_tokens`, `server.address` / `server.port`; on failure `error.type`, an ERROR status and
-an `exception` event, their message and stack trace masked as the call log masks them.
-Ours under `myopto.*`: role, backend, run and its tags, cached, attempts, cost_usd, request_key.
+`gen_ai.request.model` and the request parameters (`temperature`, `max_tokens`, `top_p`, `seed`,
+`choice.count` when `n` > 1), `gen_ai.response.model` / `id` / `finish_reasons` (one per choice),
+`gen_ai.usage.input_tokens` / `output_tokens` / `cache_read.input_tokens` (prompt tokens served
+from the provider's prompt cache) / `reasoning.output_tokens`, `server.address` / `server.port`;
+on failure `error.type`, an ERROR status and an `exception` event, their message and stack trace
+masked as the call log masks them.
+Ours under `myopto.*`: role, backend, run and its tags, cached, attempts, cost_usd, request_key,
+choices (how many came back) and tool_calls (the names of the functions called, in every choice:
+names are not content).
 Each retried attempt is an event on the span (`myopto.retry`, from the retry middleware).
-Messages and answers (`gen_ai.input.messages`, `gen_ai.output.messages`) only when asked for,
+Messages and answers (`gen_ai.input.messages`, `gen_ai.output.messages`: one output message per
+choice, with its reasoning, text and tool calls with their arguments) only when asked for,
 masked as the call log masks them.
 
 Off, and nearly free, until a tracer provider exists (see `myopto.tracing`).
@@ -24,7 +29,7 @@ from urllib.parse import urlsplit
 from myopto.logs import redact
 from myopto.pipeline import AsyncHandler, Handler, Middleware
 from myopto.request import Request
-from myopto.response import Response
+from myopto.response import Choice, Response
 from myopto.tracing import active_tracer, messages_wanted
 
 _PARAMS = {"temperature": "temperature", "max_tokens": "max_tokens", "max_completion_tokens": "max_tokens",
@@ -36,6 +41,30 @@ def _parts(content: Any) -> list[dict[str, Any]]:
         return [{"type": "text", "content": content}]
     return [{"type": "text", "content": part.get("text", "")} if isinstance(part, dict) and part.get("type") == "text"
             else {"type": str(part.get("type", "unknown")) if isinstance(part, dict) else "unknown"} for part in content or []]
+
+
+def _arguments(text: str) -> Any:
+    """A tool call's arguments as the convention records them: the JSON value the model wrote,
+    or its text as written when that is not JSON."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _output_message(choice: Choice) -> dict[str, Any]:
+    """One choice as an output message of the GenAI conventions: its reasoning, text and tool
+    calls as parts, and its own finish reason."""
+    message = choice.message
+    parts: list[dict[str, Any]] = []
+    if message.reasoning_content:
+        parts.append({"type": "reasoning", "content": message.reasoning_content})
+    if message.content is not None:
+        parts.append({"type": "text", "content": message.content})
+    for call in message.tool_calls or ():
+        parts.append({"type": "tool_call", "id": call.id, "name": call.function.name,
+                      "arguments": _arguments(call.function.arguments)})
+    return {"role": message.role, "parts": parts, "finish_reason": choice.finish_reason or "stop"}
 
 
 def _exception_attributes(error: BaseException, message: str) -> dict[str, str]:
@@ -104,6 +133,9 @@ class Tracing(Middleware):
                 attributes[f"myopto.run.tags.{tag}"] = value if isinstance(value, (str, bool, int, float)) else str(value)
         if request.response_format is not None:
             attributes["gen_ai.output.type"] = "json"
+        choices = request.params.get("n")
+        if type(choices) is int and choices > 1:  # the convention: set only when not 1
+            attributes["gen_ai.request.choice.count"] = choices
         if messages_wanted():
             messages = [{"role": m.get("role"), "parts": _parts(m.get("content"))} for m in request.messages_list()]
             attributes["gen_ai.input.messages"] = json.dumps(redact(messages), ensure_ascii=False)
@@ -112,22 +144,28 @@ class Tracing(Middleware):
     @staticmethod
     def _finish(span: Any, response: Response) -> None:
         usage = response.usage
+        choices = response.choices
         attributes: dict[str, Any] = {
             "gen_ai.response.model": response.model,
             "gen_ai.response.id": response.id,
+            "gen_ai.response.finish_reasons": [choice.finish_reason or "stop" for choice in choices],
             "gen_ai.usage.input_tokens": usage.prompt_tokens,
             "gen_ai.usage.output_tokens": usage.completion_tokens,
+            "gen_ai.usage.cache_read.input_tokens": usage.cached_tokens,
+            "gen_ai.usage.reasoning.output_tokens": usage.reasoning_tokens,
+            "myopto.choices": len(choices),
             "myopto.cached": response.cached,
             "myopto.attempts": response.attempts,
         }
-        if response.finish_reason:
-            attributes["gen_ai.response.finish_reasons"] = [response.finish_reason]
+        # the functions called are not content (the arguments are): recorded whatever the switch
+        names = [call.function.name for choice in choices for call in choice.message.tool_calls or ()]
+        if names:
+            attributes["myopto.tool_calls"] = names
         if response.cost is not None:
             attributes["myopto.cost_usd"] = response.cost
         if messages_wanted():
-            answer = [{"role": "assistant", "parts": [{"type": "text", "content": response.text}],
-                       "finish_reason": response.finish_reason or "stop"}]
-            attributes["gen_ai.output.messages"] = json.dumps(redact(answer), ensure_ascii=False)
+            answers = [_output_message(choice) for choice in choices]
+            attributes["gen_ai.output.messages"] = json.dumps(redact(answers), ensure_ascii=False)
         span.set_attributes(attributes)
 
     @staticmethod

@@ -28,7 +28,19 @@ from myopto.errors import (
 from myopto.logs import configure_logging
 from myopto.pipeline import FunctionMiddleware, Middleware, Pipeline, as_middleware
 from myopto.request import Request
-from myopto.response import Response, Usage
+from myopto.response import (
+    Choice,
+    ChoiceLogprobs,
+    CompletionTokensDetails,
+    Function,
+    Message,
+    PromptTokensDetails,
+    Response,
+    TokenLogprob,
+    ToolCall,
+    TopLogprob,
+    Usage,
+)
 from myopto.router import RoleConfig
 from myopto.runs import current_run, run
 from myopto.tracing import configure_tracing, flush_tracing
@@ -60,6 +72,16 @@ __all__ = [
     "Pipeline",
     "Request",
     "Response",
+    # the parts of a Response
+    "Choice",
+    "ChoiceLogprobs",
+    "CompletionTokensDetails",
+    "Function",
+    "Message",
+    "PromptTokensDetails",
+    "TokenLogprob",
+    "ToolCall",
+    "TopLogprob",
     "RoleConfig",
     "StructuredOutputError",
     "Usage",
@@ -70,5 +92,5 @@ __all__ = [
     "flush_tracing",
     "current_run",
     "run",
-    *_utils_all,
 ]
+__all__ += [name for name in _utils_all if name not in __all__]  # the Trace-compatible API (it repeats a few)

@@ -370,7 +370,8 @@ def _percentile(values: list[float], fraction: float) -> float | None:
 
 
 def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (run, role, model): calls, cache hit rate, tokens, cost, p50/p95 latency, errors."""
+    """One row per (run, role, model): calls, cache hit rate, tokens (and the prompt tokens the
+    provider served from its prompt cache), cost, p50/p95 latency, errors."""
     groups: dict[tuple[Any, Any, Any], list[dict[str, Any]]] = {}
     for record in records:
         groups.setdefault((record.get("run"), record.get("role"), record.get("model")), []).append(record)
@@ -388,6 +389,7 @@ def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             "cache_hit_rate": (sum(1 for c in ok if c.get("cached")) / len(calls)) if calls else 0.0,
             "prompt_tokens": sum(c.get("prompt_tokens") or 0 for c in ok),
             "completion_tokens": sum(c.get("completion_tokens") or 0 for c in ok),
+            "cached_tokens": sum(c.get("cached_tokens") or 0 for c in ok),  # absent from older lines: 0
             "cost": sum(c for c in costs if c is not None),
             "cost_unknown_calls": sum(1 for c in costs if c is None),
             "p50_latency_s": _percentile(latencies, 0.5),
@@ -397,7 +399,10 @@ def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-SUMMARY_HEADERS = ["run", "role", "model", "calls", "cache", "tokens", "cost USD", "p50 s", "p95 s", "errors"]
+# "cache": the share of calls myopto's cache answered; "cache-read": prompt tokens the provider
+# served from its own prompt cache (billed at its cache-read price), as in `print_usage_summary`
+SUMMARY_HEADERS = ["run", "role", "model", "calls", "cache", "tokens", "cache-read", "cost USD", "p50 s", "p95 s",
+                   "errors"]
 
 
 def summary_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
@@ -409,7 +414,8 @@ def summary_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
             cost = "unknown"
         table.append([
             str(row["run"] or "-"), str(row["role"]), str(row["model"]), str(row["calls"]),
-            f"{row['cache_hit_rate']:.0%}", str(row["prompt_tokens"] + row["completion_tokens"]), cost,
+            f"{row['cache_hit_rate']:.0%}", str(row["prompt_tokens"] + row["completion_tokens"]),
+            str(row.get("cached_tokens", 0)), cost,
             _seconds(row["p50_latency_s"]), _seconds(row["p95_latency_s"]), str(row["errors"]),
         ])
     return table
@@ -441,19 +447,32 @@ def format_call(record: dict[str, Any]) -> str:
         f"{record.get('ts', '')}  run={record.get('run') or '-'}  role={record.get('role')}  "
         f"model={record.get('model')}  {'CACHED' if record.get('cached') else status.upper()}"
     )
+    classes = [f"{label} {record[name]}" for name, label in (("cached_tokens", "cache-read"), ("reasoning_tokens", "reasoning"))
+               if record.get(name)]
     details = (
         f"  tokens {record.get('prompt_tokens', 0)}+{record.get('completion_tokens', 0)}"
-        f"  cost {record.get('cost') if record.get('cost') is not None else 'unknown'}"
+        + (f" ({', '.join(classes)})" if classes else "")
+        + f"  cost {record.get('cost') if record.get('cost') is not None else 'unknown'}"
         f"  latency {_seconds(record.get('latency_s'))} s  attempts {record.get('attempts', '-')}"
+        + (f"  choices {record['choices']}" if (record.get("choices") or 1) > 1 else "")
     )
     lines = [head, details]
     if status == "error":
         lines.append(f"  error: {record.get('error_type')}: {record.get('error')}")
+    if record.get("tool_calls"):
+        lines.append("  tool calls: " + ", ".join(map(str, record["tool_calls"])))
     for message in record.get("messages") or []:
         content = content_text(message.get("content"))
         lines.append(f"  [{message.get('role')}] " + content.replace("\n", "\n    "))
-    if "answer" in record:
+    if "answers" in record:  # several choices: each one's text
+        for index, answer in enumerate(record["answers"] or []):
+            text = "(no text)" if answer is None else str(answer)  # a choice made only of tool calls
+            lines.append(f"  [answer {index}] " + text.replace("\n", "\n    "))
+    elif "answer" in record:
         lines.append("  [answer] " + str(record["answer"]).replace("\n", "\n    "))
+    for call in record.get("tool_arguments") or []:
+        if isinstance(call, dict):
+            lines.append(f"  [tool call {call.get('name')}] " + str(call.get("arguments")).replace("\n", "\n    "))
     return "\n".join(lines)
 
 

@@ -8,7 +8,9 @@ schema on the spot so a malformed one fails before any network call.
 
 from __future__ import annotations
 
+import json
 import re
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,13 +77,44 @@ def _json_schema(name: Any, schema: Mapping[str, Any], strict: Any) -> dict[str,
     return {"type": "json_schema", "json_schema": spec}
 
 
+# Schemas already found valid, by their canonical JSON text (what the provider is sent): a repeated
+# schema (every step of an optimiser, every cache hit) costs one `json.dumps` and a lookup instead
+# of jsonschema's meta-validation (hundreds of microseconds). Bounded, oldest forgotten first.
+# Only valid schemas are kept: a malformed one is checked, and refused, every time.
+_VALID_SCHEMAS: dict[str, None] = {}
+_VALID_SCHEMAS_MAX = 512
+_valid_schemas_lock = threading.Lock()
+
+
+def _canonical(schema: Mapping[str, Any]) -> str | None:
+    """The schema as canonical JSON text, or None when it is not plain JSON data (then it is
+    checked every time, never remembered)."""
+    try:
+        return json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return None
+
+
 def check_schema(schema: Mapping[str, Any]) -> None:
     """Raise `InvalidRequest` when `schema` is not a valid JSON schema, or refers outside itself.
 
     Every `$ref` must point inside the schema (`#`, `#/$defs/...`, `#anchor`) and resolve there:
     the answer is validated after the call, and a reference that cannot be followed then (or
-    that would fetch a document from elsewhere) would fail a call already paid for.
+    that would fetch a document from elsewhere) would fail a call already paid for. A schema
+    found valid once is remembered (by its canonical JSON text), so checking it again is cheap.
     """
+    text = _canonical(schema)
+    if text is not None and text in _VALID_SCHEMAS:
+        return
+    _check_schema(schema)
+    if text is not None:
+        with _valid_schemas_lock:
+            _VALID_SCHEMAS[text] = None
+            while len(_VALID_SCHEMAS) > _VALID_SCHEMAS_MAX:
+                del _VALID_SCHEMAS[next(iter(_VALID_SCHEMAS))]
+
+
+def _check_schema(schema: Mapping[str, Any]) -> None:
     import jsonschema  # imported here: only JSON calls pay for it
 
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import re
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -53,3 +54,14 @@ def test_every_third_party_import_is_declared():
 def test_rich_and_tqdm_are_declared_because_the_cli_and_batch_import_them():
     imported = imported_top_level_modules()
     assert {"rich", "tqdm"} <= set(imported) and {"rich", "tqdm"} <= declared_distributions()
+
+
+def test_import_myopto_stays_light_with_every_export():
+    """Every name myopto exports (the Response's parts included) comes without an SDK, a
+    validator or a tracer: those load on first use."""
+    code = ("import sys, myopto\n"
+            "[getattr(myopto, name) for name in myopto.__all__]\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'litellm', 'openai', 'jsonschema', 'opentelemetry',"
+            " 'redis', 'numpy', 'torch', 'transformers', 'pydantic'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

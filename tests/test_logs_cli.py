@@ -9,11 +9,11 @@ from myopto.cli import main
 LOG = Path(__file__).parent / "data" / "calls.jsonl"
 
 SUMMARY = """\
-run     role       model     calls  cache  tokens  cost USD  p50 s  p95 s  errors
-------  ---------  --------  -----  -----  ------  --------  -----  -----  ------
-exp-42  optimizer  gpt-4o        2    50%     240  0.000450  0.001  1.200       0
-exp-42  executor   local-7b      2     0%      15   unknown  0.400  2.500       1
--       executor   smollm2       1     0%      42  0.000000  0.800  0.800       0"""
+run     role       model     calls  cache  tokens  cache-read  cost USD  p50 s  p95 s  errors
+------  ---------  --------  -----  -----  ------  ----------  --------  -----  -----  ------
+exp-42  optimizer  gpt-4o        2    50%     240           0  0.000450  0.001  1.200       0
+exp-42  executor   local-7b      2     0%      15           0   unknown  0.400  2.500       1
+-       executor   smollm2       1     0%      42           0  0.000000  0.800  0.800       0"""
 
 SHOW_ERRORS = """\
 2026-11-25T10:00:04Z  run=exp-42  role=executor  model=local-7b  ERROR

@@ -54,3 +54,64 @@ def test_validation_error_says_where():
     assert validation_error({"name": "a", "age": 3}, PERSON) is None
     assert "age" in validation_error({"name": "a", "age": "old"}, PERSON)
     assert "'age' is a required property" in validation_error({"name": "a"}, PERSON)
+
+
+def test_a_schema_checked_once_is_not_meta_validated_again():
+    """A repeated schema (every optimiser step, every cache hit) costs a lookup, not jsonschema's
+    meta-validation (hundreds of microseconds): far under 50 us even on a loaded machine."""
+    import time
+
+    from myopto.output_format import check_schema
+
+    schema = {"type": "object", "properties": {"x": {"type": "integer"}, "why": {"type": "string"}},
+              "required": ["x", "why"], "additionalProperties": False, "$defs": {"n": {"type": "number"}}}
+    check_schema(schema)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(200):
+            check_schema({**schema})  # an equal schema, another object: keyed by content, not identity
+        best = min(best, (time.perf_counter() - start) / 200)
+    assert best < 50e-6, f"{best * 1e6:.0f} us per check of a schema already checked"
+
+
+def test_a_remembered_schema_changed_in_place_is_checked_again():
+    from myopto.output_format import check_schema
+
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    check_schema(schema)
+    schema["properties"]["a"]["type"] = "strng"  # the same object, now malformed
+    with pytest.raises(InvalidRequest, match="malformed JSON schema at properties/a/type"):
+        check_schema(schema)
+    schema["properties"]["a"] = {"$ref": "#/$defs/missing"}
+    with pytest.raises(InvalidRequest, match="points to nothing"):
+        check_schema(schema)
+
+
+def test_keys_in_another_order_are_the_same_schema_and_a_bad_schema_is_refused_every_time():
+    from myopto.output_format import check_schema
+
+    check_schema({"required": ["b"], "type": "object", "properties": {"b": {"type": "integer"}}})
+    check_schema({"type": "object", "properties": {"b": {"type": "integer"}}, "required": ["b"]})
+    bad = {"type": "object", "properties": {"a": {"type": 5}}}
+    for _ in range(3):
+        with pytest.raises(InvalidRequest, match="malformed JSON schema"):
+            normalize_response_format(bad)
+
+
+def test_a_schema_that_is_not_plain_json_is_still_checked_each_time():
+    from myopto.output_format import check_schema
+
+    with pytest.raises(InvalidRequest, match="malformed JSON schema"):
+        check_schema({"type": "object", "enum": {1, 2}})  # a set: no canonical text, checked, refused
+    check_schema({"type": "object", "properties": {"a": {"type": "number", "maximum": float("inf")}}})
+
+
+def test_the_remembered_schemas_are_bounded():
+    from myopto import output_format
+
+    for index in range(output_format._VALID_SCHEMAS_MAX + 50):
+        output_format.check_schema({"type": "object", "properties": {f"p{index}": {"type": "string"}}})
+    assert len(output_format._VALID_SCHEMAS) == output_format._VALID_SCHEMAS_MAX
+    latest = {"type": "object", "properties": {f"p{output_format._VALID_SCHEMAS_MAX + 49}": {"type": "string"}}}
+    assert output_format._canonical(latest) in output_format._VALID_SCHEMAS

@@ -1,11 +1,22 @@
-"""Test helpers for myopto and for code built on it: a real OpenAI-compatible server on loopback,
+"""Test helpers for myopto and for code built on it: a real OpenAI-compatible server on loopback
+(`Answer` arranges tool calls, reasoning and usage; `logprobs_for` says the logprobs it sends),
 a real redis-server process, and an in-process backend that answers at once."""
 
 from myopto.testing.echo import EchoBackend
 from myopto.testing.redis_server import RedisClusterServers, RedisServer, redis_server_binary
-from myopto.testing.server import FakeOpenAIServer, Fault, RecordedRequest, count_tokens, default_answer, example_for_schema
+from myopto.testing.server import (
+    Answer,
+    FakeOpenAIServer,
+    Fault,
+    RecordedRequest,
+    count_tokens,
+    default_answer,
+    example_for_schema,
+    logprobs_for,
+)
 
 __all__ = [
+    "Answer",
     "EchoBackend",
     "FakeOpenAIServer",
     "Fault",
@@ -15,5 +26,6 @@ __all__ = [
     "count_tokens",
     "default_answer",
     "example_for_schema",
+    "logprobs_for",
     "redis_server_binary",
 ]

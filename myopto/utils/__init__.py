@@ -4,6 +4,17 @@ from myopto.calls import allm_json, allm_text, llm_json, llm_text
 from myopto.client import RoleLLM, get_llm
 from myopto.parsing import extract_text, try_parse_json
 from myopto.price_map import prefer_bundled_price_map
+from myopto.response import (
+    Choice,
+    ChoiceLogprobs,
+    CompletionTokensDetails,
+    Function,
+    Message,
+    PromptTokensDetails,
+    TokenLogprob,
+    ToolCall,
+    TopLogprob,
+)
 from myopto.router import (
     add_middleware,
     clear_role_config,
@@ -26,6 +37,16 @@ from myopto.usage import (
 prefer_bundled_price_map()
 
 __all__ = [
+    # the parts of a Response, for type hints and isinstance checks
+    "Choice",
+    "ChoiceLogprobs",
+    "CompletionTokensDetails",
+    "Function",
+    "Message",
+    "PromptTokensDetails",
+    "TokenLogprob",
+    "ToolCall",
+    "TopLogprob",
     "RoleLLM",
     "add_middleware",
     "allm_json",

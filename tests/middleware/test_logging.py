@@ -21,7 +21,8 @@ from myopto.logs import read_log
 from myopto.recording import reset_unrecorded, unrecorded_counts
 
 FIELDS = {"ts", "event", "run", "role", "backend", "model", "request_key", "latency_s", "status", "cached",
-          "attempts", "prompt_tokens", "completion_tokens", "cost", "finish_reason"}
+          "attempts", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "cost", "finish_reason",
+          "choices"}
 
 
 @pytest.fixture

@@ -68,6 +68,8 @@ def test_a_call_is_one_client_span_with_the_genai_attributes(spans, server):
         "gen_ai.response.finish_reasons": ("stop",),
         "gen_ai.usage.input_tokens": 2,
         "gen_ai.usage.output_tokens": 3,
+        "gen_ai.usage.cache_read.input_tokens": 0,
+        "gen_ai.usage.reasoning.output_tokens": 0,
         "server.address": "127.0.0.1",
         "server.port": server.port,
         "myopto.role": "executor",
@@ -75,6 +77,7 @@ def test_a_call_is_one_client_span_with_the_genai_attributes(spans, server):
         "myopto.request_key": get_llm().request("hello there", temperature=0.2, max_tokens=50, top_p=0.9, seed=7).fingerprint(),
         "myopto.run": "exp-7",
         "myopto.run.tags.lr": 0.1,
+        "myopto.choices": 1,
         "myopto.cached": False,
         "myopto.attempts": 1,
     }
