@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from myopto.errors import BackendUnavailable, InvalidRequest
+from myopto.output_format import MISSING, resolve_pointer
 
 _CLOSERS = frozenset('"]}')
 _DISCOVERY_STEPS = 512  # greedy closing from an empty answer, when the built shortest answer does not fit the grammar
@@ -529,7 +530,7 @@ class _Shortest:
         return value
 
 
-_MISSING = object()
+_MISSING = MISSING  # a reference that names nothing
 
 
 def _resolve(root: Any, reference: str) -> Any:
@@ -543,16 +544,7 @@ def _resolve(root: Any, reference: str) -> Any:
         return root
     if not fragment.startswith("/"):
         return _anchor(root, fragment)
-    target = root
-    for token in fragment[1:].split("/"):
-        token = token.replace("~1", "/").replace("~0", "~")
-        if isinstance(target, Mapping) and token in target:
-            target = target[token]
-        elif isinstance(target, list) and token.isdigit() and int(token) < len(target):
-            target = target[int(token)]
-        else:
-            return _MISSING
-    return target
+    return resolve_pointer(root, fragment)
 
 
 def _anchor(node: Any, name: str) -> Any:

@@ -170,6 +170,24 @@ def _collect(node: Any, where: str, references: list[tuple[str, str]], anchors: 
     return nested_id
 
 
+MISSING = object()  # what `resolve_pointer` returns for a pointer that names nothing
+
+
+def resolve_pointer(root: Any, pointer: str) -> Any:
+    """What the JSON pointer `pointer` (`/$defs/item`, already percent-decoded) names in `root`, or
+    `MISSING` (RFC 6901: `~1` is `/`, `~0` is `~`)."""
+    target = root
+    for token in pointer[1:].split("/"):
+        token = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(target, Mapping) and token in target:
+            target = target[token]
+        elif isinstance(target, list) and token.isdigit() and int(token) < len(target):
+            target = target[int(token)]
+        else:
+            return MISSING
+    return target
+
+
 def _resolves(schema: Mapping[str, Any], fragment: str, anchors: set[str]) -> bool:
     """Whether `#fragment` names something in `schema`: a JSON pointer or an anchor."""
     from urllib.parse import unquote
@@ -177,16 +195,7 @@ def _resolves(schema: Mapping[str, Any], fragment: str, anchors: set[str]) -> bo
     fragment = unquote(fragment)
     if not fragment.startswith("/"):
         return fragment == "" or fragment in anchors
-    target: Any = schema
-    for token in fragment[1:].split("/"):
-        token = token.replace("~1", "/").replace("~0", "~")
-        if isinstance(target, Mapping) and token in target:
-            target = target[token]
-        elif isinstance(target, list) and token.isdigit() and int(token) < len(target):
-            target = target[int(token)]
-        else:
-            return False
-    return True
+    return resolve_pointer(schema, fragment) is not MISSING
 
 
 def schema_of(response_format: Mapping[str, Any] | None) -> dict[str, Any] | None:

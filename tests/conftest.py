@@ -136,3 +136,21 @@ class LoopTicks:
 def loop_ticks():
     """`async with loop_ticks() as ticks: ...`, then `ticks.count`."""
     return LoopTicks
+
+
+@pytest.fixture(scope="session")
+def _exporter():
+    """An in-memory span exporter on the process's tracer provider, as MLflow or Phoenix would
+    install one (one provider per process: the first test to need it installs it)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter

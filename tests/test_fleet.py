@@ -18,7 +18,6 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
 
 from myopto.parsing import content_text
 from myopto.testing import FakeOpenAIServer

@@ -9,10 +9,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import myopto
 from myopto import configure_logging, get_llm, set_role_config
@@ -56,16 +52,6 @@ def role(request, server, tmp_path):
 # -- spans ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def _exporter():
-    """The host's tracer provider (installed once per process; another module may have done it)."""
-    exporter = InMemorySpanExporter()
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return exporter
 
 
 @pytest.fixture

@@ -22,9 +22,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from myopto import AuthenticationFailed, ServerError, clear_role_config, configure_logging, get_llm, set_role_config
@@ -34,17 +31,6 @@ from myopto.router import ROUTER
 from myopto.stores import open_store
 
 
-@pytest.fixture(scope="session")
-def _exporter():
-    """An in-memory exporter on the process's tracer provider (one provider per process: if
-    another test module installed it first, the exporter is added to it)."""
-    exporter = InMemorySpanExporter()
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return exporter
 
 
 # -- the carriers: how a role is given its key --------------------------------------------------

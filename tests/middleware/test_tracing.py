@@ -13,9 +13,6 @@ import uuid
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 import myopto
@@ -24,17 +21,6 @@ from myopto import BadRequest, get_llm, set_role_config
 KEY = "sk-tracing-secret-0123456789"
 
 
-@pytest.fixture(scope="session")
-def _exporter():
-    """The host's tracer provider, as MLflow or Phoenix would install it (once per process: if
-    another test module installed it first, this exporter is added to it)."""
-    exporter = InMemorySpanExporter()
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return exporter
 
 
 @pytest.fixture
