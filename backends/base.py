@@ -167,10 +167,10 @@ def headers_key(*headers: Mapping[str, Any] | None) -> str:
     """
     kept: dict[str, str] = {}
     for mapping in headers:
-        for name, value in (mapping or {}).items():
-            name = str(name).lower()
+        for given, value in (mapping or {}).items():
+            name = str(given).lower()  # after the secret check: `XApiKey` is secret by its camel case
             text = value if isinstance(value, str) else json.dumps(value, default=str)
-            if is_secret_name(name) or "authorization" in name or redact(text) != text or _is_credential(text):
+            if is_secret_name(given) or is_secret_name(name) or "authorization" in name or redact(text) != text or _is_credential(text):
                 kept.pop(name, None)
                 continue
             kept[name] = text

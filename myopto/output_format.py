@@ -89,10 +89,31 @@ _valid_schemas_lock = threading.Lock()
 def _canonical(schema: Mapping[str, Any]) -> str | None:
     """The schema as canonical JSON text, or None when it is not plain JSON data (then it is
     checked every time, never remembered)."""
+    if not _plain_json(schema):
+        # a tuple or a read-only mapping would give the same text as a list or a dict, yet
+        # jsonschema judges them otherwise: such a schema is checked every time as it is
+        return None
     try:
         return json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError, RecursionError):
         return None
+
+
+_PLAIN_SCALARS = (str, int, float, bool, type(None))
+
+
+def _plain_json(value: Any, depth: int = 0) -> bool:
+    """Only dicts with string keys, lists and JSON scalars (exact types), at most 64 levels deep."""
+    kind = type(value)
+    if kind in _PLAIN_SCALARS:
+        return True
+    if depth > 64:
+        return False
+    if kind is dict:
+        return all(type(key) is str and _plain_json(item, depth + 1) for key, item in value.items())
+    if kind is list:
+        return all(_plain_json(item, depth + 1) for item in value)
+    return False
 
 
 def check_schema(schema: Mapping[str, Any]) -> None:

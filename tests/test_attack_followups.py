@@ -280,3 +280,11 @@ def test_localslm_refuses_n_choices_before_decoding(local_role):
     with pytest.raises(InvalidRequest, match="one choice per call"):
         asyncio.run(get_llm().acall("x", n=3))
     assert get_llm()("x", n=1, max_tokens=2).choices[0].index == 0
+
+
+def test_a_camel_case_credential_header_stays_out_of_the_key_unregistered():
+    from myopto.backends.base import headers_key
+
+    marker = "camel-credential-value-0123456789"
+    assert marker not in headers_key({"XApiKey": marker, "OcpApimSubscriptionKey": marker, "x-route": "alpha"})
+    assert "alpha" in headers_key({"x-route": "alpha"})

@@ -2,7 +2,7 @@ import pytest
 from pydantic import BaseModel
 
 from myopto import InvalidRequest
-from myopto.output_format import normalize_response_format, schema_of, validation_error
+from myopto.output_format import check_schema, normalize_response_format, schema_of, validation_error
 
 PERSON = {
     "type": "object",
@@ -115,3 +115,15 @@ def test_the_remembered_schemas_are_bounded():
     assert len(output_format._VALID_SCHEMAS) == output_format._VALID_SCHEMAS_MAX
     latest = {"type": "object", "properties": {f"p{output_format._VALID_SCHEMAS_MAX + 49}": {"type": "string"}}}
     assert output_format._canonical(latest) in output_format._VALID_SCHEMAS
+
+
+def test_a_schema_judged_once_is_judged_the_same_whatever_was_checked_before():
+    """A tuple where an array belongs is refused every time, also after the list spelling of the
+    same schema was found valid (both give the same JSON text)."""
+    as_tuple = {"type": "object", "properties": {"c": {"enum": ("a", "b")}}}
+    as_list = {"type": "object", "properties": {"c": {"enum": ["a", "b"]}}}
+    with pytest.raises(InvalidRequest):
+        check_schema(as_tuple)
+    check_schema(as_list)
+    with pytest.raises(InvalidRequest):
+        check_schema(as_tuple)

@@ -117,8 +117,13 @@ def fresh_engine():
 async def test_a_caller_who_left_while_its_grammar_compiled_costs_no_decoding_step(fresh_engine):
     engine = fresh_engine
     steps, admitted = engine.steps, engine.admitted
-    with pytest.raises(asyncio.TimeoutError):  # building the grammar's vocabulary takes a second or more
-        await asyncio.wait_for(get_llm().acall("Invent a person.", response_format=PERSON, constrained=True, max_tokens=400), 0.2)
+    call = asyncio.create_task(get_llm().acall("Invent a person.", response_format=PERSON, constrained=True, max_tokens=400))
+    # the caller leaves while its grammar's vocabulary is being built (a second or more), however
+    # long the way there took on a busy machine
+    await asyncio.to_thread(wait_until, lambda: engine._grammars._lock.locked())
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
     await asyncio.to_thread(wait_until, lambda: engine.dropped == 1)
     await asyncio.sleep(0.3)
     assert (engine.steps, engine.admitted) == (steps, admitted)  # never queued: no slot, no step
