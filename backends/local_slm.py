@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import functools
 import threading
 import time
@@ -26,10 +27,10 @@ from typing import Any, ClassVar
 from myopto.backends.base import BaseBackend
 from myopto.backends.generation import Generation
 from myopto.backends.model_files import identity, locate
-from myopto.errors import BackendTimeout, ConfigError, InvalidRequest
+from myopto.errors import BackendTimeout, ConfigError
 from myopto.output_format import schema_of
 from myopto.request import Request
-from myopto.response import Response, Usage
+from myopto.response import Choice, Message, Response, Usage
 
 ENGINES = ("auto", "llama.cpp", "transformers", "mlx")
 
@@ -215,52 +216,73 @@ class LocalSLM(BaseBackend):
 
     def complete(self, request: Request) -> Response:
         """On llama.cpp the request's `timeout` is honoured: a caller that stops waiting
-        cancels its request, which then costs no more decoding steps (none, if it had not started)."""
-        _one_choice(request)
+        cancels its request, which then costs no more decoding steps (none, if it had not started).
+        `n` > 1 decodes n sequences of the prompt together, in one batch."""
         engine = self.engine(request.model)
         start = time.perf_counter()
-        generation = self._generation(engine, request)
+        generations = self._generations(engine, request)
         submit = getattr(engine, "submit", None)
         if submit is None:
-            return self._response(request, engine.generate(generation), start)
-        future = submit(generation)
+            if len(generations) == 1:
+                return self._response(request, [engine.generate(generations[0])], start)
+            # concurrent callers of the engine are gathered into one batch (its batcher)
+            with concurrent.futures.ThreadPoolExecutor(len(generations), thread_name_prefix="myopto-n") as pool:
+                return self._response(request, list(pool.map(engine.generate, generations)), start)
+        futures: list[concurrent.futures.Future[Any]] = []
         try:
-            result = future.result(timeout=_left(request, start))
+            for generation in generations:
+                futures.append(submit(generation))
+            results = [future.result(timeout=_left(request, start)) for future in futures]
         except concurrent.futures.TimeoutError:
-            future.cancel()
+            _cancel(futures)
             raise self._timeout(request) from None
-        except BaseException:  # interrupted: nobody waits for the answer any more
-            future.cancel()
+        except BaseException:  # interrupted, or refused: nobody waits for the answers any more
+            _cancel(futures)
             raise
-        return self._response(request, result, start)
+        return self._response(request, results, start)
 
     async def acomplete(self, request: Request) -> Response:
         """On llama.cpp the answer is awaited without holding a thread while it decodes, so
         asyncio callers decode together however small the default thread pool is; the other
         engines generate in a worker thread. A cancelled or timed-out caller cancels its
         request, even while its grammar is still compiling: it is then never decoded."""
-        _one_choice(request)
         engine = await asyncio.to_thread(self.engine, request.model)  # loads the model once, off the loop
         submit = getattr(engine, "submit", None)
         if submit is None:
             return await super().acomplete(request)
         start = time.perf_counter()
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        count = request.params.get("n") or 1
+        futures: list[concurrent.futures.Future[Any]] = [concurrent.futures.Future() for _ in range(count)]
+
+        def queue_all() -> None:
+            for generation, future in zip(self._generations(engine, request), futures):
+                submit(generation, future)
+
         try:
-            await asyncio.to_thread(lambda: submit(self._generation(engine, request), future))
+            await asyncio.to_thread(queue_all)
         except BaseException:
-            future.cancel()  # the worker thread then leaves it unqueued
+            _cancel(futures)  # the worker thread then leaves them unqueued
             raise
-        try:  # cancelling the awaited wrapper cancels the request's future too
-            result = await asyncio.wait_for(asyncio.wrap_future(future), _left(request, start))
+        try:  # cancelling the awaited wrappers cancels the requests' futures too
+            results = await asyncio.wait_for(asyncio.gather(*map(asyncio.wrap_future, futures)), _left(request, start))
         except asyncio.TimeoutError:
             raise self._timeout(request) from None
-        return self._response(request, result, start)
+        return self._response(request, list(results), start)
 
     @staticmethod
     def _timeout(request: Request) -> BackendTimeout:
         return BackendTimeout(f"LocalSLM did not answer within the timeout of {request.timeout} s; the request was "
                               "dropped", retryable=True, role=request.role, model=request.model)
+
+    def _generations(self, engine: Any, request: Request) -> list[Generation]:
+        """The request's `n` sequences (1 unless `n` says more). With a `seed`, sequence i is
+        seeded `seed + i`, so the n answers differ and each is reproducible; greedy decoding
+        (temperature 0) gives n identical answers, as servers do."""
+        generation = self._generation(engine, request)
+        count = request.params.get("n") or 1
+        if generation.seed is None:
+            return [generation] * count
+        return [dataclasses.replace(generation, seed=generation.seed + index) for index in range(count)]
 
     def _generation(self, engine: Any, request: Request) -> Generation:
         params = request.params_dict()
@@ -281,14 +303,21 @@ class LocalSLM(BaseBackend):
         )
 
     @staticmethod
-    def _response(request: Request, result: Any, start: float) -> Response:
+    def _response(request: Request, results: list[Any], start: float) -> Response:
+        """One choice per decoded sequence; the prompt is counted once, as providers count it."""
+        first = results[0]
+        choices = tuple(
+            Choice(message=Message(content=result.text), index=index, finish_reason=result.finish_reason)
+            for index, result in enumerate(results)
+        ) if len(results) > 1 else ()
         return Response(
-            text=result.text,
+            text=first.text,
             model=request.model,
-            usage=Usage.of(result.prompt_tokens, result.completion_tokens),
+            usage=Usage.of(first.prompt_tokens, sum(result.completion_tokens for result in results)),
             cost=0.0,
             latency=time.perf_counter() - start,
-            finish_reason=result.finish_reason,
+            finish_reason=first.finish_reason,
+            choices=choices,
         )
 
     @classmethod
@@ -306,13 +335,9 @@ def _left(request: Request, start: float) -> float | None:
     return None if request.timeout is None else max(0.0, request.timeout - (time.perf_counter() - start))
 
 
-def _one_choice(request: Request) -> None:
-    """`InvalidRequest` for `n` > 1, before a model is loaded or anything decoded: a local model
-    answers one choice per call, and answering one silently would leave choices missing."""
-    n = request.params.get("n")
-    if n is not None and n > 1:
-        raise InvalidRequest(
-            f"LocalSLM answers one choice per call, and n={n} asks for {n}: call it {n} times instead "
-            "(with temperature > 0 and different seeds for different answers). n choices sampled in "
-            "one batch is planned"
-        )
+def _cancel(futures: list[concurrent.futures.Future[Any]]) -> None:
+    """Cancel every sequence of a call whose caller left (queued ones are then never decoded)."""
+    for future in futures:
+        future.cancel()
+
+

@@ -274,12 +274,20 @@ def test_the_token_estimate_counts_the_completion_cap_once_per_choice():
 
 # -- 7. LocalSLM answers one choice per call, and says so -------------------------------------------
 
-def test_localslm_refuses_n_choices_before_decoding(local_role):
-    with pytest.raises(InvalidRequest, match="one choice per call"):
-        get_llm()("x", n=2)
-    with pytest.raises(InvalidRequest, match="one choice per call"):
-        asyncio.run(get_llm().acall("x", n=3))
-    assert get_llm()("x", n=1, max_tokens=2).choices[0].index == 0
+def test_localslm_answers_n_choices_sampled_together(local_role, monkeypatch):
+    """n sequences of the prompt, seeded seed+i: n choices, the prompt counted once, and a cache
+    hit that returns the same n (the tiny transformers model; its batcher gathers them)."""
+    monkeypatch.setenv("MYOPTO_CACHE", "on")
+    first = get_llm()("x", n=3, temperature=1.0, seed=7, max_tokens=4)
+    assert [choice.index for choice in first.choices] == [0, 1, 2]
+    assert first.text == first.choices[0].message.content
+    alone = get_llm()("x", temperature=1.0, seed=7, max_tokens=4)
+    assert alone.usage.prompt_tokens == first.usage.prompt_tokens
+    assert 3 <= first.usage.completion_tokens <= 3 * 4  # every choice's tokens, each at most the budget
+    again = get_llm()("x", n=3, temperature=1.0, seed=7, max_tokens=4)
+    assert again.cached and again.choices == first.choices
+    greedy = asyncio.run(get_llm().acall("x", n=2, max_tokens=4))
+    assert len(greedy.choices) == 2 and greedy.choices[0].message.content == greedy.choices[1].message.content
 
 
 def test_a_camel_case_credential_header_stays_out_of_the_key_unregistered():

@@ -288,3 +288,35 @@ def test_a_run_or_tags_that_cannot_be_recorded_are_refused_before_sending(role, 
         get_llm()("x", metadata=metadata)
     assert fragment in str(error.value)
     assert role.request_count == 0
+
+
+ADD = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}}
+
+
+@pytest.mark.parametrize(
+    "params, fragment",
+    [
+        ({"tools": [{"type": "function"}]}, "without a 'function' dict"),
+        ({"tools": [{"type": "function", "function": {"name": "add me"}}]}, "1-64 letters"),
+        ({"tools": [ADD, ADD]}, "declares the function 'add' twice"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}]},
+         "its parameters are not a usable JSON schema"),
+        ({"tools": [ADD], "tool_choice": {"type": "function", "function": {"name": "sub"}}}, "which tools does not declare"),
+        ({"tools": [ADD], "tool_choice": "always"}, "tool_choice must be one of"),
+        ({"tools": [], "tool_choice": "required"}, "needs at least one function"),
+        ({"tool_choice": {"type": "function"}}, "tool_choice naming a function is"),
+    ],
+    ids=["no function", "bad name", "twice", "bad schema", "unknown tool", "bad choice", "required, none", "no name"],
+)
+def test_tools_and_tool_choice_that_cannot_work_are_refused_before_sending(role, params, fragment):
+    with pytest.raises(InvalidRequest) as error:
+        get_llm()("add 2 and 3", **params)
+    assert fragment in str(error.value)
+    assert role.request_count == 0
+
+
+def test_valid_tools_and_a_named_tool_choice_are_sent(role):
+    get_llm()("add 2 and 3", tools=[ADD, {"type": "web_search"}], tool_choice={"type": "function", "function": {"name": "add"}})
+    sent = role.last_request.body
+    assert [tool.get("function", {}).get("name") for tool in sent["tools"]] == ["add", None]
+    assert sent["tool_choice"]["function"]["name"] == "add"

@@ -291,3 +291,19 @@ async def test_a_cancelled_async_call_stops_decoding_and_frees_its_slot(gguf_rol
     assert not engine._running and sorted(engine._free_ids) == list(range(engine.max_sequences))
     assert engine.steps - steps < 50  # it stopped at the next step, far short of 2000 tokens
     assert (await get_llm().acall("Hi", max_tokens=3)).usage.completion_tokens <= 3  # the engine still answers
+
+
+def test_n_choices_are_decoded_together_and_each_is_its_own_seeded_sample(gguf_role):
+    """n=3 with seed 11: three choices, choice i the same answer as one call seeded 11 + i (a
+    seeded sample does not depend on the sequences beside it), the prompt counted once."""
+    together = get_llm()(STORY, n=3, temperature=0.9, seed=11, max_tokens=8, cache="off")
+    alone = [get_llm()(STORY, temperature=0.9, seed=11 + index, max_tokens=8, cache="off") for index in range(3)]
+    assert [choice.message.content for choice in together.choices] == [answer.text for answer in alone]
+    assert together.usage.prompt_tokens == alone[0].usage.prompt_tokens
+    assert together.usage.completion_tokens == sum(answer.usage.completion_tokens for answer in alone)
+
+
+async def test_async_n_choices_on_llama_cpp(gguf_role):
+    answer = await get_llm().acall(STORY, n=2, max_tokens=6, cache="off")
+    assert len(answer.choices) == 2  # greedy: two identical answers, as servers give
+    assert answer.choices[0].message.content == answer.choices[1].message.content == answer.text
