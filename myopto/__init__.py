@@ -28,19 +28,7 @@ from myopto.errors import (
 from myopto.logs import configure_logging
 from myopto.pipeline import FunctionMiddleware, Middleware, Pipeline, as_middleware
 from myopto.request import Request
-from myopto.response import (
-    Choice,
-    ChoiceLogprobs,
-    CompletionTokensDetails,
-    Function,
-    Message,
-    PromptTokensDetails,
-    Response,
-    TokenLogprob,
-    ToolCall,
-    TopLogprob,
-    Usage,
-)
+from myopto.response import Response, Usage
 from myopto.router import RoleConfig
 from myopto.runs import current_run, run
 from myopto.tracing import configure_tracing, flush_tracing
@@ -72,16 +60,6 @@ __all__ = [
     "Pipeline",
     "Request",
     "Response",
-    # the parts of a Response
-    "Choice",
-    "ChoiceLogprobs",
-    "CompletionTokensDetails",
-    "Function",
-    "Message",
-    "PromptTokensDetails",
-    "TokenLogprob",
-    "ToolCall",
-    "TopLogprob",
     "RoleConfig",
     "StructuredOutputError",
     "Usage",
@@ -93,4 +71,5 @@ __all__ = [
     "current_run",
     "run",
 ]
-__all__ += [name for name in _utils_all if name not in __all__]  # the Trace-compatible API (it repeats a few)
+# the Trace-compatible API and the parts of a Response (it repeats a few)
+__all__ += [name for name in _utils_all if name not in __all__]
