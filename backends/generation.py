@@ -24,6 +24,7 @@ class Generation:
     stop: tuple[str, ...] = ()
     json_schema: Any = None  # a JSON schema dict, or {} for any JSON object, or None: unconstrained
     constrained: bool = False
+    free_text: bool = False  # constrained, and plain text not starting with "{" is an answer too (tool_choice="auto")
 
     def batch_key(self) -> tuple[Any, ...]:
         """Requests share a padded batch only when they decode the same way."""

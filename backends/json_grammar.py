@@ -54,6 +54,7 @@ _FORMAT_EXAMPLES = {
     "ipv4": "0.0.0.0", "ipv6": "::", "hostname": "a", "uri-template": "", "json-pointer": "",
     "relative-json-pointer": "0",
 }
+_FREE_TEXT = r'root ::= [^{ \t\n\r] [^]*'  # plain text, told from JSON by its first character
 _COMPILER_PREFIX = re.compile(r"^\s*\[[\d:]+\]\s+\S+:\d+:\s*")  # "[03:39:36] /project/cpp/x.cc:5082: "
 
 
@@ -117,15 +118,20 @@ class GrammarCache:
         """The compiled grammar for a JSON schema, or for any JSON object when `schema` is None."""
         return self.plan(schema).grammar
 
-    def plan(self, schema: dict[str, Any] | None) -> Plan:
+    def plan(self, schema: dict[str, Any] | None, *, free_text: bool = False) -> Plan:
         """The grammar and shortest answer for `schema` (None: any JSON object), made once per
-        schema. `InvalidRequest` when the compiler rejects the schema or no answer closes."""
+        schema. With `free_text` the grammar also admits plain text that does not start with `{`
+        (a tool call or a text answer). `InvalidRequest` when the compiler rejects the schema or
+        no answer closes."""
         key = "" if schema is None else json.dumps(schema)  # keeps the schema's property order
         with self._lock:
-            plan = self._plans.get(key)
+            plan = self._plans.get(f"text|{key}" if free_text else key)
             if plan is None:
                 grammar = self._compile(key, schema)
-                plan = self._plans[key] = Plan(grammar, self._shortest_answer(grammar, schema))
+                plan = Plan(grammar, self._shortest_answer(grammar, schema))
+                if free_text:
+                    plan = Plan(self._or_text(key, schema), plan.shortest)
+                self._plans[f"text|{key}" if free_text else key] = plan
                 self._closing_scores  # noqa: B018 - ranked here, in a caller's thread, not in a decoding loop
             return plan
 
@@ -136,6 +142,14 @@ class GrammarCache:
             return self.compiler.compile_json_schema(key, strict_mode=True)
         except (RuntimeError, ValueError, TypeError) as error:
             raise _compiler_refusal(error) from error
+
+    def _or_text(self, key: str, schema: dict[str, Any] | None) -> Any:
+        """The schema's grammar or plain text: a first character other than `{` and whitespace
+        chooses text, which may then end anywhere."""
+        xgr = self.xgr
+        json_grammar = xgr.Grammar.from_json_schema(key or '{"type": "object"}', strict_mode=schema is not None)
+        either = xgr.Grammar.union(json_grammar, xgr.Grammar.from_ebnf(_FREE_TEXT))
+        return self.compiler.compile_grammar(either)
 
     def _shortest_answer(self, grammar: Any, schema: dict[str, Any] | None) -> tuple[int, ...]:
         """The built shortest answer as tokens when the grammar takes it whole, else whatever the
@@ -216,14 +230,14 @@ class LazyGrammars:
 
 
 def constrained_plan(grammars: LazyGrammars, schema: dict[str, Any] | None, encode: Callable[[str], list[int]],
-                     budget: int) -> Plan:
+                     budget: int, *, free_text: bool = False) -> Plan:
     """The plan for one constrained answer of at most `budget` tokens, or `InvalidRequest`.
 
     The cheap refusals come first, before the vocabulary is read or the grammar compiled: a
     refused keyword, no finite answer, or a shortest answer longer than the budget."""
     text = shortest_json(schema)
     _check_fits(text, len(encode(text)), budget)
-    plan = grammars().plan(schema)
+    plan = grammars().plan(schema, free_text=free_text)
     _check_fits(text, len(plan.shortest), budget)
     return plan
 

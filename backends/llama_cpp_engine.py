@@ -275,7 +275,8 @@ class LlamaCppEngine:
         future = future if future is not None else concurrent.futures.Future()
         sequence = _Sequence(generation, future, budget=min(generation.max_new_tokens, self.n_ctx - prompt))
         if generation.constrained:
-            sequence.plan = constrained_plan(self._grammars, generation.json_schema or None, self.text_ids, sequence.budget)
+            sequence.plan = constrained_plan(self._grammars, generation.json_schema or None, self.text_ids, sequence.budget,
+                                             free_text=generation.free_text)
             sequence.matcher = self.grammars.xgr.GrammarMatcher(sequence.plan.grammar)
         if generation.stop and not generation.constrained:
             sequence.decoder = codecs.getincrementaldecoder("utf-8")("replace")

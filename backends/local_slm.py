@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 from myopto.backends.base import BaseBackend
 from myopto.backends.generation import Generation
+from myopto.backends.local_tools import local_messages, tool_plan
 from myopto.backends.model_files import identity, locate
 from myopto.errors import BackendTimeout, ConfigError
 from myopto.output_format import schema_of
@@ -286,11 +287,17 @@ class LocalSLM(BaseBackend):
 
     def _generation(self, engine: Any, request: Request) -> Generation:
         params = request.params_dict()
+        tools = tool_plan(params.get("tools"), params.get("tool_choice"))
         response_format = request.response_format_dict()
         constrained = bool(params.get("constrained")) and response_format is not None
+        schema = (schema_of(response_format) or {}) if constrained else None
+        if tools is not None:  # a call decoded under the tools' grammar (or, with "auto", text)
+            constrained, schema = True, tools.schema
         budget = params.get("max_new_tokens") or params.get("max_tokens") or params.get("max_completion_tokens") or 256
+        if tools is not None:
+            tools.check_fits(engine.text_ids, int(budget))
         return Generation(
-            prompt_ids=engine.prompt_ids(request.messages_list()),
+            prompt_ids=engine.prompt_ids(local_messages(request.messages_list(), tools)),
             max_new_tokens=int(budget),
             temperature=float(params.get("temperature") or 0.0),
             top_p=params.get("top_p"),
@@ -298,26 +305,32 @@ class LocalSLM(BaseBackend):
             repetition_penalty=params.get("repetition_penalty"),
             seed=params.get("seed"),
             stop=tuple(params.get("stop") or ()),
-            json_schema=(schema_of(response_format) or {}) if constrained else None,
+            json_schema=schema,
             constrained=constrained,
+            free_text=tools is not None and tools.free_text,
         )
 
     @staticmethod
     def _response(request: Request, results: list[Any], start: float) -> Response:
-        """One choice per decoded sequence; the prompt is counted once, as providers count it."""
+        """One choice per decoded sequence (a tool call when the tools' grammar decoded one); the
+        prompt is counted once, as providers count it."""
+        params = request.params_dict()
+        tools = tool_plan(params.get("tools"), params.get("tool_choice"))
+        choices = []
+        for index, result in enumerate(results):
+            message, finish_reason = tools.read(result.text, index) if tools is not None else (Message(content=result.text), None)
+            if finish_reason is None or result.finish_reason != "stop":  # a call cut off by its budget (then closed) says so
+                finish_reason = result.finish_reason
+            choices.append(Choice(message=message, index=index, finish_reason=finish_reason))
         first = results[0]
-        choices = tuple(
-            Choice(message=Message(content=result.text), index=index, finish_reason=result.finish_reason)
-            for index, result in enumerate(results)
-        ) if len(results) > 1 else ()
         return Response(
-            text=first.text,
+            text=choices[0].message.content or "",
             model=request.model,
             usage=Usage.of(first.prompt_tokens, sum(result.completion_tokens for result in results)),
             cost=0.0,
             latency=time.perf_counter() - start,
-            finish_reason=first.finish_reason,
-            choices=choices,
+            finish_reason=choices[0].finish_reason,
+            choices=tuple(choices),
         )
 
     @classmethod

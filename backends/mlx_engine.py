@@ -93,7 +93,8 @@ class MlxEngine:
         constraint = None
         processors = []
         if generation.constrained:
-            plan = constrained_plan(self._grammars, generation.json_schema or None, self.text_ids, generation.max_new_tokens)
+            plan = constrained_plan(self._grammars, generation.json_schema or None, self.text_ids, generation.max_new_tokens,
+                                    free_text=generation.free_text)
             constraint = JsonConstraint(self.grammars, [plan], [generation.max_new_tokens], len(generation.prompt_ids))
             processors.append(self._mlx_processor(constraint))
         text, tokens, last = "", [], None

@@ -134,7 +134,8 @@ class TransformersEngine:
         A constrained schema is checked and compiled here, in the caller's thread, so one that
         cannot work raises `InvalidRequest` before it joins a batch."""
         if generation.constrained:
-            constrained_plan(self._grammars, generation.json_schema or None, self.text_ids, generation.max_new_tokens)
+            constrained_plan(self._grammars, generation.json_schema or None, self.text_ids, generation.max_new_tokens,
+                             free_text=generation.free_text)
         return self.batcher.submit(generation)
 
     def run_batch(self, batch: list[Generation]) -> list[Generated]:
@@ -149,7 +150,7 @@ class TransformersEngine:
         budgets = [g.max_new_tokens for g in batch]
         constraint = None
         if any(g.constrained for g in batch):
-            plans = [self.grammars.plan(g.json_schema or None) if g.constrained else None for g in batch]  # made by generate()
+            plans = [self.grammars.plan(g.json_schema or None, free_text=g.free_text) if g.constrained else None for g in batch]  # made by generate()
             constraint = JsonConstraint(self.grammars, plans, budgets, width)
         first = batch[0]
         options: dict[str, Any] = {"do_sample": first.temperature > 0}

@@ -460,13 +460,14 @@ def reload_time(repeats: int) -> list[Row]:
     return rows
 
 
-def llama_cpp_engine(quick: bool) -> list[Row]:
-    out = subprocess.run([sys.executable, str(HERE / "llama_engine.py"), *(["--quick"] if quick else [])],
+def subprocess_rows(script: str, quick: bool) -> list[Row]:
+    """The rows a workload script run in its own process prints on its last line."""
+    out = subprocess.run([sys.executable, str(HERE / script), *(["--quick"] if quick else [])],
                          check=True, capture_output=True, text=True).stdout
     return [Row(**row) for row in json.loads(out.strip().splitlines()[-1])]
 
 
-WORKLOADS = ("imports", "chain", "http", "cache", "concurrency", "local", "redis", "tracing")
+WORKLOADS = ("imports", "chain", "http", "cache", "concurrency", "local", "tools", "redis", "tracing")
 
 
 def main() -> None:
@@ -478,7 +479,7 @@ def main() -> None:
     arguments = parser.parse_args()
     repeats = 3 if arguments.quick else 5
     calls = 200 if arguments.quick else 1000
-    chosen = arguments.only if arguments.only else [w for w in WORKLOADS if not (w == "local" and arguments.skip_local)]
+    chosen = arguments.only if arguments.only else [w for w in WORKLOADS if not (w in ("local", "tools") and arguments.skip_local)]
     rows: list[Row] = []
     started = time.time()
     for workload in chosen:
@@ -499,8 +500,10 @@ def main() -> None:
             rows += concurrency(repeats)
         elif workload == "local":
             rows += local_models(arguments.quick)
-            rows += llama_cpp_engine(arguments.quick)
+            rows += subprocess_rows("llama_engine.py", arguments.quick)
             rows += reload_time(repeats)
+        elif workload == "tools":
+            rows += subprocess_rows("tool_calls.py", arguments.quick)
     result = table(rows)
     print(result)
     notes = "\n".join(f"- {row.workload} / {row.name}: {row.note}" for row in rows if row.note)
