@@ -170,7 +170,13 @@ def headers_key(*headers: Mapping[str, Any] | None) -> str:
         for given, value in (mapping or {}).items():
             name = str(given).lower()  # after the secret check: `XApiKey` is secret by its camel case
             text = value if isinstance(value, str) else json.dumps(value, default=str)
-            if is_secret_name(given) or is_secret_name(name) or "authorization" in name or redact(text) != text or _is_credential(text):
+            if (
+                is_secret_name(given)
+                or is_secret_name(name)
+                or "authorization" in name
+                or redact(text) != text
+                or _is_credential(text)
+            ):
                 kept.pop(name, None)
                 continue
             kept[name] = text
@@ -190,8 +196,9 @@ def _masked_parameter(parameter: str) -> str:
     return f"{name}={MASK}" if equals and is_secret_name(unquote_plus(name)) else parameter
 
 
-def completion_response(raw: Any, request: Request, latency: float, backend: str,
-                        price: Callable[[Usage], float | None]) -> Response:
+def completion_response(
+    raw: Any, request: Request, latency: float, backend: str, price: Callable[[Usage], float | None]
+) -> Response:
     """A `Response` from an OpenAI-shaped chat completion (openai's or LiteLLM's object).
 
     Every choice is kept with its content, tool calls, reasoning, logprobs and finish reason,
@@ -202,7 +209,9 @@ def completion_response(raw: Any, request: Request, latency: float, backend: str
     """
     raw_choices = getattr(raw, "choices", None)
     if not raw_choices:
-        raise MalformedResponse(f"{backend} answered with no choices", retryable=True, role=request.role, model=request.model)
+        raise MalformedResponse(
+            f"{backend} answered with no choices", retryable=True, role=request.role, model=request.model
+        )
     try:
         choices = tuple(_choice(choice, position, backend) for position, choice in enumerate(raw_choices))
     except _NotAnAnswer as problem:
@@ -299,11 +308,13 @@ def _tool_calls(calls: Any, backend: str) -> tuple[ToolCall, ...] | None:
         if arguments is not None and not isinstance(arguments, str):
             arguments = json.dumps(arguments, ensure_ascii=False)
         identifier = _field(call, "id")
-        converted.append(ToolCall(
-            id=identifier if isinstance(identifier, str) and identifier else "call_" + uuid.uuid4().hex[:24],
-            type=kind if isinstance(kind, str) else "function",
-            function=Function(name=name, arguments=arguments or ""),
-        ))
+        converted.append(
+            ToolCall(
+                id=identifier if isinstance(identifier, str) and identifier else "call_" + uuid.uuid4().hex[:24],
+                type=kind if isinstance(kind, str) else "function",
+                function=Function(name=name, arguments=arguments or ""),
+            )
+        )
     return tuple(converted)
 
 
@@ -312,8 +323,9 @@ def _logprobs(logprobs: Any) -> ChoiceLogprobs | None:
     `top_logprobs`, whatever else an SDK object carries left out."""
     if logprobs is None:
         return None
-    return ChoiceLogprobs(content=_token_logprobs(_field(logprobs, "content")),
-                          refusal=_token_logprobs(_field(logprobs, "refusal")))
+    return ChoiceLogprobs(
+        content=_token_logprobs(_field(logprobs, "content")), refusal=_token_logprobs(_field(logprobs, "refusal"))
+    )
 
 
 def _token_logprobs(tokens: Any) -> tuple[TokenLogprob, ...] | None:
@@ -370,7 +382,9 @@ def _token_count(value: Any, name: str, backend: str, request: Request) -> int:
         return int(number)
     raise MalformedResponse(
         f"{backend} answered with usage.{name} = {value!r:.40}, not a token count",
-        retryable=True, role=request.role, model=request.model,
+        retryable=True,
+        role=request.role,
+        model=request.model,
     )
 
 
@@ -385,7 +399,7 @@ def unsendable(error: BaseException) -> InvalidRequest | None:
         if isinstance(cause, UnicodeEncodeError):
             return InvalidRequest(
                 f"the request holds text that cannot be sent as UTF-8 ({cause.reason}: "
-                f"{cause.object[cause.start:cause.end]!r}); clean it first, e.g. text.encode('utf-8', 'replace').decode()"
+                f"{cause.object[cause.start : cause.end]!r}); clean it first, e.g. text.encode('utf-8', 'replace').decode()"
             )
         cause = cause.__cause__ or cause.__context__
     return None
@@ -483,9 +497,18 @@ def _kind(error: BaseException, name: str, status: int | None) -> type[BackendEr
     # litellm reports a timeout or dropped connection of the openai client as a 500 / 408
     if "timeout" in lowered or status == 408 or "timed out" in str(error).lower():
         return BackendTimeout
-    if isinstance(error, json.JSONDecodeError) or "Unterminated string" in str(error) or "Expecting value" in str(error):
+    if (
+        isinstance(error, json.JSONDecodeError)
+        or "Unterminated string" in str(error)
+        or "Expecting value" in str(error)
+    ):
         return MalformedResponse
-    if "connection" in lowered or "connect" in lowered or "remoteprotocol" in lowered or "Connection error" in str(error):
+    if (
+        "connection" in lowered
+        or "connect" in lowered
+        or "remoteprotocol" in lowered
+        or "Connection error" in str(error)
+    ):
         return ConnectionFailed
     if status is not None and status >= 500:
         return ServerError

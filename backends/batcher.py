@@ -62,7 +62,9 @@ class Batcher(Generic[Item, Result]):
             while len(pending) < self.max_batch_size:
                 remaining = deadline - time.perf_counter()
                 try:
-                    pending.append(self._queue.get(timeout=max(remaining, 0)) if remaining > 0 else self._queue.get_nowait())
+                    pending.append(
+                        self._queue.get(timeout=max(remaining, 0)) if remaining > 0 else self._queue.get_nowait()
+                    )
                 except queue.Empty:
                     break
             groups: dict[Hashable, list[tuple[Item, Any]]] = {}

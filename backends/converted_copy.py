@@ -41,8 +41,11 @@ class ConvertedCopy:
         try:
             manifest = json.loads((self.folder / _MANIFEST).read_text())
             files = manifest["files"]
-            return (manifest["sha256"] == self.sha256 and bool(files)
-                    and all((self.folder / name).stat().st_size == size for name, size in files.items()))
+            return (
+                manifest["sha256"] == self.sha256
+                and bool(files)
+                and all((self.folder / name).stat().st_size == size for name, size in files.items())
+            )
         except (OSError, ValueError, KeyError, TypeError):
             return False
 
@@ -64,7 +67,12 @@ class ConvertedCopy:
                 model.generation_config.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
             files = {path.name: path.stat().st_size for path in staging.iterdir() if path.is_file()}
-            manifest = {"gguf": self.gguf.name, "sha256": self.sha256, "transformers": self.transformers_version, "files": files}
+            manifest = {
+                "gguf": self.gguf.name,
+                "sha256": self.sha256,
+                "transformers": self.transformers_version,
+                "files": files,
+            }
             (staging / _MANIFEST).write_text(json.dumps(manifest, indent=2))
             if self.folder.exists():
                 self.discard()

@@ -57,7 +57,9 @@ class CustomLLM(BaseBackend):
         self.max_retries = max_retries
         self.extra_headers = dict(extra_headers or {})
         # where calls go: the URL, and the headers a proxy there may route on (no credential)
-        self._endpoint = " ".join(part for part in (endpoint_url(self.base_url), headers_key(self.extra_headers)) if part)
+        self._endpoint = " ".join(
+            part for part in (endpoint_url(self.base_url), headers_key(self.extra_headers)) if part
+        )
         self.organization = organization
         self._lock = threading.Lock()
         self._client: Any = None
@@ -157,7 +159,16 @@ class CustomLLM(BaseBackend):
     def _response(self, raw: Any, request: Request, latency: float) -> Response:
         # priced by model name from LiteLLM's map, token class by token class as LiteLLM prices
         # them (cached prompt tokens at the cache-read price); None (unknown) for models it does not list
-        return completion_response(raw, request, latency, self.kind, lambda tokens: cost_from_map(
-            request.model, tokens.prompt_tokens, tokens.completion_tokens,
-            cached_tokens=tokens.cached_tokens, reasoning_tokens=tokens.reasoning_tokens,
-        ))
+        return completion_response(
+            raw,
+            request,
+            latency,
+            self.kind,
+            lambda tokens: cost_from_map(
+                request.model,
+                tokens.prompt_tokens,
+                tokens.completion_tokens,
+                cached_tokens=tokens.cached_tokens,
+                reasoning_tokens=tokens.reasoning_tokens,
+            ),
+        )

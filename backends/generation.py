@@ -29,8 +29,14 @@ class Generation:
     def batch_key(self) -> tuple[Any, ...]:
         """Requests share a padded batch only when they decode the same way."""
         sampling = self.temperature > 0
-        return (sampling, self.temperature if sampling else None, self.top_p if sampling else None,
-                self.top_k if sampling else None, self.repetition_penalty, self.seed if sampling else None)
+        return (
+            sampling,
+            self.temperature if sampling else None,
+            self.top_p if sampling else None,
+            self.top_k if sampling else None,
+            self.repetition_penalty,
+            self.seed if sampling else None,
+        )
 
 
 @dataclasses.dataclass(frozen=True)

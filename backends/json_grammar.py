@@ -49,12 +49,22 @@ _MAX_SCHEMA_VISITS = 20_000  # subschemas visited while building the shortest an
 UNENFORCED_FORMATS = frozenset({"iri", "iri-reference", "idn-email", "idn-hostname", "regex"})
 # A short value of each format the grammar enforces (each accepted by xgrammar's rule for it).
 _FORMAT_EXAMPLES = {
-    "email": "a@a", "date": "2000-01-01", "time": "00:00:00Z", "date-time": "2000-01-01T00:00:00Z",
-    "duration": "P0D", "uri": "a:", "uri-reference": "", "uuid": "00000000-0000-0000-0000-000000000000",
-    "ipv4": "0.0.0.0", "ipv6": "::", "hostname": "a", "uri-template": "", "json-pointer": "",
+    "email": "a@a",
+    "date": "2000-01-01",
+    "time": "00:00:00Z",
+    "date-time": "2000-01-01T00:00:00Z",
+    "duration": "P0D",
+    "uri": "a:",
+    "uri-reference": "",
+    "uuid": "00000000-0000-0000-0000-000000000000",
+    "ipv4": "0.0.0.0",
+    "ipv6": "::",
+    "hostname": "a",
+    "uri-template": "",
+    "json-pointer": "",
     "relative-json-pointer": "0",
 }
-_FREE_TEXT = r'root ::= [^{ \t\n\r] [^]*'  # plain text, told from JSON by its first character
+_FREE_TEXT = r"root ::= [^{ \t\n\r] [^]*"  # plain text, told from JSON by its first character
 _COMPILER_PREFIX = re.compile(r"^\s*\[[\d:]+\]\s+\S+:\d+:\s*")  # "[03:39:36] /project/cpp/x.cc:5082: "
 
 
@@ -78,7 +88,9 @@ class GrammarCache:
     Built from a Hugging Face tokenizer (`for_tokenizer`) or from the byte string of every
     token (`for_pieces`, as a GGUF vocabulary decodes them); `encode` turns text into token ids."""
 
-    def __init__(self, info: Any, vocab_size: int, decode: Callable[[int], str], encode: Callable[[str], list[int]]) -> None:
+    def __init__(
+        self, info: Any, vocab_size: int, decode: Callable[[int], str], encode: Callable[[str], list[int]]
+    ) -> None:
         import xgrammar as xgr
 
         self.xgr = xgr
@@ -107,7 +119,9 @@ class GrammarCache:
         return cls(xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size), vocab_size, decode, encode)
 
     @classmethod
-    def for_pieces(cls, pieces: Sequence[bytes], stop_ids: Sequence[int], encode: Callable[[str], list[int]]) -> GrammarCache:
+    def for_pieces(
+        cls, pieces: Sequence[bytes], stop_ids: Sequence[int], encode: Callable[[str], list[int]]
+    ) -> GrammarCache:
         """For a vocabulary given as each token's bytes (control tokens as b"")."""
         import xgrammar as xgr
 
@@ -225,12 +239,20 @@ class LazyGrammars:
                     try:
                         self._cache = self._build()
                     except ImportError as error:
-                        raise BackendUnavailable("constrained decoding needs xgrammar: pip install 'myopto[local]'") from error
+                        raise BackendUnavailable(
+                            "constrained decoding needs xgrammar: pip install 'myopto[local]'"
+                        ) from error
         return self._cache
 
 
-def constrained_plan(grammars: LazyGrammars, schema: dict[str, Any] | None, encode: Callable[[str], list[int]],
-                     budget: int, *, free_text: bool = False) -> Plan:
+def constrained_plan(
+    grammars: LazyGrammars,
+    schema: dict[str, Any] | None,
+    encode: Callable[[str], list[int]],
+    budget: int,
+    *,
+    free_text: bool = False,
+) -> Plan:
     """The plan for one constrained answer of at most `budget` tokens, or `InvalidRequest`.
 
     The cheap refusals come first, before the vocabulary is read or the grammar compiled: a
@@ -263,7 +285,9 @@ def _check_fits(text: str, needed: int, budget: int) -> None:
 class JsonConstraint:
     """A logits processor holding one grammar matcher per batch row (None: that row is free)."""
 
-    def __init__(self, cache: GrammarCache, plans: Sequence[Plan | None], budgets: Sequence[int], prompt_length: int) -> None:
+    def __init__(
+        self, cache: GrammarCache, plans: Sequence[Plan | None], budgets: Sequence[int], prompt_length: int
+    ) -> None:
         xgr = cache.xgr
         self.cache = cache
         self.xgr = xgr
@@ -280,7 +304,11 @@ class JsonConstraint:
             if matcher is None:
                 self.bitmask[row].fill_(-1)
                 continue
-            if generated > self.accepted[row] and not matcher.is_terminated() and self.accepted[row] < self.budgets[row]:
+            if (
+                generated > self.accepted[row]
+                and not matcher.is_terminated()
+                and self.accepted[row] < self.budgets[row]
+            ):
                 matcher.accept_token(int(input_ids[row, -1]))
                 self.accepted[row] += 1
             if matcher.is_terminated() or self.accepted[row] >= self.budgets[row]:
@@ -396,8 +424,15 @@ class _NoValue(Exception):
         super().__init__(f"at {where or '(root)'}: {why}")
 
 
-_OBJECT_WORDS = ("properties", "required", "additionalProperties", "patternProperties", "minProperties", "maxProperties",
-                 "propertyNames")
+_OBJECT_WORDS = (
+    "properties",
+    "required",
+    "additionalProperties",
+    "patternProperties",
+    "minProperties",
+    "maxProperties",
+    "propertyNames",
+)
 _ARRAY_WORDS = ("items", "prefixItems", "minItems", "maxItems", "contains")
 _STRING_WORDS = ("minLength", "maxLength", "pattern", "format")
 _NUMBER_WORDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
@@ -415,8 +450,9 @@ class _Shortest:
     def value(self, node: Any, where: str) -> Any:
         self.visits += 1
         if self.visits > _MAX_SCHEMA_VISITS:
-            raise InvalidRequest("this JSON schema is too large or too deeply referenced for constrained=True to bound "
-                                 "its answers")
+            raise InvalidRequest(
+                "this JSON schema is too large or too deeply referenced for constrained=True to bound its answers"
+            )
         if node is False:
             raise _NoValue(where, "the schema `false` allows no value")
         if not isinstance(node, Mapping):
@@ -431,7 +467,9 @@ class _Shortest:
         for keyword in ("anyOf", "oneOf"):
             branches = node.get(keyword)
             if isinstance(branches, list):
-                return self._shortest_of([(b, f"{where}/{keyword}/{i}") for i, b in enumerate(branches)], where, keyword)
+                return self._shortest_of(
+                    [(b, f"{where}/{keyword}/{i}") for i, b in enumerate(branches)], where, keyword
+                )
         every = node.get("allOf")
         if isinstance(every, list) and len(every) == 1:  # the grammar follows a single allOf, and ignores several
             return self.value(every[0], f"{where}/allOf/0")
@@ -447,7 +485,9 @@ class _Shortest:
 
     def _reference(self, reference: str, where: str) -> Any:
         if reference in self.expanding:
-            raise _NoValue(where, f"$ref {reference!r} leads back to itself with no way to end, so every value would be infinite")
+            raise _NoValue(
+                where, f"$ref {reference!r} leads back to itself with no way to end, so every value would be infinite"
+            )
         target = _resolve(self.root, reference)
         if target is _MISSING:
             raise _NoValue(where, f"$ref {reference!r} points to nothing in the schema")
@@ -519,9 +559,14 @@ class _Shortest:
         extra = node.get("additionalProperties")
         for name in required:
             if name not in declared and not isinstance(extra, Mapping):
-                raise _NoValue(where, f"required property {name!r} is not in properties, and with constrained=True an "
-                                      "object holds only the properties it declares")
-        chosen = {name: self.value(declared[name], f"{where}/properties/{name}") for name in declared if name in required}
+                raise _NoValue(
+                    where,
+                    f"required property {name!r} is not in properties, and with constrained=True an "
+                    "object holds only the properties it declares",
+                )
+        chosen = {
+            name: self.value(declared[name], f"{where}/properties/{name}") for name in declared if name in required
+        }
         low, high = _whole(node.get("minProperties"), 0), _whole(node.get("maxProperties"), None)
         if high is not None and len(set(required)) > high:
             raise _NoValue(where, f"{len(set(required))} properties are required and maxProperties is {high}")
@@ -537,7 +582,9 @@ class _Shortest:
             chosen.update(optional[: low - len(chosen)])
             if len(chosen) < low and not isinstance(extra, Mapping):
                 raise _NoValue(where, f"minProperties {low} but only {len(chosen)} properties can be given")
-        value = {name: chosen[name] for name in declared if name in chosen}  # in the declared order, as the grammar writes them
+        value = {
+            name: chosen[name] for name in declared if name in chosen
+        }  # in the declared order, as the grammar writes them
         for name in required:
             if name not in value:
                 value[name] = self.value(extra, f"{where}/additionalProperties")
@@ -584,8 +631,12 @@ def _types(node: Mapping[str, Any]) -> list[str]:
         return [kind]
     if isinstance(kind, list) and kind:
         return [k for k in kind if isinstance(k, str)]
-    for words, implied in ((_OBJECT_WORDS, "object"), (_ARRAY_WORDS, "array"), (_STRING_WORDS, "string"),
-                           (_NUMBER_WORDS, "number")):
+    for words, implied in (
+        (_OBJECT_WORDS, "object"),
+        (_ARRAY_WORDS, "array"),
+        (_STRING_WORDS, "string"),
+        (_NUMBER_WORDS, "number"),
+    ):
         if any(word in node for word in words):
             return [implied]
     return ["any"]
@@ -593,7 +644,9 @@ def _types(node: Mapping[str, Any]) -> list[str]:
 
 def _is_type(value: Any, kind: str) -> bool:
     if kind == "integer":
-        return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
+        return (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, float) and value.is_integer()
+        )
     if kind == "number":
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     types = {"string": str, "boolean": bool, "null": type(None), "object": dict, "array": list}
@@ -606,6 +659,7 @@ def _whole(value: Any, default: int | None) -> int | None:
 
 def _number_bounds(node: Mapping[str, Any]) -> tuple[float | None, bool, float | None, bool]:
     """(low, low is exclusive, high, high is exclusive), draft 4's boolean exclusives included."""
+
     def number(key: str) -> float | None:
         value = node.get(key)
         return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
@@ -760,5 +814,11 @@ def _in_class(ch: str, items: Any) -> bool:
     return False
 
 
-_CATEGORY_REGEX = {"CATEGORY_DIGIT": r"\d", "CATEGORY_NOT_DIGIT": r"\D", "CATEGORY_SPACE": r"\s",
-                   "CATEGORY_NOT_SPACE": r"\S", "CATEGORY_WORD": r"\w", "CATEGORY_NOT_WORD": r"\W"}
+_CATEGORY_REGEX = {
+    "CATEGORY_DIGIT": r"\d",
+    "CATEGORY_NOT_DIGIT": r"\D",
+    "CATEGORY_SPACE": r"\s",
+    "CATEGORY_NOT_SPACE": r"\S",
+    "CATEGORY_WORD": r"\w",
+    "CATEGORY_NOT_WORD": r"\W",
+}

@@ -43,19 +43,43 @@ def import_litellm() -> Any:
 
 # LiteLLM's provider names -> OpenTelemetry GenAI `gen_ai.provider.name` where they differ.
 _GENAI_PROVIDERS = {
-    "azure": "azure.ai.openai", "azure_ai": "azure.ai.inference", "bedrock": "aws.bedrock",
-    "vertex_ai": "gcp.vertex_ai", "gemini": "gcp.gemini", "mistral": "mistral_ai", "xai": "x_ai",
+    "azure": "azure.ai.openai",
+    "azure_ai": "azure.ai.inference",
+    "bedrock": "aws.bedrock",
+    "vertex_ai": "gcp.vertex_ai",
+    "gemini": "gcp.gemini",
+    "mistral": "mistral_ai",
+    "xai": "x_ai",
     "watsonx": "ibm.watsonx.ai",
 }
 
 
 # `extra` keywords that change how a call is made, logged or authenticated, not what it answers
 # (the API base and version are keyed on their own; credentials never are).
-_UNKEYED_EXTRAS = frozenset({
-    "api_base", "base_url", "api_version", "timeout", "request_timeout", "stream_timeout", "max_retries",
-    "num_retries", "metadata", "litellm_metadata", "logger_fn", "litellm_logging_obj", "litellm_call_id",
-    "client", "extra_headers", "headers", "caching", "cache", "no-log", "mock_timeout",
-})
+_UNKEYED_EXTRAS = frozenset(
+    {
+        "api_base",
+        "base_url",
+        "api_version",
+        "timeout",
+        "request_timeout",
+        "stream_timeout",
+        "max_retries",
+        "num_retries",
+        "metadata",
+        "litellm_metadata",
+        "logger_fn",
+        "litellm_logging_obj",
+        "litellm_call_id",
+        "client",
+        "extra_headers",
+        "headers",
+        "caching",
+        "cache",
+        "no-log",
+        "mock_timeout",
+    }
+)
 
 
 class LiteLLM(BaseBackend):
@@ -97,7 +121,9 @@ class LiteLLM(BaseBackend):
     ) -> None:
         super().__init__()
         if extra is not None and not isinstance(extra, Mapping):
-            raise ConfigError(f"LiteLLM's extra must be a dict of litellm.completion keywords, got {type(extra).__name__}")
+            raise ConfigError(
+                f"LiteLLM's extra must be a dict of litellm.completion keywords, got {type(extra).__name__}"
+            )
         self.base_url = base_url
         self._api_key = api_key
         self.api_version = api_version
@@ -114,8 +140,14 @@ class LiteLLM(BaseBackend):
         wire = redact(_without_credentials(wire))  # and any registered secret that sits under another name
         self._extras = f"extra={json.dumps(key_numbers(wire), sort_keys=True, separators=(',', ':'))}" if wire else ""
         # the headers sent (a proxy may route on one), as `_arguments` sends them: `extra`'s, then ours
-        self._headers = headers_key(*(value for value in (self.extra.get("headers"), self.extra.get("extra_headers"))
-                                      if isinstance(value, Mapping)), self.extra_headers)
+        self._headers = headers_key(
+            *(
+                value
+                for value in (self.extra.get("headers"), self.extra.get("extra_headers"))
+                if isinstance(value, Mapping)
+            ),
+            self.extra_headers,
+        )
         # model -> (the provider's variables as read, the endpoint they gave)
         self._endpoints: dict[str, tuple[Any, str | None]] = {}
 
@@ -141,9 +173,16 @@ class LiteLLM(BaseBackend):
         return endpoint
 
     def _describe_endpoint(self, environment: tuple[tuple[str, str], ...]) -> str | None:
-        bases = [self._api_base] if self._api_base else list(dict.fromkeys(
-            endpoint_url(value) for name, value in environment if not name.endswith("_API_VERSION")))
-        version = self._api_version or next((value for name, value in environment if name.endswith("_API_VERSION")), None)
+        bases = (
+            [self._api_base]
+            if self._api_base
+            else list(
+                dict.fromkeys(endpoint_url(value) for name, value in environment if not name.endswith("_API_VERSION"))
+            )
+        )
+        version = self._api_version or next(
+            (value for name, value in environment if name.endswith("_API_VERSION")), None
+        )
         parts = [*bases, f"api_version={version}" if version else "", self._extras, self._headers]
         return " ".join(part for part in parts if part) or None
 
@@ -213,7 +252,9 @@ class LiteLLM(BaseBackend):
     def _response(self, litellm: Any, raw: Any, request: Request, latency: float) -> Response:
         # LiteLLM prices every token class (cached prompt tokens, reasoning tokens) from the price
         # map the litellm package ships, whichever package imported litellm first
-        return completion_response(raw, request, latency, self.kind, lambda tokens: litellm_cost(litellm, raw, request.model))
+        return completion_response(
+            raw, request, latency, self.kind, lambda tokens: litellm_cost(litellm, raw, request.model)
+        )
 
 
 def _without_credentials(value: Any) -> Any:

@@ -41,8 +41,10 @@ from myopto.backends.json_grammar import GrammarCache, LazyGrammars, Plan, const
 from myopto.backends.model_files import ModelSource
 from myopto.errors import BackendError, BackendUnavailable, BadRequest
 
-INSTALL_HINT = ("pip install 'myopto[llama]' (llama-cpp-python compiles llama.cpp from source on first install: "
-                "about 7 minutes on 2 cores; pip keeps the wheel for later installs)")
+INSTALL_HINT = (
+    "pip install 'myopto[llama]' (llama-cpp-python compiles llama.cpp from source on first install: "
+    "about 7 minutes on 2 cores; pip keeps the wheel for later installs)"
+)
 DEFAULT_CONTEXT = 4096  # tokens per sequence (prompt and answer), unless the model was trained on fewer
 # Kept cells are reused only for a shared beginning at least this long. Decoding a short one
 # again costs little, and a reused prefix is computed in other shapes than a cold prompt, which
@@ -89,8 +91,15 @@ class _Sequence:
 class LlamaCppEngine:
     """A GGUF model loaded with llama.cpp, shared by every role that names it."""
 
-    def __init__(self, source: ModelSource, *, max_batch_size: int = 8, n_ctx: int | None = None,
-                 n_threads: int | None = None, prompt_cache: bool = True) -> None:
+    def __init__(
+        self,
+        source: ModelSource,
+        *,
+        max_batch_size: int = 8,
+        n_ctx: int | None = None,
+        n_threads: int | None = None,
+        prompt_cache: bool = True,
+    ) -> None:
         try:
             import llama_cpp
             import numpy as np
@@ -146,7 +155,9 @@ class LlamaCppEngine:
         self._on_close: list[Callable[[], None]] = []  # LocalSLM's registry forgets the engine
         self.chat_format = self._chat_format()
         self._grammars = LazyGrammars(
-            lambda: GrammarCache.for_pieces([self.piece(t) for t in range(self.n_vocab)], sorted(self.stop_ids), self.text_ids)
+            lambda: GrammarCache.for_pieces(
+                [self.piece(t) for t in range(self.n_vocab)], sorted(self.stop_ids), self.text_ids
+            )
         )
         self._queue: queue.Queue[_Sequence | None] = queue.Queue()
         self._waiting: collections.deque[_Sequence] = collections.deque()
@@ -177,8 +188,11 @@ class LlamaCppEngine:
 
         bos = self.llama.llama_vocab_bos(self.vocab)
         eos = self.llama.llama_vocab_eos(self.vocab)
-        return Jinja2ChatFormatter(template=template.decode("utf-8"), eos_token=self._token_text(eos) if eos >= 0 else "",
-                                   bos_token=self._token_text(bos) if bos >= 0 else "")
+        return Jinja2ChatFormatter(
+            template=template.decode("utf-8"),
+            eos_token=self._token_text(eos) if eos >= 0 else "",
+            bos_token=self._token_text(bos) if bos >= 0 else "",
+        )
 
     @property
     def closed(self) -> bool:
@@ -253,8 +267,9 @@ class LlamaCppEngine:
         """Generate one answer; concurrent callers share the context's decoding steps."""
         return self.submit(generation).result()
 
-    def submit(self, generation: Generation,
-               future: concurrent.futures.Future[Generated] | None = None) -> concurrent.futures.Future[Generated]:
+    def submit(
+        self, generation: Generation, future: concurrent.futures.Future[Generated] | None = None
+    ) -> concurrent.futures.Future[Generated]:
         """Queue one answer and return its future at once (asyncio awaits it without a thread).
 
         Cancelling the future stops its decoding at the next step, and a request not started
@@ -270,13 +285,19 @@ class LlamaCppEngine:
         if prompt >= self.n_ctx:
             raise BadRequest(
                 f"the prompt has {prompt} tokens and the model's context holds {self.n_ctx}: shorten the messages "
-                "or give LocalSLM a larger n_ctx", retryable=False,
+                "or give LocalSLM a larger n_ctx",
+                retryable=False,
             )
         future = future if future is not None else concurrent.futures.Future()
         sequence = _Sequence(generation, future, budget=min(generation.max_new_tokens, self.n_ctx - prompt))
         if generation.constrained:
-            sequence.plan = constrained_plan(self._grammars, generation.json_schema or None, self.text_ids, sequence.budget,
-                                             free_text=generation.free_text)
+            sequence.plan = constrained_plan(
+                self._grammars,
+                generation.json_schema or None,
+                self.text_ids,
+                sequence.budget,
+                free_text=generation.free_text,
+            )
             sequence.matcher = self.grammars.xgr.GrammarMatcher(sequence.plan.grammar)
         if generation.stop and not generation.constrained:
             sequence.decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -324,7 +345,9 @@ class LlamaCppEngine:
         while self._waiting and self._free_ids:
             sequence = self._waiting.popleft()
             prompt = sequence.generation.prompt_ids
-            shared = {slot: _shared_prefix(self._kept[slot], prompt) if self.prompt_cache else 0 for slot in self._free_ids}
+            shared = {
+                slot: _shared_prefix(self._kept[slot], prompt) if self.prompt_cache else 0 for slot in self._free_ids
+            }
             slot = max(self._free_ids, key=lambda s: (shared[s], -s))
             self._free_ids.remove(slot)
             reuse = min(shared[slot], len(prompt) - 1)  # the last prompt token is decoded again, for its logits
@@ -371,12 +394,16 @@ class LlamaCppEngine:
         batch.n_tokens = count
         status = self.llama.llama_decode(self.ctx, batch)
         if status != 0:
-            raise BackendError(f"llama.cpp could not decode a batch of {count} tokens (status {status})", retryable=True)
+            raise BackendError(
+                f"llama.cpp could not decode a batch of {count} tokens (status {status})", retryable=True
+            )
         self.steps += 1
         self.batch_sizes.append(len(outputs))
         for sequence, index in outputs:
             try:
-                logits = self.np.ctypeslib.as_array(self.llama.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,))
+                logits = self.np.ctypeslib.as_array(
+                    self.llama.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,)
+                )
                 self._advance(sequence, self._choose(sequence, logits))
             except Exception as error:  # this sequence's sampling or grammar failed: it ends alone
                 self._end(sequence, error)
@@ -423,7 +450,7 @@ class LlamaCppEngine:
             fresh = sequence.decoder.decode(self.piece(token))
             sequence.text += fresh
             longest = max(len(s) for s in g.stop)
-            if any(s in sequence.text[-(longest + len(fresh)):] for s in g.stop):
+            if any(s in sequence.text[-(longest + len(fresh)) :] for s in g.stop):
                 self._end(sequence, "stop")
                 return
         if len(sequence.tokens) >= sequence.budget:

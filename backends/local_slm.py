@@ -63,10 +63,20 @@ def _auto_engine(model: str) -> str:
     return "transformers"
 
 
-def engine_for(model: str, *, engine: str = "auto", use_mlx: bool = False, device: str | None = None,
-               torch_dtype: str | None = None, trust_remote_code: bool = False, max_batch_size: int = 8,
-               batch_wait: float = 0.01, n_ctx: int | None = None, n_threads: int | None = None,
-               prompt_cache: bool = True) -> Any:
+def engine_for(
+    model: str,
+    *,
+    engine: str = "auto",
+    use_mlx: bool = False,
+    device: str | None = None,
+    torch_dtype: str | None = None,
+    trust_remote_code: bool = False,
+    max_batch_size: int = 8,
+    batch_wait: float = 0.01,
+    n_ctx: int | None = None,
+    n_threads: int | None = None,
+    prompt_cache: bool = True,
+) -> Any:
     """The loaded engine for a model, loading it on first use (once, even under concurrent first calls)."""
     name = choose_engine(model, engine, use_mlx=use_mlx)
     if name == "llama.cpp":
@@ -84,8 +94,13 @@ def engine_for(model: str, *, engine: str = "auto", use_mlx: bool = False, devic
             if name == "llama.cpp":
                 from myopto.backends.llama_cpp_engine import LlamaCppEngine
 
-                loaded = LlamaCppEngine(locate(model, prefer_gguf=True), max_batch_size=max_batch_size, n_ctx=n_ctx,
-                                        n_threads=n_threads, prompt_cache=bool(prompt_cache))
+                loaded = LlamaCppEngine(
+                    locate(model, prefer_gguf=True),
+                    max_batch_size=max_batch_size,
+                    n_ctx=n_ctx,
+                    n_threads=n_threads,
+                    prompt_cache=bool(prompt_cache),
+                )
             elif name == "mlx":
                 from myopto.backends.mlx_engine import MlxEngine
 
@@ -93,9 +108,14 @@ def engine_for(model: str, *, engine: str = "auto", use_mlx: bool = False, devic
             else:
                 from myopto.backends.transformers_engine import TransformersEngine
 
-                loaded = TransformersEngine(locate(model), device=device, torch_dtype=torch_dtype,
-                                            trust_remote_code=trust_remote_code, max_batch_size=max_batch_size,
-                                            batch_wait=batch_wait)
+                loaded = TransformersEngine(
+                    locate(model),
+                    device=device,
+                    torch_dtype=torch_dtype,
+                    trust_remote_code=trust_remote_code,
+                    max_batch_size=max_batch_size,
+                    batch_wait=batch_wait,
+                )
             LOADS[model] += 1
             _engines[key] = loaded
             _forget_endpoints(model)  # worked out again from the files just loaded
@@ -142,15 +162,35 @@ class LocalSLM(BaseBackend):
     supports_batching: ClassVar[bool] = True
     reports_cost: ClassVar[bool] = True
     option_names: ClassVar[frozenset[str]] = frozenset(
-        {"engine", "device", "torch_dtype", "use_mlx", "trust_remote_code", "max_batch_size", "batch_wait", "n_ctx", "n_threads",
-         "prompt_cache"}
+        {
+            "engine",
+            "device",
+            "torch_dtype",
+            "use_mlx",
+            "trust_remote_code",
+            "max_batch_size",
+            "batch_wait",
+            "n_ctx",
+            "n_threads",
+            "prompt_cache",
+        }
     )
     default_model: ClassVar[str | None] = "Qwen/Qwen2-0.5B-Instruct"
 
-    def __init__(self, *, engine: str = "auto", device: str | None = None, torch_dtype: str | None = None,
-                 use_mlx: bool = False, trust_remote_code: bool = False, max_batch_size: int = 8,
-                 batch_wait: float = 0.01, n_ctx: int | None = None, n_threads: int | None = None,
-                 prompt_cache: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        engine: str = "auto",
+        device: str | None = None,
+        torch_dtype: str | None = None,
+        use_mlx: bool = False,
+        trust_remote_code: bool = False,
+        max_batch_size: int = 8,
+        batch_wait: float = 0.01,
+        n_ctx: int | None = None,
+        n_threads: int | None = None,
+        prompt_cache: bool = True,
+    ) -> None:
         super().__init__()
         if engine not in ENGINES:
             raise ConfigError(f"LocalSLM engine={engine!r} is not one of {list(ENGINES)}")
@@ -210,10 +250,18 @@ class LocalSLM(BaseBackend):
             return f"local:{name};model=unavailable"
 
     def engine(self, model: str) -> Any:
-        return engine_for(model, engine=self.engine_name, device=self.device, torch_dtype=self.torch_dtype,
-                          trust_remote_code=self.trust_remote_code, max_batch_size=self.max_batch_size,
-                          batch_wait=self.batch_wait, n_ctx=self.n_ctx, n_threads=self.n_threads,
-                          prompt_cache=self.prompt_cache)
+        return engine_for(
+            model,
+            engine=self.engine_name,
+            device=self.device,
+            torch_dtype=self.torch_dtype,
+            trust_remote_code=self.trust_remote_code,
+            max_batch_size=self.max_batch_size,
+            batch_wait=self.batch_wait,
+            n_ctx=self.n_ctx,
+            n_threads=self.n_threads,
+            prompt_cache=self.prompt_cache,
+        )
 
     def complete(self, request: Request) -> Response:
         """On llama.cpp the request's `timeout` is honoured: a caller that stops waiting
@@ -272,8 +320,12 @@ class LocalSLM(BaseBackend):
 
     @staticmethod
     def _timeout(request: Request) -> BackendTimeout:
-        return BackendTimeout(f"LocalSLM did not answer within the timeout of {request.timeout} s; the request was "
-                              "dropped", retryable=True, role=request.role, model=request.model)
+        return BackendTimeout(
+            f"LocalSLM did not answer within the timeout of {request.timeout} s; the request was dropped",
+            retryable=True,
+            role=request.role,
+            model=request.model,
+        )
 
     def _generations(self, engine: Any, request: Request) -> list[Generation]:
         """The request's `n` sequences (1 unless `n` says more). With a `seed`, sequence i is
@@ -318,8 +370,12 @@ class LocalSLM(BaseBackend):
         tools = tool_plan(params.get("tools"), params.get("tool_choice"))
         choices = []
         for index, result in enumerate(results):
-            message, finish_reason = tools.read(result.text, index) if tools is not None else (Message(content=result.text), None)
-            if finish_reason is None or result.finish_reason != "stop":  # a call cut off by its budget (then closed) says so
+            message, finish_reason = (
+                tools.read(result.text, index) if tools is not None else (Message(content=result.text), None)
+            )
+            if (
+                finish_reason is None or result.finish_reason != "stop"
+            ):  # a call cut off by its budget (then closed) says so
                 finish_reason = result.finish_reason
             choices.append(Choice(message=message, index=index, finish_reason=finish_reason))
         first = results[0]
@@ -338,8 +394,11 @@ class LocalSLM(BaseBackend):
         return True  # a local model costs nothing
 
     def describe(self) -> str:
-        engine = "auto engine: llama.cpp for GGUF files when installed, else transformers" if self.engine_name == "auto" \
+        engine = (
+            "auto engine: llama.cpp for GGUF files when installed, else transformers"
+            if self.engine_name == "auto"
             else f"{self.engine_name} engine"
+        )
         return f"{self.kind} [{engine}, batching, JSON by prompt or grammar, cost 0]"
 
 
@@ -352,5 +411,3 @@ def _cancel(futures: list[concurrent.futures.Future[Any]]) -> None:
     """Cancel every sequence of a call whose caller left (queued ones are then never decoded)."""
     for future in futures:
         future.cancel()
-
-

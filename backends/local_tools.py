@@ -30,8 +30,23 @@ from myopto.response import Function, Message, ToolCall
 
 # Keywords the grammar ignores (checked after decoding for response_format, refused for tools,
 # which have no re-ask): the README's "checked after decoding" row.
-_IGNORED = frozenset({"uniqueItems", "contains", "minContains", "maxContains", "dependentRequired", "dependentSchemas",
-                      "dependencies", "not", "if", "then", "else", "$dynamicRef", "oneOf"})
+_IGNORED = frozenset(
+    {
+        "uniqueItems",
+        "contains",
+        "minContains",
+        "maxContains",
+        "dependentRequired",
+        "dependentSchemas",
+        "dependencies",
+        "not",
+        "if",
+        "then",
+        "else",
+        "$dynamicRef",
+        "oneOf",
+    }
+)
 _LOOKAROUNDS = ("(?=", "(?!", "(?<=", "(?<!")
 _DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples", "example"})
 _ANY_OBJECT: dict[str, Any] = {"type": "object"}
@@ -53,9 +68,11 @@ class ToolPlan:
         shortest = shortest_json(self.schema)
         needed = len(encode(shortest))
         if needed > budget:
-            raise InvalidRequest(f"the shortest call to these tools ({shortest:.80}) takes {needed} tokens, more than the "
-                                 f"{budget} this call may write: give max_tokens={needed} or more (a call the model "
-                                 "begins must be finished)")
+            raise InvalidRequest(
+                f"the shortest call to these tools ({shortest:.80}) takes {needed} tokens, more than the "
+                f"{budget} this call may write: give max_tokens={needed} or more (a call the model "
+                "begins must be finished)"
+            )
 
     def read(self, text: str, index: int = 0) -> tuple[Message, str | None]:
         """The message a decoded answer is: a tool call (finish reason "tool_calls") when it is
@@ -84,15 +101,23 @@ def tool_plan(tools: Sequence[Mapping[str, Any]] | None, tool_choice: Any) -> To
     functions = [tool["function"] for tool in tools or () if tool.get("type", "function") == "function"]
     if not functions or tool_choice == "none":
         return None
-    if tool_choice is not None and not isinstance(tool_choice, str) and tool_choice.get("type", "function") != "function":
-        raise InvalidRequest(f"LocalSLM can only call function tools; tool_choice={tool_choice!r:.80} names another kind")
+    if (
+        tool_choice is not None
+        and not isinstance(tool_choice, str)
+        and tool_choice.get("type", "function") != "function"
+    ):
+        raise InvalidRequest(
+            f"LocalSLM can only call function tools; tool_choice={tool_choice!r:.80} names another kind"
+        )
     parameters = {function["name"]: function.get("parameters") or _ANY_OBJECT for function in functions}
     for name, schema in parameters.items():
         _refuse_ignored(schema, name, "")
     named = tool_choice["function"]["name"] if isinstance(tool_choice, Mapping) else None
     offered = [named] if named else list(parameters)
-    cases = [_call_schema(name, parameters[name], f"#/anyOf/{index}/properties/arguments")
-             for index, name in enumerate(offered)]
+    cases = [
+        _call_schema(name, parameters[name], f"#/anyOf/{index}/properties/arguments")
+        for index, name in enumerate(offered)
+    ]
     free_text = tool_choice in (None, "auto")
     prompt = _instructions(functions, named, free_text)
     return ToolPlan(schema={"anyOf": cases}, free_text=free_text, parameters=parameters, prompt=prompt)
@@ -141,8 +166,9 @@ def _refuse_ignored(node: Any, tool: str, where: str) -> None:
         problem = "allOf with several schemas"
     elif "multipleOf" in node and (node.get("type") != "integer" or _NUMBER_BOUNDS & node.keys()):
         problem = "multipleOf (enforced only on an integer without bounds)"
-    elif isinstance(node.get("pattern"), str) and (any(a in node["pattern"] for a in _LOOKAROUNDS)
-                                                    or {"minLength", "maxLength"} & node.keys()):
+    elif isinstance(node.get("pattern"), str) and (
+        any(a in node["pattern"] for a in _LOOKAROUNDS) or {"minLength", "maxLength"} & node.keys()
+    ):
         problem = "a pattern with a lookaround or beside minLength/maxLength"
     if problem:
         raise InvalidRequest(
@@ -214,4 +240,6 @@ def _written_call(call: Any) -> str:
         parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
     except ValueError:
         parsed = arguments
-    return json.dumps({"name": function.get("name"), "arguments": parsed if parsed is not None else {}}, ensure_ascii=False)
+    return json.dumps(
+        {"name": function.get("name"), "arguments": parsed if parsed is not None else {}}, ensure_ascii=False
+    )

@@ -11,9 +11,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from myopto.backends.generation import Generated, Generation, cut_at_stop, plain_prompt, text_messages
 from myopto.backends.json_grammar import GrammarCache, JsonConstraint, LazyGrammars, constrained_plan
 from myopto.backends.model_files import ModelSource
-from myopto.backends.generation import Generated, Generation, cut_at_stop, plain_prompt, text_messages
 from myopto.errors import BackendUnavailable
 
 
@@ -62,7 +62,9 @@ class MlxEngine:
             import numpy as np
             import torch
         except ImportError as error:
-            raise BackendUnavailable("constrained=True on MLX needs the local extra too: pip install 'myopto[local,mlx]'") from error
+            raise BackendUnavailable(
+                "constrained=True on MLX needs the local extra too: pip install 'myopto[local,mlx]'"
+            ) from error
         mx = self.mx
 
         def process(tokens: Any, logits: Any) -> Any:
@@ -93,8 +95,13 @@ class MlxEngine:
         constraint = None
         processors = []
         if generation.constrained:
-            plan = constrained_plan(self._grammars, generation.json_schema or None, self.text_ids, generation.max_new_tokens,
-                                    free_text=generation.free_text)
+            plan = constrained_plan(
+                self._grammars,
+                generation.json_schema or None,
+                self.text_ids,
+                generation.max_new_tokens,
+                free_text=generation.free_text,
+            )
             constraint = JsonConstraint(self.grammars, [plan], [generation.max_new_tokens], len(generation.prompt_ids))
             processors.append(self._mlx_processor(constraint))
         text, tokens, last = "", [], None
@@ -102,8 +109,12 @@ class MlxEngine:
             if generation.seed is not None:
                 self.mx.random.seed(generation.seed)
             for step in self.mlx_lm.stream_generate(
-                self.model, self.tokenizer, list(generation.prompt_ids), max_tokens=generation.max_new_tokens,
-                sampler=sampler, logits_processors=processors or None,
+                self.model,
+                self.tokenizer,
+                list(generation.prompt_ids),
+                max_tokens=generation.max_new_tokens,
+                sampler=sampler,
+                logits_processors=processors or None,
             ):
                 text += step.text
                 tokens.append(int(step.token))

@@ -87,8 +87,9 @@ def hub_unreachable() -> str | None:
 
     reason: str | None = None
     try:
-        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/api/models?limit=1", method="HEAD"),
-                               timeout=_PROBE_SECONDS).close()
+        urllib.request.urlopen(
+            urllib.request.Request(f"{endpoint}/api/models?limit=1", method="HEAD"), timeout=_PROBE_SECONDS
+        ).close()
     except urllib.error.HTTPError:
         pass  # it answered: reachable, whatever it thinks of the probe
     except (OSError, ValueError) as error:
@@ -127,8 +128,10 @@ def _not_a_model_folder(path: Path, model: str) -> str:
     what = "is a folder, not a GGUF file, and it" if path.suffix == ".gguf" else "is a folder that"
     held = sorted(p.name for p in path.iterdir())[:5] if path.exists() else []
     contents = (", ".join(held) + (" ..." if len(held) == 5 else "")) if held else "nothing"
-    return (f"{model!r} {what} holds no model: no config.json (a transformers model folder: config.json, tokenizer "
-            f"files and weights) and no .gguf file; it holds {contents}. Give a model folder or a .gguf file")
+    return (
+        f"{model!r} {what} holds no model: no config.json (a transformers model folder: config.json, tokenizer "
+        f"files and weights) and no .gguf file; it holds {contents}. Give a model folder or a .gguf file"
+    )
 
 
 # -- what the model is ---------------------------------------------------------------------------

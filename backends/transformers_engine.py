@@ -43,15 +43,21 @@ def pick_dtype(dtype: str | None, device: str) -> Any:
 class TransformersEngine:
     """A loaded model and tokenizer, shared by every role that names the same model."""
 
-    def __init__(self, source: ModelSource, *, device: str | None = None, torch_dtype: str | None = None,
-                 trust_remote_code: bool = False, max_batch_size: int = 8, batch_wait: float = 0.01) -> None:
+    def __init__(
+        self,
+        source: ModelSource,
+        *,
+        device: str | None = None,
+        torch_dtype: str | None = None,
+        trust_remote_code: bool = False,
+        max_batch_size: int = 8,
+        batch_wait: float = 0.01,
+    ) -> None:
         try:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError as error:
-            raise BackendUnavailable(
-                "LocalSLM needs torch and transformers: pip install 'myopto[local]'"
-            ) from error
+            raise BackendUnavailable("LocalSLM needs torch and transformers: pip install 'myopto[local]'") from error
         self.torch = torch
         self.source = source
         self.converted_from_gguf = False  # True when this load read the GGUF itself (no whole copy yet)
@@ -69,7 +75,10 @@ class TransformersEngine:
             lambda: GrammarCache.for_tokenizer(self.tokenizer, self.model.get_output_embeddings().weight.shape[0])
         )
         self.batcher: Batcher[Generation, Generated] = Batcher(
-            self.run_batch, max_batch_size=max_batch_size, max_wait=batch_wait, key=Generation.batch_key,
+            self.run_batch,
+            max_batch_size=max_batch_size,
+            max_wait=batch_wait,
+            key=Generation.batch_key,
             name=f"myopto-batcher:{source.label}",
         )
 
@@ -78,7 +87,9 @@ class TransformersEngine:
         converted (slowly, by transformers) and kept as a copy when not."""
         kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
         if not source.gguf_file:
-            return source.load(tokenizers.from_pretrained, **kwargs), source.load(models.from_pretrained, dtype=self.dtype, **kwargs)
+            return source.load(tokenizers.from_pretrained, **kwargs), source.load(
+                models.from_pretrained, dtype=self.dtype, **kwargs
+            )
         from pathlib import Path
 
         from myopto.backends.converted_copy import ConvertedCopy
@@ -88,9 +99,13 @@ class TransformersEngine:
         if copy.ready():
             try:
                 folder = str(copy.folder)
-                return tokenizers.from_pretrained(folder, **kwargs), models.from_pretrained(folder, dtype=self.dtype, **kwargs)
+                return tokenizers.from_pretrained(folder, **kwargs), models.from_pretrained(
+                    folder, dtype=self.dtype, **kwargs
+                )
             except Exception as error:  # whole by its manifest, yet unloadable: rebuild it
-                _log.warning("the converted copy in %s cannot be loaded (%s); converting the GGUF file again", copy.folder, error)
+                _log.warning(
+                    "the converted copy in %s cannot be loaded (%s); converting the GGUF file again", copy.folder, error
+                )
                 copy.discard()
         kwargs["gguf_file"] = source.gguf_file
         tokenizer = source.load(tokenizers.from_pretrained, **kwargs)
@@ -113,7 +128,9 @@ class TransformersEngine:
         """Token ids of the chat prompt (the model's chat template, or a plain format without one)."""
         messages = text_messages(messages)
         if self.has_chat_template:
-            encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+            encoded = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=True
+            )
             ids = encoded["input_ids"]
         else:
             ids = self.tokenizer(plain_prompt(messages))["input_ids"]
@@ -134,8 +151,13 @@ class TransformersEngine:
         A constrained schema is checked and compiled here, in the caller's thread, so one that
         cannot work raises `InvalidRequest` before it joins a batch."""
         if generation.constrained:
-            constrained_plan(self._grammars, generation.json_schema or None, self.text_ids, generation.max_new_tokens,
-                             free_text=generation.free_text)
+            constrained_plan(
+                self._grammars,
+                generation.json_schema or None,
+                self.text_ids,
+                generation.max_new_tokens,
+                free_text=generation.free_text,
+            )
         return self.batcher.submit(generation)
 
     def run_batch(self, batch: list[Generation]) -> list[Generated]:
@@ -145,12 +167,15 @@ class TransformersEngine:
         input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
         attention = torch.zeros((len(batch), width), dtype=torch.long)
         for row, g in enumerate(batch):
-            input_ids[row, width - len(g.prompt_ids):] = torch.tensor(g.prompt_ids, dtype=torch.long)
-            attention[row, width - len(g.prompt_ids):] = 1
+            input_ids[row, width - len(g.prompt_ids) :] = torch.tensor(g.prompt_ids, dtype=torch.long)
+            attention[row, width - len(g.prompt_ids) :] = 1
         budgets = [g.max_new_tokens for g in batch]
         constraint = None
         if any(g.constrained for g in batch):
-            plans = [self.grammars.plan(g.json_schema or None, free_text=g.free_text) if g.constrained else None for g in batch]  # made by generate()
+            plans = [
+                self.grammars.plan(g.json_schema or None, free_text=g.free_text) if g.constrained else None
+                for g in batch
+            ]  # made by generate()
             constraint = JsonConstraint(self.grammars, plans, budgets, width)
         first = batch[0]
         options: dict[str, Any] = {"do_sample": first.temperature > 0}

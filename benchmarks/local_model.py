@@ -18,7 +18,7 @@ from pathlib import Path
 os.environ["MYOPTO_CACHE"] = "off"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from stats import Row, ratio_to  # noqa: E402
+from stats import Row, ratio_to
 
 SCHEMA = {
     "type": "object",
@@ -36,7 +36,11 @@ def model_path(name: str) -> str:
 
     folder = Path(tempfile.gettempdir()) / "myopto-bench-qwen2-0.5b-arch"
     # Qwen2-0.5B's architecture with random weights: same shapes, same compute per token.
-    return str(tiny_model(folder, hidden_size=896, layers=24, heads=14, kv_heads=2, intermediate_size=4864, model_vocab_size=151936))
+    return str(
+        tiny_model(
+            folder, hidden_size=896, layers=24, heads=14, kv_heads=2, intermediate_size=4864, model_vocab_size=151936
+        )
+    )
 
 
 def continuous_batching(engine, label: str, prompts: list[list[int]], tokens: int, ours: Row) -> list[Row]:
@@ -47,7 +51,9 @@ def continuous_batching(engine, label: str, prompts: list[list[int]], tokens: in
 
     # A cache sized for these eight requests: left to size itself on CPU it took most of the RAM.
     sizing = ContinuousBatchingConfig(num_blocks=4 * len(prompts), max_batch_tokens=512)
-    config = GenerationConfig(max_new_tokens=tokens, do_sample=False, eos_token_id=-1, pad_token_id=engine.tokenizer.pad_token_id)
+    config = GenerationConfig(
+        max_new_tokens=tokens, do_sample=False, eos_token_id=-1, pad_token_id=engine.tokenizer.pad_token_id
+    )
     before = engine.model.config._attn_implementation
     try:
         engine.model.set_attn_implementation("paged|sdpa")
@@ -60,7 +66,15 @@ def continuous_batching(engine, label: str, prompts: list[list[int]], tokens: in
 
         theirs = Row(label, "raw generate_batch (transformers' continuous batching), 8 requests", [once()], "tokens/s")
     except Exception as error:  # an older transformers without it
-        return [Row(label, "raw generate_batch (transformers' continuous batching)", [0.0], "tokens/s", note=f"not run: {error}")]
+        return [
+            Row(
+                label,
+                "raw generate_batch (transformers' continuous batching)",
+                [0.0],
+                "tokens/s",
+                note=f"not run: {error}",
+            )
+        ]
     finally:
         engine.model.set_attn_implementation(before)
     mine = Row(label, "get_llm, 8 concurrent (batched), again", ours.samples, "tokens/s")
@@ -92,8 +106,14 @@ def main() -> None:
     def raw_generate() -> float:
         begin = time.perf_counter()
         with torch.inference_mode():
-            out = engine.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
-                                        min_new_tokens=tokens, do_sample=False, pad_token_id=engine.tokenizer.pad_token_id)
+            out = engine.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                do_sample=False,
+                pad_token_id=engine.tokenizer.pad_token_id,
+            )
         return (out.shape[1] - ids.shape[1]) / (time.perf_counter() - begin)
 
     def through_llm() -> float:
@@ -122,7 +142,13 @@ def main() -> None:
 
     concurrent_8()  # untimed: the first batch of eight pays one-off costs (CUDA kernels for its shapes)
     seq = Row(label, "get_llm, 8 requests one by one", [sequential() for _ in range(max(1, repeats - 1))], "tokens/s")
-    conc = Row(label, "get_llm, 8 concurrent (batched)", [concurrent_8() for _ in range(max(1, repeats - 1))], "tokens/s", goal="≥ 4× one by one")
+    conc = Row(
+        label,
+        "get_llm, 8 concurrent (batched)",
+        [concurrent_8() for _ in range(max(1, repeats - 1))],
+        "tokens/s",
+        goal="≥ 4× one by one",
+    )
     ratio_to(conc, seq)
 
     def raw_padded_batch() -> float:
@@ -132,24 +158,39 @@ def main() -> None:
         batch = torch.full((len(encoded), width), pad, dtype=torch.long)
         mask = torch.zeros_like(batch)
         for row, one in enumerate(encoded):
-            batch[row, width - len(one):] = torch.tensor(one)
-            mask[row, width - len(one):] = 1
+            batch[row, width - len(one) :] = torch.tensor(one)
+            mask[row, width - len(one) :] = 1
         begin = time.perf_counter()
         with torch.inference_mode():
-            out = engine.model.generate(input_ids=batch.to(engine.device), attention_mask=mask.to(engine.device), max_new_tokens=tokens,
-                                        min_new_tokens=tokens, do_sample=False, pad_token_id=pad)
+            out = engine.model.generate(
+                input_ids=batch.to(engine.device),
+                attention_mask=mask.to(engine.device),
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                do_sample=False,
+                pad_token_id=pad,
+            )
         return (out.shape[1] - width) * len(encoded) / (time.perf_counter() - begin)
 
     raw_padded_batch()  # untimed, as for ours
-    padded = Row(label, "raw model.generate, the 8 in one padded batch", [raw_padded_batch() for _ in range(max(1, repeats - 1))], "tokens/s")
+    padded = Row(
+        label,
+        "raw model.generate, the 8 in one padded batch",
+        [raw_padded_batch() for _ in range(max(1, repeats - 1))],
+        "tokens/s",
+    )
     ratio_to(padded, seq)
     rows += [seq, conc, padded]
 
     def constrained(on: bool) -> float:
         begin = time.perf_counter()
         try:
-            response = llm([{"role": "user", "content": "Describe a famous book as JSON."}], response_format=SCHEMA,
-                           max_tokens=tokens * 2, constrained=on)
+            response = llm(
+                [{"role": "user", "content": "Describe a famous book as JSON."}],
+                response_format=SCHEMA,
+                max_tokens=tokens * 2,
+                constrained=on,
+            )
             produced = response.usage.completion_tokens
         except Exception as error:  # unconstrained answers may not be JSON: count what was generated
             produced = getattr(getattr(error, "response", None), "usage", None)

@@ -19,18 +19,45 @@ from pathlib import Path
 os.environ["MYOPTO_CACHE"] = "off"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from stats import Row, ratio_to  # noqa: E402
+from stats import Row, ratio_to
 
 LABEL = "8 local tool calls: smollm2, llama.cpp"
 TOOLS = [
-    {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
-        "required": ["city", "unit"]}}},
-    {"type": "function", "function": {"name": "add", "description": "Add two integers", "parameters": {
-        "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}},
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+                "required": ["city", "unit"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "add",
+            "description": "Add two integers",
+            "parameters": {
+                "type": "object",
+                "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                "required": ["a", "b"],
+            },
+        },
+    },
 ]
-QUESTIONS = ["What's the weather in Paris?", "What is 2 plus 3?", "Is it cold in Oslo?", "Add 40 and 2.",
-             "How warm is Lima in fahrenheit?", "What is 7 + 8?", "Sum 1 and 99.", "Weather for Tokyo please"]
+QUESTIONS = [
+    "What's the weather in Paris?",
+    "What is 2 plus 3?",
+    "Is it cold in Oslo?",
+    "Add 40 and 2.",
+    "How warm is Lima in fahrenheit?",
+    "What is 7 + 8?",
+    "Sum 1 and 99.",
+    "Weather for Tokyo please",
+]
 
 
 def main() -> None:
@@ -69,8 +96,13 @@ def main() -> None:
     rows = []
     for pattern, run in (("one stream", one_stream), ("8-way burst", burst)):
         anchor = Row(LABEL, f"unconstrained, same prompts ({pattern})", [run(free) for _ in range(repeats)], "tokens/s")
-        ours = Row(LABEL, f'tool_choice="required" under the tools\' grammar ({pattern})',
-                   [run(constrained) for _ in range(repeats)], "tokens/s", goal="≥ 0.8")
+        ours = Row(
+            LABEL,
+            f'tool_choice="required" under the tools\' grammar ({pattern})',
+            [run(constrained) for _ in range(repeats)],
+            "tokens/s",
+            goal="≥ 0.8",
+        )
         rows += [anchor, ratio_to(ours, anchor)]
     print(json.dumps([dataclasses.asdict(row) for row in rows]))
 

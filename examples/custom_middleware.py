@@ -10,8 +10,8 @@ import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from myopto.testing import FakeOpenAIServer  # noqa: E402
-from myopto.utils import get_llm, set_role_config  # noqa: E402
+from myopto.testing import FakeOpenAIServer
+from myopto.utils import get_llm, set_role_config
 
 calls = {"executor": 0}
 
@@ -29,7 +29,9 @@ def count_calls(request, call_next):
 
 def main() -> None:
     with FakeOpenAIServer() as server:
-        set_role_config("optimizer", backend="CustomLLM", model="opt", base_url=server.url, middleware=[prefix_for_optimizer])
+        set_role_config(
+            "optimizer", backend="CustomLLM", model="opt", base_url=server.url, middleware=[prefix_for_optimizer]
+        )
         set_role_config("executor", backend="CustomLLM", model="exe", base_url=server.url, middleware=[count_calls])
         print(get_llm("optimizer").describe())
         get_llm("optimizer")("How should the prompt change?")

@@ -19,16 +19,33 @@ def main(folder: Path) -> None:
     log = folder / "calls.jsonl"
     myopto.configure_logging(log, messages=True)
     with FakeOpenAIServer() as server:
-        set_role_config("executor", backend="CustomLLM", model="gpt-4o-mini", base_url=server.url,
-                        cache="on", cache_dir=str(folder / "cache"), retry_backoff=0.01)
-        set_role_config("optimizer", backend="CustomLLM", model="my-finetune", base_url=server.url,
-                        pricing={"input": 3.0, "output": 15.0}, retries=0)
+        set_role_config(
+            "executor",
+            backend="CustomLLM",
+            model="gpt-4o-mini",
+            base_url=server.url,
+            cache="on",
+            cache_dir=str(folder / "cache"),
+            retry_backoff=0.01,
+        )
+        set_role_config(
+            "optimizer",
+            backend="CustomLLM",
+            model="my-finetune",
+            base_url=server.url,
+            pricing={"input": 3.0, "output": 15.0},
+            retries=0,
+        )
         with myopto.run("exp-42", variant="baseline"):
             for question in ("What is 2+2?", "Name a prime.", "What is 2+2?"):  # the repeat is a cache hit
                 get_llm("executor")(question)
             server.fail(429, retry_after=0.05)  # retried, then fine
             get_llm("executor")("One more question.")
-            llm_json("Suggest a new value for x.", {"type": "object", "properties": {"x": {"type": "integer"}}}, role="optimizer")
+            llm_json(
+                "Suggest a new value for x.",
+                {"type": "object", "properties": {"x": {"type": "integer"}}},
+                role="optimizer",
+            )
             server.fail(400)
             try:
                 get_llm("optimizer")("A request the server rejects.")

@@ -61,10 +61,14 @@ def main() -> None:
     asked = sum(len(found) for found in answers.values())
     agree = all(len({answers[n][prompt] for n in answers}) == 1 for prompt in SHARED)
     span = times[-1] - times[0]
-    print(f"prompts asked by 4 workers: {asked}; backend calls made: {len(times)} "
-          f"(20 shared + 4 x 5 own); all workers got the same shared answers: {agree}")
-    print(f"fleet rate: {len(times)} requests in {span:.2f} s, limit {RPM / 60:g}/s "
-          f"(burst of one second's worth, then spread evenly)")
+    print(
+        f"prompts asked by 4 workers: {asked}; backend calls made: {len(times)} "
+        f"(20 shared + 4 x 5 own); all workers got the same shared answers: {agree}"
+    )
+    print(
+        f"fleet rate: {len(times)} requests in {span:.2f} s, limit {RPM / 60:g}/s "
+        f"(burst of one second's worth, then spread evenly)"
+    )
 
 
 if __name__ == "__main__":

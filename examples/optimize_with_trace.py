@@ -50,8 +50,10 @@ def main(cache_dir: str) -> None:
             optimizer.step()
             response = optimizer.log[-1]["response"]
             cost = get_usage_summary()["total_cost"] - before
-            print(f"step {step}: suggestion {myopto.try_parse_json(response)['suggestion']} -> x={x.data!r}, "
-                  f"greeting={greeting.data!r} (cost ${cost:.4f})")
+            print(
+                f"step {step}: suggestion {myopto.try_parse_json(response)['suggestion']} -> x={x.data!r}, "
+                f"greeting={greeting.data!r} (cost ${cost:.4f})"
+            )
     total = get_usage_summary()["total"]
     print(f"calls: {total['calls']}, served from the cache: {total['cache_hits']}")
 

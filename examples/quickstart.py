@@ -17,12 +17,12 @@ import time
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from myopto import StructuredOutputError  # noqa: E402
-from myopto.backends import llama_cpp_engine  # noqa: E402
-from myopto.backends.local_slm import choose_engine  # noqa: E402
-from myopto.backends.model_files import EMBEDDED_MODEL, _in_hub_cache, embedded_gguf  # noqa: E402
-from myopto.testing import FakeOpenAIServer  # noqa: E402
-from myopto.utils import get_llm, llm_json, llm_text, print_usage_summary, set_role_config, set_role_models  # noqa: E402
+from myopto import StructuredOutputError
+from myopto.backends import llama_cpp_engine
+from myopto.backends.local_slm import choose_engine
+from myopto.backends.model_files import EMBEDDED_MODEL, _in_hub_cache, embedded_gguf
+from myopto.testing import FakeOpenAIServer
+from myopto.utils import get_llm, llm_json, llm_text, print_usage_summary, set_role_config, set_role_models
 
 CAPITAL = {
     "name": "capital",
@@ -57,7 +57,11 @@ def configure() -> tuple[str, FakeOpenAIServer | None]:
         return f"myopto's test server at {server.url} (no key, no local model: answers are echoes)", server
     set_role_models(executor=model, optimizer=model, metaoptimizer=model, backend="LocalSLM")
     engine = choose_engine(model)
-    why = "the fastest installed" if engine == "llama.cpp" else "llama-cpp-python is not installed: pip install 'myopto[llama]'"
+    why = (
+        "the fastest installed"
+        if engine == "llama.cpp"
+        else "llama-cpp-python is not installed: pip install 'myopto[llama]'"
+    )
     return f"{label} through LocalSLM on this machine, {engine} engine ({why})", None
 
 
@@ -68,8 +72,11 @@ def main() -> None:
         llm = get_llm("executor")
         start = time.perf_counter()
         response = llm(messages=[{"role": "user", "content": "Hello!"}], max_tokens=40)
-        took = "from the cache: rerun with MYOPTO_CACHE=off for fresh calls" if response.cached else \
-            f"{time.perf_counter() - start:.1f} s, the first call loads the model"
+        took = (
+            "from the cache: rerun with MYOPTO_CACHE=off for fresh calls"
+            if response.cached
+            else f"{time.perf_counter() - start:.1f} s, the first call loads the model"
+        )
         print(f"Hello! -> {response.choices[0].message.content!r}  ({took})\n")
 
         print("Three questions, sent together (a local model answers them in one batch):")

@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 
 from myopto import CacheMiss
-from myopto.stores.disk import disk_store
 from myopto.cache_transfer import export_records
+from myopto.stores.disk import disk_store
 from myopto.testing import FakeOpenAIServer
 from myopto.utils import get_llm, set_role_config
 
@@ -29,7 +29,9 @@ def experiment() -> list[str]:
 
 def main(directory: Path) -> None:
     server = FakeOpenAIServer().start()
-    set_role_config("optimizer", backend="CustomLLM", model="opt", base_url=server.url, cache="on", cache_dir=str(directory))
+    set_role_config(
+        "optimizer", backend="CustomLLM", model="opt", base_url=server.url, cache="on", cache_dir=str(directory)
+    )
 
     first = experiment()
     print(f"run 1: {server.request_count} calls reached the server")

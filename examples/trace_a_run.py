@@ -43,17 +43,25 @@ def setup() -> object | None:
 def main() -> None:
     exporter = setup()
     with FakeOpenAIServer() as server:
-        set_role_config("optimizer", backend="CustomLLM", model="opt-model", base_url=server.url, api_key="sk-example",
-                        cache="on", cache_dir=tempfile.mkdtemp(prefix="myopto-trace-"), retry_backoff=0.01)
+        set_role_config(
+            "optimizer",
+            backend="CustomLLM",
+            model="opt-model",
+            base_url=server.url,
+            api_key="sk-example",
+            cache="on",
+            cache_dir=tempfile.mkdtemp(prefix="myopto-trace-"),
+            retry_backoff=0.01,
+        )
         llm = get_llm("optimizer")
         tracer = trace.get_tracer("my optimiser")
         server.fail(429, retry_after=0.01)
         server.delay(0, times=2)
         server.fail(400, message="unknown parameter")
         with myopto.run("trace-demo", lr=0.1), tracer.start_as_current_span("optimizer step 1"):
-            llm("Propose a better prompt.")          # retried after a 429
-            llm("Summarise the feedback.")           # answered
-            llm("Summarise the feedback.")           # from the cache
+            llm("Propose a better prompt.")  # retried after a 429
+            llm("Summarise the feedback.")  # answered
+            llm("Summarise the feedback.")  # from the cache
             try:
                 llm("Use a parameter the server refuses.")
             except BadRequest:
@@ -68,10 +76,16 @@ def main() -> None:
             print(f"{span.name} (your span)")
             continue
         status = f"ERROR {a['error.type']}" if span.status.status_code.name == "ERROR" else "ok"
-        usage = f"tokens {a.get('gen_ai.usage.input_tokens')}/{a.get('gen_ai.usage.output_tokens')}" if status == "ok" else ""
+        usage = (
+            f"tokens {a.get('gen_ai.usage.input_tokens')}/{a.get('gen_ai.usage.output_tokens')}"
+            if status == "ok"
+            else ""
+        )
         retries = len([event for event in span.events if event.name == "myopto.retry"])
-        print(f"  {span.name}: {status}, cached={a['myopto.cached']}, attempts={a['myopto.attempts']} "
-              f"({retries} retry events), {usage} run={a['myopto.run']} provider={a['gen_ai.provider.name']}")
+        print(
+            f"  {span.name}: {status}, cached={a['myopto.cached']}, attempts={a['myopto.attempts']} "
+            f"({retries} retry events), {usage} run={a['myopto.run']} provider={a['gen_ai.provider.name']}"
+        )
 
 
 if __name__ == "__main__":

@@ -350,8 +350,9 @@ class Cache(Middleware):
             successor = failed.successor = self._flights[(mode, key)] = _Flight()
             return successor, True
 
-    def _land(self, key: str, mode: str, flight: _Flight | None, response: Response | None,
-              error: BaseException | None) -> None:
+    def _land(
+        self, key: str, mode: str, flight: _Flight | None, response: Response | None, error: BaseException | None
+    ) -> None:
         if flight is None:
             return
         if response is not None:
@@ -447,8 +448,11 @@ def _runs_a_loop() -> bool:
 def _wait_limit(request: Request) -> float | None:
     """How long a caller's own options let it wait for an answer: its timeout or its deadline,
     whichever is shorter (None: neither is set)."""
-    limits = [value for value in (request.timeout, request.metadata.get("deadline"))
-              if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    limits = [
+        value
+        for value in (request.timeout, request.metadata.get("deadline"))
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    ]
     return min(limits) if limits else None
 
 

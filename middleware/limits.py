@@ -105,19 +105,26 @@ class Limits(Middleware):
                 raise BudgetExceeded(
                     f"{kind} {name!r} has spent ${spent:.4f} of its ${budget:g} budget (max_cost_usd); "
                     "nothing was sent. Cached answers are still served",
-                    scope=f"{kind} {name}", spent=spent, budget=budget,
+                    scope=f"{kind} {name}",
+                    spent=spent,
+                    budget=budget,
                 )
 
     def _cost(self, response: Response) -> float:
         if self.pricing is not None:
             usage = response.usage
             # cached prompt tokens at the role's cached_input price, as the provider bills them
-            return cost_from_pricing(self.pricing, usage.prompt_tokens, usage.completion_tokens,
-                                     cached_tokens=usage.prompt_tokens_details.cached_tokens)
+            return cost_from_pricing(
+                self.pricing,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                cached_tokens=usage.prompt_tokens_details.cached_tokens,
+            )
         return response.cost or 0.0
 
-    def _settle(self, request: Request, response: Response, estimate: int,
-                budgets: tuple[tuple[str, float], ...]) -> None:
+    def _settle(
+        self, request: Request, response: Response, estimate: int, budgets: tuple[tuple[str, float], ...]
+    ) -> None:
         """Count a paid answer's tokens and cost. Never raises: the answer is the caller's, and a
         count that cannot be made (the shared limiter's server gone) is reported instead."""
         try:
@@ -138,7 +145,10 @@ class Limits(Middleware):
             raise RateLimited(
                 f"model {request.model!r} is held back {wait:.2f} s by its rate limit or a provider's "
                 f"Retry-After, longer than the {request.timeout:.2f} s left; nothing was sent",
-                retryable=True, retry_after=wait, role=request.role, model=request.model,
+                retryable=True,
+                retry_after=wait,
+                role=request.role,
+                model=request.model,
             )
 
     def _pause_on(self, request: Request, error: RateLimited) -> None:
@@ -150,8 +160,14 @@ class Limits(Middleware):
         try:
             self.limiter.pause(request.model, seconds, request.endpoint)
         except Exception as failure:  # noqa: BLE001 - the pause is a courtesy, the 429 is the outcome
-            _log.warning("a 429 asked to pause model %r for %.1f s, but the pause could not be recorded in %s: %s: %s",
-                         request.model, seconds, self.limiter.location, type(failure).__name__, failure)
+            _log.warning(
+                "a 429 asked to pause model %r for %.1f s, but the pause could not be recorded in %s: %s: %s",
+                request.model,
+                seconds,
+                self.limiter.location,
+                type(failure).__name__,
+                failure,
+            )
 
     # -- sync and async --------------------------------------------------------------------
     def _ready(self) -> None:
@@ -203,7 +219,10 @@ class Limits(Middleware):
         return response
 
     def describe(self) -> str:
-        parts = [f"rpm {self.rpm:g}" if self.rpm else "", f"tpm {self.tpm:g}" if self.tpm else "",
-                 f"budget ${self.budgets[0][1]:g}" if self.budgets else ""]
+        parts = [
+            f"rpm {self.rpm:g}" if self.rpm else "",
+            f"tpm {self.tpm:g}" if self.tpm else "",
+            f"budget ${self.budgets[0][1]:g}" if self.budgets else "",
+        ]
         shown = ", ".join(part for part in parts if part) or "run budgets and 429 pauses only"
         return f"{self.name} ({shown}; state in {self.limiter.location})"

@@ -15,8 +15,8 @@ from typing import Any
 
 from myopto.errors import ConfigError
 from myopto.logs import CallLog, active_log, redact
-from myopto.recording import report_unrecorded
 from myopto.pipeline import AsyncHandler, Handler, Middleware
+from myopto.recording import report_unrecorded
 from myopto.request import Request
 from myopto.response import Response, ToolCall
 
@@ -84,12 +84,17 @@ def _write(log: CallLog, request: Request, response: Response | None, error: Exc
         if response is not None:
             report_unrecorded("log", failure, role=request.role, model=request.model, key=request.fingerprint())
         else:
-            _log.error(redact(f"a failed call (role {request.role}, model {request.model}) could not be written to "
-                              f"the call log {log.path}: {type(failure).__name__}: {failure}"))
+            _log.error(
+                redact(
+                    f"a failed call (role {request.role}, model {request.model}) could not be written to "
+                    f"the call log {log.path}: {type(failure).__name__}: {failure}"
+                )
+            )
 
 
-def _write_line(log: CallLog, request: Request, response: Response | None, error: Exception | None,
-                latency: float) -> None:
+def _write_line(
+    log: CallLog, request: Request, response: Response | None, error: Exception | None, latency: float
+) -> None:
     fields: dict[str, Any] = {
         "run": request.metadata.get("run"),
         "tags": request.metadata.get("tags") or None,
@@ -119,8 +124,10 @@ def _write_line(log: CallLog, request: Request, response: Response | None, error
                 fields["answers"] = [choice.message.content for choice in response.choices]
             calls = _tool_calls(response)
             if calls:  # as the model wrote them, with the choice each belongs to
-                fields["tool_arguments"] = [{"choice": index, "id": call.id, "name": call.function.name,
-                                             "arguments": call.function.arguments} for index, call in calls]
+                fields["tool_arguments"] = [
+                    {"choice": index, "id": call.id, "name": call.function.name, "arguments": call.function.arguments}
+                    for index, call in calls
+                ]
         elif getattr(error, "response", None) is not None:
             fields["answer"] = getattr(error.response, "text", None)
     log.write(**{key: value for key, value in fields.items() if value is not None or key in ("cost", "run")})

@@ -40,18 +40,23 @@ def _seconds(option: str, value: Any, *, positive: bool = False, hint: str = "")
             number = math.inf
         if math.isfinite(number) and (number > 0 if positive else number >= 0):
             return number
-    raise ConfigError(f"{option} must be a finite number of seconds {'> 0' if positive else '>= 0'}, got {value!r}{hint}")
+    raise ConfigError(
+        f"{option} must be a finite number of seconds {'> 0' if positive else '>= 0'}, got {value!r}{hint}"
+    )
 
 
 def _note_retry(state: tenacity.RetryCallState) -> None:
     """A failed attempt about to be retried: an event on the call's span, when it is traced."""
     error = state.outcome.exception() if state.outcome else None
-    span_event("myopto.retry", {
-        "myopto.attempt": state.attempt_number,
-        "error.type": type(error).__name__ if error is not None else None,
-        "http.response.status_code": getattr(error, "status_code", None),
-        "myopto.retry.wait_s": state.next_action.sleep if state.next_action else None,
-    })
+    span_event(
+        "myopto.retry",
+        {
+            "myopto.attempt": state.attempt_number,
+            "error.type": type(error).__name__ if error is not None else None,
+            "http.response.status_code": getattr(error, "status_code", None),
+            "myopto.retry.wait_s": state.next_action.sleep if state.next_action else None,
+        },
+    )
 
 
 class Retry(Middleware):
@@ -65,13 +70,24 @@ class Retry(Middleware):
 
     name = "retry"
 
-    def __init__(self, *, retries: int = 4, deadline: float = 300.0, backoff: float = 0.5, max_wait: float = 30.0,
-                 max_pause: float | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        retries: int = 4,
+        deadline: float = 300.0,
+        backoff: float = 0.5,
+        max_wait: float = 30.0,
+        max_pause: float | None = None,
+    ) -> None:
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
             raise ConfigError(f"retries must be a whole number >= 0, got {retries!r}")
         self.retries = retries
-        self.deadline = _seconds("deadline", deadline, positive=True,
-                                 hint=" (every call has one, 300 s unless set: give the longest a call may take)")
+        self.deadline = _seconds(
+            "deadline",
+            deadline,
+            positive=True,
+            hint=" (every call has one, 300 s unless set: give the longest a call may take)",
+        )
         self.backoff = _seconds("retry_backoff", backoff)
         self.max_wait = _seconds("retry_max_wait", max_wait)
         self.max_pause = pause_cap(max_pause)
@@ -85,7 +101,9 @@ class Retry(Middleware):
         def wait(state: tenacity.RetryCallState) -> float:
             error = state.outcome.exception() if state.outcome else None
             asked = capped_wait(getattr(error, "retry_after", None), self.max_pause)
-            computed = min(self.max_wait, self.backoff * 2 ** min(state.attempt_number - 1, 64)) * random.uniform(0.5, 1.0)
+            computed = min(self.max_wait, self.backoff * 2 ** min(state.attempt_number - 1, 64)) * random.uniform(
+                0.5, 1.0
+            )
             delay = asked if asked is not None else computed
             return max(0.0, min(delay, state.start_time + deadline - time.monotonic()))
 

@@ -16,8 +16,7 @@ from myopto.response import Choice, Response
 MODES = ("auto", "native", "prompt")
 
 JSON_OBJECT_INSTRUCTION = (
-    "Answer with one valid JSON object and nothing else: no prose before or after it, "
-    "no code fences."
+    "Answer with one valid JSON object and nothing else: no prose before or after it, no code fences."
 )
 JSON_SCHEMA_INSTRUCTION = (
     "Answer with one valid JSON value that conforms to this JSON schema, and nothing else: "
@@ -49,8 +48,15 @@ class StructuredOutput(Middleware):
 
     name = "structured_output"
 
-    def __init__(self, *, json_schema: bool = False, json_object: bool = False, instruct: bool = False,
-                 mode: str = "auto", reasks: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        json_schema: bool = False,
+        json_object: bool = False,
+        instruct: bool = False,
+        mode: str = "auto",
+        reasks: int = 1,
+    ) -> None:
         if mode not in MODES:
             raise ConfigError(f"structured_output mode must be one of {MODES}, got {mode!r}")
         if isinstance(reasks, bool) or not isinstance(reasks, int) or reasks < 0:
@@ -142,8 +148,8 @@ class StructuredOutput(Middleware):
             name = response_format["json_schema"]["name"]
             failed[position] = SchemaError(
                 f"{where}the answer of {request.model!r} is not JSON (asked for schema {name!r}): {text[:200]!r}"
-                if problem == _NOT_JSON else
-                f"{where}the answer of {request.model!r} does not satisfy schema {name!r} {problem}",
+                if problem == _NOT_JSON
+                else f"{where}the answer of {request.model!r} does not satisfy schema {name!r} {problem}",
                 response=response,
                 problem=problem if problem == _NOT_JSON else f"it does not satisfy the schema {problem}",
             )
@@ -197,8 +203,13 @@ def _added(earlier: Response, index: int, later: Response) -> Response:
     choices[index] = dataclasses.replace(later.choices[0], index=choices[index].index)
     cost = None if earlier.cost is None or later.cost is None else earlier.cost + later.cost
     latency = (earlier.latency or 0.0) + (later.latency or 0.0)
-    return later.replace(choices=choices, usage=earlier.usage + later.usage, cost=cost, latency=latency,
-                         cached=earlier.cached and later.cached)
+    return later.replace(
+        choices=choices,
+        usage=earlier.usage + later.usage,
+        cost=cost,
+        latency=latency,
+        cached=earlier.cached and later.cached,
+    )
 
 
 def _with_instruction(messages: list[dict[str, Any]], instruction: str) -> list[dict[str, Any]]:

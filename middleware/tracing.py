@@ -32,15 +32,26 @@ from myopto.request import Request
 from myopto.response import Choice, Response
 from myopto.tracing import active_tracer, messages_wanted
 
-_PARAMS = {"temperature": "temperature", "max_tokens": "max_tokens", "max_completion_tokens": "max_tokens",
-           "max_new_tokens": "max_tokens", "top_p": "top_p", "seed": "seed", "stop": "stop_sequences"}
+_PARAMS = {
+    "temperature": "temperature",
+    "max_tokens": "max_tokens",
+    "max_completion_tokens": "max_tokens",
+    "max_new_tokens": "max_tokens",
+    "top_p": "top_p",
+    "seed": "seed",
+    "stop": "stop_sequences",
+}
 
 
 def _parts(content: Any) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"type": "text", "content": content}]
-    return [{"type": "text", "content": part.get("text", "")} if isinstance(part, dict) and part.get("type") == "text"
-            else {"type": str(part.get("type", "unknown")) if isinstance(part, dict) else "unknown"} for part in content or []]
+    return [
+        {"type": "text", "content": part.get("text", "")}
+        if isinstance(part, dict) and part.get("type") == "text"
+        else {"type": str(part.get("type", "unknown")) if isinstance(part, dict) else "unknown"}
+        for part in content or []
+    ]
 
 
 def _arguments(text: str) -> Any:
@@ -62,8 +73,14 @@ def _output_message(choice: Choice) -> dict[str, Any]:
     if message.content is not None:
         parts.append({"type": "text", "content": message.content})
     for call in message.tool_calls or ():
-        parts.append({"type": "tool_call", "id": call.id, "name": call.function.name,
-                      "arguments": _arguments(call.function.arguments)})
+        parts.append(
+            {
+                "type": "tool_call",
+                "id": call.id,
+                "name": call.function.name,
+                "arguments": _arguments(call.function.arguments),
+            }
+        )
     return {"role": message.role, "parts": parts, "finish_reason": choice.finish_reason or "stop"}
 
 
@@ -130,7 +147,9 @@ class Tracing(Middleware):
         if metadata.get("run") is not None:
             attributes["myopto.run"] = metadata["run"]
             for tag, value in (metadata.get("tags") or {}).items():
-                attributes[f"myopto.run.tags.{tag}"] = value if isinstance(value, (str, bool, int, float)) else str(value)
+                attributes[f"myopto.run.tags.{tag}"] = (
+                    value if isinstance(value, (str, bool, int, float)) else str(value)
+                )
         if request.response_format is not None:
             attributes["gen_ai.output.type"] = "json"
         choices = request.params.get("n")
@@ -172,11 +191,13 @@ class Tracing(Middleware):
     def _fail(span: Any, error: BaseException) -> None:
         from opentelemetry.trace import Status, StatusCode
 
-        span.set_attributes({
-            "error.type": type(error).__name__,
-            "myopto.cached": False,
-            "myopto.attempts": getattr(error, "attempts", 1),
-        })
+        span.set_attributes(
+            {
+                "error.type": type(error).__name__,
+                "myopto.cached": False,
+                "myopto.attempts": getattr(error, "attempts", 1),
+            }
+        )
         status_code = getattr(error, "status_code", None)
         if status_code is not None:
             span.set_attribute("http.response.status_code", status_code)
@@ -188,8 +209,11 @@ class Tracing(Middleware):
         from opentelemetry.trace import SpanKind
 
         return tracer.start_as_current_span(
-            f"chat {request.model}", kind=SpanKind.CLIENT, attributes=self._start_attributes(request),
-            record_exception=False, set_status_on_exception=False,
+            f"chat {request.model}",
+            kind=SpanKind.CLIENT,
+            attributes=self._start_attributes(request),
+            record_exception=False,
+            set_status_on_exception=False,
         )
 
     # -- sync and async --------------------------------------------------------------------

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from myopto.pipeline import AsyncHandler, Handler, Middleware
+from myopto.pricing import check_pricing, cost_from_pricing
 from myopto.request import Request
 from myopto.response import Response
-from myopto.pricing import check_pricing, cost_from_pricing
 from myopto.usage import LEDGER, UsageLedger
 
 
@@ -32,10 +32,15 @@ class Usage(Middleware):
         if self.pricing is None:
             return response
         usage = response.usage
-        return response.replace(cost=cost_from_pricing(
-            self.pricing, usage.prompt_tokens, usage.completion_tokens,
-            cached_tokens=usage.cached_tokens, reasoning_tokens=usage.reasoning_tokens,
-        ))
+        return response.replace(
+            cost=cost_from_pricing(
+                self.pricing,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                cached_tokens=usage.cached_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+            )
+        )
 
     def __call__(self, request: Request, call_next: Handler) -> Response:
         run = request.metadata.get("run")

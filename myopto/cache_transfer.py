@@ -116,11 +116,16 @@ def _import_one(store: CacheStore, report: ImportReport, number: int, key: str, 
         if _canonical(existing) == _canonical(record):
             report.unchanged += 1
         else:
-            report.conflicts.append((number, (
-                f"key {key[:16]}...: a different answer to this request is already cached; kept it "
-                "(to take the imported one, import into an empty cache, or call the request with "
-                "cache='refresh')"
-            )))
+            report.conflicts.append(
+                (
+                    number,
+                    (
+                        f"key {key[:16]}...: a different answer to this request is already cached; kept it "
+                        "(to take the imported one, import into an empty cache, or call the request with "
+                        "cache='refresh')"
+                    ),
+                )
+            )
         return
     store.set(key, record)
     report.imported += 1
@@ -164,7 +169,9 @@ def import_problem(key: Any, record: dict[str, Any]) -> str | None:
         return f"no record 'version' (this myopto writes {READABLE_VERSIONS[-1]})"
     for name in ("created",):
         value = record.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        ):
             return f"'{name}' is {value!r}, not a time"
     for name in ("run", "role"):
         if record.get(name) is not None and not isinstance(record[name], str):
@@ -174,8 +181,10 @@ def import_problem(key: Any, record: dict[str, Any]) -> str | None:
     except (InvalidRequest, TypeError, ValueError) as error:
         return f"its 'request' has no key ({error})"
     if key != expected:
-        return (f"its key {key[:16]}... is not the key of the request it records ({expected[:16]}...): "
-                "the line was edited or is not from a myopto export")
+        return (
+            f"its key {key[:16]}... is not the key of the request it records ({expected[:16]}...): "
+            "the line was edited or is not from a myopto export"
+        )
     return None
 
 

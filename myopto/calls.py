@@ -25,7 +25,9 @@ def _llm(role: str, llm: RoleLLM | None) -> RoleLLM:
     return llm if llm is not None else get_llm(role)
 
 
-def llm_text(prompt: Any, role: str = "executor", *, system: str | None = None, llm: RoleLLM | None = None, **params: Any) -> str:
+def llm_text(
+    prompt: Any, role: str = "executor", *, system: str | None = None, llm: RoleLLM | None = None, **params: Any
+) -> str:
     """Ask a role's model and return the answer text.
 
     `prompt` is a string (sent as the user message) or a list of chat messages; `system` adds a
@@ -34,7 +36,9 @@ def llm_text(prompt: Any, role: str = "executor", *, system: str | None = None, 
     return _llm(role, llm)(_messages(prompt, system), **params).text
 
 
-async def allm_text(prompt: Any, role: str = "executor", *, system: str | None = None, llm: RoleLLM | None = None, **params: Any) -> str:
+async def allm_text(
+    prompt: Any, role: str = "executor", *, system: str | None = None, llm: RoleLLM | None = None, **params: Any
+) -> str:
     """Async twin of `llm_text`."""
     return (await _llm(role, llm).acall(_messages(prompt, system), **params)).text
 
@@ -80,8 +84,11 @@ async def allm_json(
 def _value(response: Response, json_schema: Any, response_format: Any) -> Any:
     # `parsed` is None both for no JSON and for a JSON null, which a nullable schema accepts
     # (the structured-output middleware has validated it): the text tells them apart
-    is_null = (response.parsed is None and response_format.get("type") == "json_schema"
-               and try_parse_json(response.text, default=NO_JSON) is None)
+    is_null = (
+        response.parsed is None
+        and response_format.get("type") == "json_schema"
+        and try_parse_json(response.text, default=NO_JSON) is None
+    )
     if response.parsed is None and not is_null:
         raise SchemaError(
             f"the answer of {response.model!r} is not a JSON object: {response.text[:200]!r}", response=response

@@ -63,8 +63,11 @@ def _cache_command(arguments: argparse.Namespace) -> int:
             print(f"removed {store.clear()} entries from {store.location}")
             left = getattr(store, "refused_removals", 0)
             if left:
-                print(f"warning: left alone {left} file(s) named by entries that point outside the cache "
-                      "directory or at files it never writes", file=sys.stderr)
+                print(
+                    f"warning: left alone {left} file(s) named by entries that point outside the cache "
+                    "directory or at files it never writes",
+                    file=sys.stderr,
+                )
                 return 2
         elif arguments.cache_command == "export":
             return _export(store, arguments)
@@ -104,8 +107,11 @@ def _import(store: Any, arguments: argparse.Namespace) -> int:
         print(f"{arguments.file}:{number}: {problem}", file=sys.stderr)
     if len(refused) > _SHOWN:
         print(f"... and {len(refused) - _SHOWN} more refused lines", file=sys.stderr)
-    notes = [f"{report.unchanged} already there", f"{len(report.conflicts)} conflicts kept the cached answer",
-             f"{len(report.problems)} lines refused"]
+    notes = [
+        f"{report.unchanged} already there",
+        f"{len(report.conflicts)} conflicts kept the cached answer",
+        f"{len(report.problems)} lines refused",
+    ]
     if report.replaced_damaged:
         notes.append(f"{report.replaced_damaged} damaged entries replaced")
     print(f"imported {report.imported} entries into {store.location} ({', '.join(notes)})", file=sys.stderr)
@@ -125,8 +131,14 @@ def _logs_command(arguments: argparse.Namespace) -> int:
             print(logs.format_summary(rows))
         return 0
     if arguments.logs_command == "show":
-        records = logs.select(logs.read_log(arguments.file), run=arguments.run, role=arguments.role,
-                              errors=arguments.errors, grep=arguments.grep, last=arguments.last)
+        records = logs.select(
+            logs.read_log(arguments.file),
+            run=arguments.run,
+            role=arguments.role,
+            errors=arguments.errors,
+            grep=arguments.grep,
+            last=arguments.last,
+        )
         if arguments.json:
             for record in records:
                 print(json.dumps(record, ensure_ascii=False))
@@ -172,8 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         after.add_argument(*action.option_strings, help=action.help, default=argparse.SUPPRESS)
     cache = commands.add_parser("cache", help="look after the cache (a directory or a Redis server)", parents=[where])
     cache_commands = cache.add_subparsers(dest="cache_command", required=True)
-    cache_commands.add_parser("stats", parents=[after],
-                              help="entries and size; on Redis its memory and maxmemory-policy too")
+    cache_commands.add_parser(
+        "stats", parents=[after], help="entries and size; on Redis its memory and maxmemory-policy too"
+    )
     cache_commands.add_parser("clear", parents=[after], help="remove every entry")
     export = cache_commands.add_parser("export", parents=[after], help="write entries as JSON lines")
     export.add_argument("file")

@@ -22,9 +22,9 @@ from myopto.params import check_params
 from myopto.pipeline import Pipeline
 from myopto.request import Request, check_messages, is_json_data
 from myopto.response import Response
+from myopto.router import ROUTER, ResolvedRole, RoleConfig, Router, check_role, overrides_from
 from myopto.runs import current_run
 from myopto.settings import Environment, read_environment
-from myopto.router import ROUTER, ResolvedRole, RoleConfig, Router, check_role, overrides_from
 
 
 class RoleLLM:
@@ -224,7 +224,8 @@ class RoleLLM:
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(max_concurrency, max(len(items), 1))) as pool:
             # each call runs in a copy of the caller's context, so an active `myopto.run` tags it
             futures = {
-                pool.submit(contextvars.copy_context().run, self, item, **kwargs): index for index, item in enumerate(items)
+                pool.submit(contextvars.copy_context().run, self, item, **kwargs): index
+                for index, item in enumerate(items)
             }
             for future in concurrent.futures.as_completed(futures):
                 index = futures[future]
@@ -292,8 +293,9 @@ class ModelName(str):
 _CALL_OPTIONS = frozenset({"cache", "sample", "retries", "deadline"})
 
 
-def _call_metadata(metadata: Mapping[str, Any] | None, cache: str | None, sample: Any,
-                   retries: int | None, deadline: float | None) -> Mapping[str, Any] | None:
+def _call_metadata(
+    metadata: Mapping[str, Any] | None, cache: str | None, sample: Any, retries: int | None, deadline: float | None
+) -> Mapping[str, Any] | None:
     """Per-call cache mode, sample number and retry bounds travel in metadata
     (`sample` enters the cache key; the others do not). Each is checked here, before anything
     is sent, also when the caller put it in `metadata` directly."""
@@ -303,8 +305,11 @@ def _call_metadata(metadata: Mapping[str, Any] | None, cache: str | None, sample
         if metadata and not _CALL_OPTIONS.isdisjoint(metadata):
             _check_call_options(metadata)
         return metadata
-    extra = {key: value for key, value in (("cache", cache), ("sample", sample), ("retries", retries), ("deadline", deadline))
-             if value is not None}
+    extra = {
+        key: value
+        for key, value in (("cache", cache), ("sample", sample), ("retries", retries), ("deadline", deadline))
+        if value is not None
+    }
     merged = {**(metadata or {}), **extra}
     _check_call_options(merged)
     return merged

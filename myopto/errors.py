@@ -57,8 +57,13 @@ class BackendError(MyoptoError):
 
     def __str__(self) -> str:
         where = ", ".join(
-            part for part in (f"role {self.role}" if self.role else "", f"model {self.model}" if self.model else "",
-                              f"after {self.attempts} attempts" if self.attempts > 1 else "") if part
+            part
+            for part in (
+                f"role {self.role}" if self.role else "",
+                f"model {self.model}" if self.model else "",
+                f"after {self.attempts} attempts" if self.attempts > 1 else "",
+            )
+            if part
         )
         return f"{super().__str__()} [{where}]" if where else super().__str__()
 

@@ -97,7 +97,9 @@ class LocalLimiter:
         self._spent: dict[str, float] = {}
         self.location = "this process"
 
-    def reserve(self, model: str, rpm: float | None, tpm: float | None, tokens: int, endpoint: str | None = None) -> float:
+    def reserve(
+        self, model: str, rpm: float | None, tpm: float | None, tokens: int, endpoint: str | None = None
+    ) -> float:
         """Take the next slot for one request of about `tokens` tokens to `model` at `endpoint`;
         returns seconds to wait (its rate, and any pause of that endpoint's model)."""
         with self._lock:
@@ -106,7 +108,9 @@ class LocalLimiter:
             wait = 0.0
             for unit, per_minute, cost in (("requests", rpm, 1), ("tokens", tpm, tokens)):
                 if per_minute:
-                    slot_wait, self._tat[model, unit] = _slot(self._tat.get((model, unit), 0.0), start, cost, per_minute / 60)
+                    slot_wait, self._tat[model, unit] = _slot(
+                        self._tat.get((model, unit), 0.0), start, cost, per_minute / 60
+                    )
                     wait = max(wait, slot_wait)
             return start - now + wait
 
@@ -221,20 +225,28 @@ class RedisLimiter:
 
         return self.connection.run(call, consequence=consequence)
 
-    def reserve(self, model: str, rpm: float | None, tpm: float | None, tokens: int, endpoint: str | None = None) -> float:
+    def reserve(
+        self, model: str, rpm: float | None, tpm: float | None, tokens: int, endpoint: str | None = None
+    ) -> float:
         per_second = [(rpm or 0) / 60, (tpm or 0) / 60]
         return float(self._run_script(_RESERVE, self._keys(model, endpoint), [*per_second, tokens], _BEFORE_SENDING))
 
     def adjust(self, model: str, tpm: float, tokens: int) -> None:
         key = self._keys(model)[1]
-        self.connection.run(lambda client: client.incrbyfloat(key, tokens / (tpm / 60)),
-                            consequence="the call's tokens were not counted against the rate limit")
+        self.connection.run(
+            lambda client: client.incrbyfloat(key, tokens / (tpm / 60)),
+            consequence="the call's tokens were not counted against the rate limit",
+        )
 
     def pause(self, model: str, seconds: float, endpoint: str | None = None) -> None:
         usable = _usable_pause(seconds)
         if usable is not None:
-            self._run_script(_PAUSE, [self._keys(model, endpoint)[2]], [repr(usable)],
-                             "the provider's Retry-After does not hold back the other workers")
+            self._run_script(
+                _PAUSE,
+                [self._keys(model, endpoint)[2]],
+                [repr(usable)],
+                "the provider's Retry-After does not hold back the other workers",
+            )
 
     def paused_for(self, model: str, endpoint: str | None = None) -> float:
         # the pause key expires when the pause ends (-2: no key)
@@ -249,8 +261,10 @@ class RedisLimiter:
         return float(value or 0.0)
 
     def spend(self, scope: str, usd: float) -> None:
-        self.connection.run(lambda client: client.incrbyfloat(self._budget_key(scope), usd),
-                            consequence="the call's cost was not counted against the budget")
+        self.connection.run(
+            lambda client: client.incrbyfloat(self._budget_key(scope), usd),
+            consequence="the call's cost was not counted against the budget",
+        )
 
 
 LOCAL = LocalLimiter()

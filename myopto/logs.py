@@ -53,8 +53,25 @@ def register_secret(value: str | bytes | None) -> None:
 # Option, header and query-parameter names whose values are credentials, wherever they sit in a
 # role's options (`extra_headers`, LiteLLM's `extra`, a URL's query string): a name is secret when
 # one of its words (split on `_`, `-`, `.`, spaces and camelCase) is one of these.
-_SECRET_NAME_PARTS = frozenset({"key", "apikey", "token", "secret", "password", "passwd", "passphrase", "pwd",
-                                "authorization", "auth", "credential", "credentials", "signature", "sig", "cookie"})
+_SECRET_NAME_PARTS = frozenset(
+    {
+        "key",
+        "apikey",
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "passphrase",
+        "pwd",
+        "authorization",
+        "auth",
+        "credential",
+        "credentials",
+        "signature",
+        "sig",
+        "cookie",
+    }
+)
 # `<scheme> <credential>`, as in an Authorization header; under any name for these schemes
 _AUTH_VALUE = re.compile(r"\s*([A-Za-z][\w-]*)\s+(\S+)\s*")
 _AUTH_SCHEMES = frozenset({"bearer", "basic", "token"})
@@ -264,8 +281,11 @@ class CallLog:
             reason = error.strerror or str(error)
             if error.filename is not None and str(error.filename) != str(self.path):
                 reason += f": {error.filename}"  # a folder on the way is the problem
-            fix = f"set {source} to a file you can write, or unset it" if source == "MYOPTO_LOG_FILE" else \
-                "give a file you can write"
+            fix = (
+                f"set {source} to a file you can write, or unset it"
+                if source == "MYOPTO_LOG_FILE"
+                else "give a file you can write"
+            )
             raise ConfigError(f"cannot write the call log {self.path}{where}: {reason}; {fix}") from error
         self._logger = structlog.wrap_logger(
             writer,
@@ -348,11 +368,19 @@ def iter_log(path: str | Path) -> Iterator[dict[str, Any]]:
                 yield record
 
 
-def select(records: Iterable[dict[str, Any]], *, run: str | None = None, role: str | None = None,
-           errors: bool = False, grep: str | None = None, last: int | None = None) -> list[dict[str, Any]]:
+def select(
+    records: Iterable[dict[str, Any]],
+    *,
+    run: str | None = None,
+    role: str | None = None,
+    errors: bool = False,
+    grep: str | None = None,
+    last: int | None = None,
+) -> list[dict[str, Any]]:
     """The records matching every filter given; `grep` searches the whole record as text."""
     chosen = [
-        r for r in records
+        r
+        for r in records
         if (run is None or r.get("run") == run)
         and (role is None or r.get("role") == role)
         and (not errors or r.get("status") == "error")
@@ -380,29 +408,42 @@ def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         ok = [c for c in calls if c.get("status") == "ok"]
         latencies = [c["latency_s"] for c in calls if isinstance(c.get("latency_s"), (int, float))]
         costs = [c.get("cost") for c in ok if not c.get("cached")]
-        rows.append({
-            "run": run,
-            "role": role,
-            "model": model,
-            "calls": len(calls),
-            "cache_hits": sum(1 for c in ok if c.get("cached")),
-            "cache_hit_rate": (sum(1 for c in ok if c.get("cached")) / len(calls)) if calls else 0.0,
-            "prompt_tokens": sum(c.get("prompt_tokens") or 0 for c in ok),
-            "completion_tokens": sum(c.get("completion_tokens") or 0 for c in ok),
-            "cached_tokens": sum(c.get("cached_tokens") or 0 for c in ok),  # absent from older lines: 0
-            "cost": sum(c for c in costs if c is not None),
-            "cost_unknown_calls": sum(1 for c in costs if c is None),
-            "p50_latency_s": _percentile(latencies, 0.5),
-            "p95_latency_s": _percentile(latencies, 0.95),
-            "errors": len(calls) - len(ok),
-        })
+        rows.append(
+            {
+                "run": run,
+                "role": role,
+                "model": model,
+                "calls": len(calls),
+                "cache_hits": sum(1 for c in ok if c.get("cached")),
+                "cache_hit_rate": (sum(1 for c in ok if c.get("cached")) / len(calls)) if calls else 0.0,
+                "prompt_tokens": sum(c.get("prompt_tokens") or 0 for c in ok),
+                "completion_tokens": sum(c.get("completion_tokens") or 0 for c in ok),
+                "cached_tokens": sum(c.get("cached_tokens") or 0 for c in ok),  # absent from older lines: 0
+                "cost": sum(c for c in costs if c is not None),
+                "cost_unknown_calls": sum(1 for c in costs if c is None),
+                "p50_latency_s": _percentile(latencies, 0.5),
+                "p95_latency_s": _percentile(latencies, 0.95),
+                "errors": len(calls) - len(ok),
+            }
+        )
     return rows
 
 
 # "cache": the share of calls myopto's cache answered; "cache-read": prompt tokens the provider
 # served from its own prompt cache (billed at its cache-read price), as in `print_usage_summary`
-SUMMARY_HEADERS = ["run", "role", "model", "calls", "cache", "tokens", "cache-read", "cost USD", "p50 s", "p95 s",
-                   "errors"]
+SUMMARY_HEADERS = [
+    "run",
+    "role",
+    "model",
+    "calls",
+    "cache",
+    "tokens",
+    "cache-read",
+    "cost USD",
+    "p50 s",
+    "p95 s",
+    "errors",
+]
 
 
 def summary_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
@@ -412,12 +453,21 @@ def summary_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
         cost = f"{row['cost']:.6f}" + ("+?" if row["cost_unknown_calls"] else "")
         if row["cost_unknown_calls"] and row["cost"] == 0:
             cost = "unknown"
-        table.append([
-            str(row["run"] or "-"), str(row["role"]), str(row["model"]), str(row["calls"]),
-            f"{row['cache_hit_rate']:.0%}", str(row["prompt_tokens"] + row["completion_tokens"]),
-            str(row.get("cached_tokens", 0)), cost,
-            _seconds(row["p50_latency_s"]), _seconds(row["p95_latency_s"]), str(row["errors"]),
-        ])
+        table.append(
+            [
+                str(row["run"] or "-"),
+                str(row["role"]),
+                str(row["model"]),
+                str(row["calls"]),
+                f"{row['cache_hit_rate']:.0%}",
+                str(row["prompt_tokens"] + row["completion_tokens"]),
+                str(row.get("cached_tokens", 0)),
+                cost,
+                _seconds(row["p50_latency_s"]),
+                _seconds(row["p95_latency_s"]),
+                str(row["errors"]),
+            ]
+        )
     return table
 
 
@@ -447,8 +497,11 @@ def format_call(record: dict[str, Any]) -> str:
         f"{record.get('ts', '')}  run={record.get('run') or '-'}  role={record.get('role')}  "
         f"model={record.get('model')}  {'CACHED' if record.get('cached') else status.upper()}"
     )
-    classes = [f"{label} {record[name]}" for name, label in (("cached_tokens", "cache-read"), ("reasoning_tokens", "reasoning"))
-               if record.get(name)]
+    classes = [
+        f"{label} {record[name]}"
+        for name, label in (("cached_tokens", "cache-read"), ("reasoning_tokens", "reasoning"))
+        if record.get(name)
+    ]
     details = (
         f"  tokens {record.get('prompt_tokens', 0)}+{record.get('completion_tokens', 0)}"
         + (f" ({', '.join(classes)})" if classes else "")
@@ -476,7 +529,9 @@ def format_call(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def follow(path: str | Path, *, lines: int = 10, seconds: float | None = None, poll: float = 0.2) -> Iterator[dict[str, Any]]:
+def follow(
+    path: str | Path, *, lines: int = 10, seconds: float | None = None, poll: float = 0.2
+) -> Iterator[dict[str, Any]]:
     """The last `lines` records, then new ones as they are written (for `seconds`, or forever)."""
     import time
 

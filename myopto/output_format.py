@@ -25,8 +25,10 @@ _NAME = re.compile(r"[^A-Za-z0-9_-]")
 
 def is_pydantic_model(value: Any) -> bool:
     """True for a pydantic v2 model class (checked without importing pydantic)."""
-    return isinstance(value, type) and callable(getattr(value, "model_json_schema", None)) and callable(
-        getattr(value, "model_validate", None)
+    return (
+        isinstance(value, type)
+        and callable(getattr(value, "model_json_schema", None))
+        and callable(getattr(value, "model_validate", None))
     )
 
 
@@ -42,8 +44,7 @@ def normalize_response_format(value: Any) -> dict[str, Any] | None:
         return _json_schema(value.__name__, value.model_json_schema(), strict=False)
     if not isinstance(value, Mapping):
         raise InvalidRequest(
-            "response_format / json_schema must be a dict or a pydantic model class, "
-            f"got {type(value).__name__}"
+            f"response_format / json_schema must be a dict or a pydantic model class, got {type(value).__name__}"
         )
     kind = value.get("type")
     if kind == "text" and len(value) == 1:
@@ -54,11 +55,14 @@ def normalize_response_format(value: Any) -> dict[str, Any] | None:
         inner = value.get("json_schema")
         if not isinstance(inner, Mapping) or not isinstance(inner.get("schema"), Mapping):
             raise InvalidRequest(
-                "response_format of type 'json_schema' needs 'json_schema': "
-                "{'name': ..., 'schema': {...}}"
+                "response_format of type 'json_schema' needs 'json_schema': {'name': ..., 'schema': {...}}"
             )
         return _json_schema(inner.get("name"), inner["schema"], inner.get("strict"))
-    if "schema" in value and isinstance(value["schema"], Mapping) and not (set(value) - {"name", "schema", "strict", "description"}):
+    if (
+        "schema" in value
+        and isinstance(value["schema"], Mapping)
+        and not (set(value) - {"name", "schema", "strict", "description"})
+    ):
         return _json_schema(value.get("name"), value["schema"], value.get("strict"))
     if _SCHEMA_KEYS & set(value):
         return _json_schema(None, value, strict=None)
@@ -166,10 +170,14 @@ def _check_references(schema: Mapping[str, Any]) -> None:
             )
         # a schema with nested $id's resolves fragments against those: leave them to the validator
         if not nested_ids and not _resolves(schema, reference[1:], anchors):
-            raise InvalidRequest(f"JSON schema at {where or '(root)'}: $ref {reference!r} points to nothing in the schema")
+            raise InvalidRequest(
+                f"JSON schema at {where or '(root)'}: $ref {reference!r} points to nothing in the schema"
+            )
 
 
-def _collect(node: Any, where: str, references: list[tuple[str, str]], anchors: set[str], *, root: bool = False) -> bool:
+def _collect(
+    node: Any, where: str, references: list[tuple[str, str]], anchors: set[str], *, root: bool = False
+) -> bool:
     """Gather (location, reference) pairs and anchor names; True when a nested `$id` was seen."""
     nested_id = False
     if isinstance(node, Mapping):

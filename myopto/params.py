@@ -102,8 +102,12 @@ def _logit_bias(value: Any) -> dict[str, Any]:
 def _check_types(checked: dict[str, Any]) -> None:
     """Types a provider would refuse only after the request was sent, refused here."""
     tools = checked.get("tools")
-    if tools is not None and not (isinstance(tools, (list, tuple)) and all(isinstance(tool, Mapping) for tool in tools)):
-        raise InvalidRequest(f"tools must be a list of tool dicts ({{'type': 'function', 'function': {{...}}}}), got {tools!r:.100}")
+    if tools is not None and not (
+        isinstance(tools, (list, tuple)) and all(isinstance(tool, Mapping) for tool in tools)
+    ):
+        raise InvalidRequest(
+            f"tools must be a list of tool dicts ({{'type': 'function', 'function': {{...}}}}), got {tools!r:.100}"
+        )
     names = _tool_names(tools) if tools is not None else None
     tool_choice = checked.get("tool_choice")
     if tool_choice is not None:
@@ -142,22 +146,34 @@ def _tool_names(tools: Any) -> set[str]:
             continue
         function = tool.get("function")
         if not isinstance(function, Mapping):
-            raise InvalidRequest(f"tools[{index}] is a function tool without a 'function' dict: "
-                                 "{'type': 'function', 'function': {'name': ..., 'parameters': {...}}}")
+            raise InvalidRequest(
+                f"tools[{index}] is a function tool without a 'function' dict: "
+                "{'type': 'function', 'function': {'name': ..., 'parameters': {...}}}"
+            )
         name = function.get("name")
-        if not isinstance(name, str) or not 0 < len(name) <= 64 or not all(c.isascii() and (c.isalnum() or c in "_-") for c in name):
-            raise InvalidRequest(f"tools[{index}]['function']['name'] must be 1-64 letters, digits, '_' or '-', got {name!r:.80}")
+        if (
+            not isinstance(name, str)
+            or not 0 < len(name) <= 64
+            or not all(c.isascii() and (c.isalnum() or c in "_-") for c in name)
+        ):
+            raise InvalidRequest(
+                f"tools[{index}]['function']['name'] must be 1-64 letters, digits, '_' or '-', got {name!r:.80}"
+            )
         if name in names:
             raise InvalidRequest(f"tools declares the function {name!r} twice")
         names.add(name)
         parameters = function.get("parameters")
         if parameters is not None:
             if not isinstance(parameters, Mapping):
-                raise InvalidRequest(f"tools[{index}]['function']['parameters'] must be a JSON schema (a dict), got {parameters!r:.80}")
+                raise InvalidRequest(
+                    f"tools[{index}]['function']['parameters'] must be a JSON schema (a dict), got {parameters!r:.80}"
+                )
             try:
                 check_schema(parameters)
             except InvalidRequest as error:
-                raise InvalidRequest(f"tools[{index}] ({name}): its parameters are not a usable JSON schema: {error}") from None
+                raise InvalidRequest(
+                    f"tools[{index}] ({name}): its parameters are not a usable JSON schema: {error}"
+                ) from None
     return names
 
 
@@ -166,22 +182,29 @@ def _check_tool_choice(tool_choice: Any, names: set[str] | None) -> None:
     `tools` (when the same call gives them)."""
     if isinstance(tool_choice, str):
         if tool_choice not in _TOOL_CHOICES:
-            raise InvalidRequest(f"tool_choice must be one of {_TOOL_CHOICES} or a dict naming a tool, got {tool_choice!r:.60}")
+            raise InvalidRequest(
+                f"tool_choice must be one of {_TOOL_CHOICES} or a dict naming a tool, got {tool_choice!r:.60}"
+            )
         if tool_choice == "required" and names is not None and not names:
             raise InvalidRequest("tool_choice='required' needs at least one function in tools")
         return
     if not isinstance(tool_choice, Mapping):
-        raise InvalidRequest(f"tool_choice must be 'auto', 'none', 'required' or a dict naming a tool, got {tool_choice!r:.100}")
+        raise InvalidRequest(
+            f"tool_choice must be 'auto', 'none', 'required' or a dict naming a tool, got {tool_choice!r:.100}"
+        )
     if tool_choice.get("type", "function") != "function":
         return
     function = tool_choice.get("function")
     name = function.get("name") if isinstance(function, Mapping) else None
     if not isinstance(name, str):
-        raise InvalidRequest("tool_choice naming a function is {'type': 'function', 'function': {'name': ...}}, "
-                             f"got {tool_choice!r:.100}")
+        raise InvalidRequest(
+            "tool_choice naming a function is {'type': 'function', 'function': {'name': ...}}, "
+            f"got {tool_choice!r:.100}"
+        )
     if names is not None and name not in names:
-        raise InvalidRequest(f"tool_choice names the function {name!r}, which tools does not declare "
-                             f"(it declares {sorted(names)})")
+        raise InvalidRequest(
+            f"tool_choice names the function {name!r}, which tools does not declare (it declares {sorted(names)})"
+        )
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -208,8 +231,10 @@ def check_params(params: Mapping[str, Any], *, where: str = "call") -> dict[str,
     for name, value in checked.items():
         problem = _json_problem(value)
         if problem is not None:
-            raise InvalidRequest(f"{name} must be JSON data (str, finite number, bool, None, and lists and "
-                                 f"dicts of them with string keys); it holds {problem}")
+            raise InvalidRequest(
+                f"{name} must be JSON data (str, finite number, bool, None, and lists and "
+                f"dicts of them with string keys); it holds {problem}"
+            )
     _check_types(checked)
     if "temperature" in checked:
         _number("temperature", checked["temperature"], 0, 2)

@@ -261,4 +261,3 @@ def _bind_async(middleware: Middleware, call_next: AsyncHandler) -> AsyncHandler
         return await middleware.acall(request, call_next)
 
     return handler
-

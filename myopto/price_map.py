@@ -98,10 +98,18 @@ def litellm_cost(litellm: Any, raw: Any, model: str) -> float | None:
             entry = bundled_entry(model) or bundled_entry(str(getattr(raw, "model", None) or ""))
             if entry is None:
                 return None
-            cost = litellm.completion_cost(completion_response=raw, model=model, requested_model_info_override=dict(entry))
+            cost = litellm.completion_cost(
+                completion_response=raw, model=model, requested_model_info_override=dict(entry)
+            )
         return float(cost)
     except Exception:  # LiteLLM raises a variety of errors for answers it cannot price
         return None
 
 
-__all__ = ["bundled_entry", "bundled_revision", "litellm_cost", "litellm_loaded_bundled_map", "prefer_bundled_price_map"]
+__all__ = [
+    "bundled_entry",
+    "bundled_revision",
+    "litellm_cost",
+    "litellm_loaded_bundled_map",
+    "prefer_bundled_price_map",
+]

@@ -68,13 +68,17 @@ class Rates:
     cached_input: float
     reasoning: float
 
-    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, reasoning_tokens: int = 0) -> float:
+    def cost(
+        self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, reasoning_tokens: int = 0
+    ) -> float:
         """The call's USD cost, split as LiteLLM's `completion_cost` splits it: cached prompt tokens
         at the cache-read price, the rest of the prompt at the input price; reasoning tokens (part
         of the completion) at the reasoning price, the rest of the completion at the output price."""
         prompt_cost = max(prompt_tokens - cached_tokens, 0) * self.input + cached_tokens * self.cached_input
         if reasoning_tokens > 0:
-            completion_cost = max(completion_tokens - reasoning_tokens, 0) * self.output + reasoning_tokens * self.reasoning
+            completion_cost = (
+                max(completion_tokens - reasoning_tokens, 0) * self.output + reasoning_tokens * self.reasoning
+            )
         else:
             completion_cost = completion_tokens * self.output
         return prompt_cost + completion_cost
@@ -110,8 +114,9 @@ def _thresholds(model: str) -> tuple[tuple[float, str], ...]:
     entry = _entry(model) or {}
     found = set()
     for key in entry:
-        if key.startswith(("input_cost_per_token_above_", "output_cost_per_token_above_", "cache_read_input_token_cost_above_")) \
-                and key.endswith("_tokens"):
+        if key.startswith(
+            ("input_cost_per_token_above_", "output_cost_per_token_above_", "cache_read_input_token_cost_above_")
+        ) and key.endswith("_tokens"):
             size = key.rsplit("_above_", 1)[1][: -len("_tokens")]
             try:
                 found.add((float(size.removesuffix("k")) * (1000 if size.endswith("k") else 1), size))
@@ -201,8 +206,9 @@ def _tier_rates(entry: Mapping[str, Any], tier: Mapping[str, Any], model_output:
     )
 
 
-def cost_from_map(model: str, prompt_tokens: int, completion_tokens: int, *,
-                  cached_tokens: int = 0, reasoning_tokens: int = 0) -> float | None:
+def cost_from_map(
+    model: str, prompt_tokens: int, completion_tokens: int, *, cached_tokens: int = 0, reasoning_tokens: int = 0
+) -> float | None:
     """USD for a call by model name ("gpt-4o-mini" or "openai/gpt-4o-mini"), None when unknown.
 
     `cached_tokens` (of the prompt) and `reasoning_tokens` (of the completion) are priced at the
@@ -215,8 +221,14 @@ def cost_from_map(model: str, prompt_tokens: int, completion_tokens: int, *,
     return rates.cost(prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens)
 
 
-def cost_from_pricing(pricing: Mapping[str, float], prompt_tokens: int, completion_tokens: int, *,
-                      cached_tokens: int = 0, reasoning_tokens: int = 0) -> float:
+def cost_from_pricing(
+    pricing: Mapping[str, float],
+    prompt_tokens: int,
+    completion_tokens: int,
+    *,
+    cached_tokens: int = 0,
+    reasoning_tokens: int = 0,
+) -> float:
     """USD for a call at a role's own `pricing`: cached prompt tokens at `cached_input` (else at
     `input`), reasoning tokens at `output`."""
     input_price, output_price = pricing["input"], pricing["output"]

@@ -18,8 +18,9 @@ _counts: Counter[str] = Counter()
 _lock = threading.Lock()
 
 
-def report_unrecorded(what: str, error: BaseException, *, role: str | None = None, model: str | None = None,
-                      key: str | None = None) -> None:
+def report_unrecorded(
+    what: str, error: BaseException, *, role: str | None = None, model: str | None = None, key: str | None = None
+) -> None:
     """Say loudly that an answer the caller gets could not be recorded in `what` (e.g. "cache").
 
     `error` is why; the caller's call goes on. Counted under `what`.
@@ -28,10 +29,21 @@ def report_unrecorded(what: str, error: BaseException, *, role: str | None = Non
 
     with _lock:
         _counts[what] += 1
-    where = ", ".join(part for part in (f"role {role}" if role else "", f"model {model}" if model else "",
-                                        f"key {key[:16]}..." if key else "") if part)
-    _log.error(redact(f"an answer was paid for and returned, but could not be recorded in the {what}"
-                      f"{f' ({where})' if where else ''}: {type(error).__name__}: {error}"))
+    where = ", ".join(
+        part
+        for part in (
+            f"role {role}" if role else "",
+            f"model {model}" if model else "",
+            f"key {key[:16]}..." if key else "",
+        )
+        if part
+    )
+    _log.error(
+        redact(
+            f"an answer was paid for and returned, but could not be recorded in the {what}"
+            f"{f' ({where})' if where else ''}: {type(error).__name__}: {error}"
+        )
+    )
 
 
 def unrecorded_counts() -> dict[str, int]:

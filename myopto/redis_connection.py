@@ -160,12 +160,12 @@ class RedisConnection:
                 ) from error
             if text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
                 raise ConfigError(f"Redis at {self.where} refused the credentials ({text})") from error
-            raise CacheUnavailable(f"Redis at {self.where} refused a command: {text}{tail}",
-                                   location=self.where) from error
+            raise CacheUnavailable(
+                f"Redis at {self.where} refused a command: {text}{tail}", location=self.where
+            ) from error
         except (errors.RedisError, errors.RedisClusterException) as error:
             raise CacheUnavailable(
-                f"Redis at {self.where} cannot be reached ({type(error).__name__}: {error}) after brief "
-                f"retries{tail}",
+                f"Redis at {self.where} cannot be reached ({type(error).__name__}: {error}) after brief retries{tail}",
                 location=self.where,
             ) from error
         except OSError as error:

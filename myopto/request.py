@@ -51,9 +51,7 @@ def check_messages(messages: Any) -> tuple[Mapping[str, Any], ...]:
             )
         role = message.get("role")
         if role not in _ROLES:
-            raise InvalidRequest(
-                f"messages[{index}]['role'] is {role!r}; use one of {sorted(_ROLES)}"
-            )
+            raise InvalidRequest(f"messages[{index}]['role'] is {role!r}; use one of {sorted(_ROLES)}")
         content = message.get("content")
         if content is None and not message.get("tool_calls") and not message.get("function_call"):
             raise InvalidRequest(f"messages[{index}] has no 'content'")

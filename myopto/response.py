@@ -94,20 +94,31 @@ class Usage(_ItemAccess):
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt_tokens_details, PromptTokensDetails):
-            details = PromptTokensDetails(**_fields(PromptTokensDetails, self.prompt_tokens_details, "usage.prompt_tokens_details"))
+            details = PromptTokensDetails(
+                **_fields(PromptTokensDetails, self.prompt_tokens_details, "usage.prompt_tokens_details")
+            )
             object.__setattr__(self, "prompt_tokens_details", details)
         if not isinstance(self.completion_tokens_details, CompletionTokensDetails):
             details = CompletionTokensDetails(
-                **_fields(CompletionTokensDetails, self.completion_tokens_details, "usage.completion_tokens_details"))
+                **_fields(CompletionTokensDetails, self.completion_tokens_details, "usage.completion_tokens_details")
+            )
             object.__setattr__(self, "completion_tokens_details", details)
 
     @classmethod
-    def of(cls, prompt_tokens: int | None, completion_tokens: int | None, *,
-           cached_tokens: int | None = 0, reasoning_tokens: int | None = 0) -> Usage:
+    def of(
+        cls,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        *,
+        cached_tokens: int | None = 0,
+        reasoning_tokens: int | None = 0,
+    ) -> Usage:
         prompt, completion = int(prompt_tokens or 0), int(completion_tokens or 0)
         cached, reasoning = int(cached_tokens or 0), int(reasoning_tokens or 0)
         return cls(
-            prompt, completion, prompt + completion,
+            prompt,
+            completion,
+            prompt + completion,
             PromptTokensDetails(cached) if cached else _NO_CACHED,
             CompletionTokensDetails(reasoning) if reasoning else _NO_REASONING,
         )
@@ -125,7 +136,8 @@ class Usage(_ItemAccess):
     def __add__(self, other: Usage) -> Usage:
         """The tokens of two calls together (a re-ask added to the first answer, say)."""
         return Usage.of(
-            self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens,
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
             cached_tokens=self.cached_tokens + other.cached_tokens,
             reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
         )
@@ -167,7 +179,9 @@ class Function(_ItemAccess):
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not isinstance(self.arguments, str):
-            raise TypeError(f"a tool call's function name and arguments are text, got {self.name!r}, {self.arguments!r:.80}")
+            raise TypeError(
+                f"a tool call's function name and arguments are text, got {self.name!r}, {self.arguments!r:.80}"
+            )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -185,7 +199,11 @@ class ToolCall(_ItemAccess):
             raise TypeError(f"a tool call's id and type are text, got {self.id!r}, {self.type!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "type": self.type, "function": {"name": self.function.name, "arguments": self.function.arguments}}
+        return {
+            "id": self.id,
+            "type": self.type,
+            "function": {"name": self.function.name, "arguments": self.function.arguments},
+        }
 
 
 # -- logprobs -------------------------------------------------------------------------------
@@ -238,13 +256,22 @@ class TokenLogprob(_ItemAccess):
         _logprob(self.logprob)
         object.__setattr__(self, "bytes", _bytes(self.bytes))
         top = self.top_logprobs if self.top_logprobs is not None else ()
-        object.__setattr__(self, "top_logprobs", tuple(
-            item if isinstance(item, TopLogprob) else TopLogprob(**_fields(TopLogprob, item, "top_logprobs[]"))
-            for item in top))
+        object.__setattr__(
+            self,
+            "top_logprobs",
+            tuple(
+                item if isinstance(item, TopLogprob) else TopLogprob(**_fields(TopLogprob, item, "top_logprobs[]"))
+                for item in top
+            ),
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"token": self.token, "logprob": self.logprob, "bytes": None if self.bytes is None else list(self.bytes),
-                "top_logprobs": [item.to_dict() for item in self.top_logprobs]}
+        return {
+            "token": self.token,
+            "logprob": self.logprob,
+            "bytes": None if self.bytes is None else list(self.bytes),
+            "top_logprobs": [item.to_dict() for item in self.top_logprobs],
+        }
 
 
 def _tokens(value: Any, where: str) -> tuple[TokenLogprob, ...] | None:
@@ -252,8 +279,10 @@ def _tokens(value: Any, where: str) -> tuple[TokenLogprob, ...] | None:
         return None
     if not isinstance(value, (list, tuple)):
         raise TypeError(f"{where} is a {type(value).__name__}, not a list")
-    return tuple(item if isinstance(item, TokenLogprob) else TokenLogprob(**_fields(TokenLogprob, item, f"{where}[]"))
-                 for item in value)
+    return tuple(
+        item if isinstance(item, TokenLogprob) else TokenLogprob(**_fields(TokenLogprob, item, f"{where}[]"))
+        for item in value
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -300,9 +329,15 @@ class Message(_ItemAccess):
         if calls is not None:
             if not isinstance(calls, (list, tuple)):
                 raise TypeError(f"tool_calls is a {type(calls).__name__}, not a list")
-            object.__setattr__(self, "tool_calls", tuple(
-                call if isinstance(call, ToolCall) else ToolCall(**_fields(ToolCall, call, "tool_calls[]"))
-                for call in calls) or None)
+            object.__setattr__(
+                self,
+                "tool_calls",
+                tuple(
+                    call if isinstance(call, ToolCall) else ToolCall(**_fields(ToolCall, call, "tool_calls[]"))
+                    for call in calls
+                )
+                or None,
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """As stored and dumped: role and content, the rest only when present."""
@@ -329,7 +364,9 @@ class Choice(_ItemAccess):
         if not isinstance(self.message, Message):
             object.__setattr__(self, "message", Message(**_fields(Message, self.message, "choice.message")))
         if self.logprobs is not None and not isinstance(self.logprobs, ChoiceLogprobs):
-            object.__setattr__(self, "logprobs", ChoiceLogprobs(**_fields(ChoiceLogprobs, self.logprobs, "choice.logprobs")))
+            object.__setattr__(
+                self, "logprobs", ChoiceLogprobs(**_fields(ChoiceLogprobs, self.logprobs, "choice.logprobs"))
+            )
         if type(self.index) is not int or self.index < 0:
             raise TypeError(f"a choice's index is a whole number, got {self.index!r}")
         if self.finish_reason is not None and not isinstance(self.finish_reason, str):
@@ -337,7 +374,11 @@ class Choice(_ItemAccess):
 
     def to_dict(self) -> dict[str, Any]:
         """As stored: logprobs only when present."""
-        data: dict[str, Any] = {"index": self.index, "message": self.message.to_dict(), "finish_reason": self.finish_reason}
+        data: dict[str, Any] = {
+            "index": self.index,
+            "message": self.message.to_dict(),
+            "finish_reason": self.finish_reason,
+        }
         if self.logprobs is not None:
             data["logprobs"] = self.logprobs.to_dict()
         return data
@@ -428,7 +469,9 @@ class Response(_ItemAccess):
                 message = dataclasses.replace(message, content=changes["text"])
             if "parsed" in changes:
                 message = dataclasses.replace(message, parsed=changes["parsed"])
-            first = dataclasses.replace(first, message=message, finish_reason=changes.get("finish_reason", first.finish_reason))
+            first = dataclasses.replace(
+                first, message=message, finish_reason=changes.get("finish_reason", first.finish_reason)
+            )
             changes["choices"] = (first, *self.choices[1:])
         return dataclasses.replace(self, **changes)
 
@@ -437,7 +480,9 @@ class Response(_ItemAccess):
         if len(self.choices) != 1:
             return False
         choice = self.choices[0]
-        return choice == Choice(message=Message(content=self.text, parsed=self.parsed), finish_reason=self.finish_reason)
+        return choice == Choice(
+            message=Message(content=self.text, parsed=self.parsed), finish_reason=self.finish_reason
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data for storage: everything but `raw`. `choices` is written only when it

@@ -20,27 +20,39 @@ from urllib.parse import urlsplit
 
 from myopto.backends import backend_class, canonical_backend_name
 from myopto.errors import ConfigError, InvalidRequest
+from myopto.limiter import limiter_for, pause_cap
+from myopto.logs import redact_options, register_secret, register_secrets_in
 from myopto.middleware.cache import MODES as CACHE_MODES
 from myopto.middleware.cache import Cache
 from myopto.middleware.limits import Limits
 from myopto.middleware.logging import Logging
 from myopto.middleware.retry import Retry
-from myopto.middleware.tracing import Tracing
 from myopto.middleware.structured_output import MODES, StructuredOutput
+from myopto.middleware.tracing import Tracing
 from myopto.middleware.usage import Usage
 from myopto.params import GENERATION_PARAMS, check_params
 from myopto.pipeline import Middleware, Pipeline, as_middleware
-from myopto.limiter import limiter_for, pause_cap
-from myopto.logs import redact_options, register_secret, register_secrets_in
-from myopto.redis_connection import check_url, is_redis_url
-from myopto.stores import open_store
 from myopto.pricing import check_pricing
-from myopto.settings import DEFAULT_BACKEND, Environment, default_cache_dir, read_environment, role_variable, tracing_setting
+from myopto.redis_connection import check_url, is_redis_url
+from myopto.settings import (
+    DEFAULT_BACKEND,
+    Environment,
+    default_cache_dir,
+    read_environment,
+    role_variable,
+    tracing_setting,
+)
+from myopto.stores import open_store
 
 DEFAULT_ROLES = ("executor", "optimizer", "metaoptimizer")
 USER_SLOT = "user"  # where a user's middleware goes unless placed before/after a named one
 # Role options that configure the retry middleware -> its constructor's names.
-_RETRY_OPTIONS = {"retries": "retries", "deadline": "deadline", "retry_backoff": "backoff", "retry_max_wait": "max_wait"}
+_RETRY_OPTIONS = {
+    "retries": "retries",
+    "deadline": "deadline",
+    "retry_backoff": "backoff",
+    "retry_max_wait": "max_wait",
+}
 _FROZEN_EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -166,7 +178,9 @@ class RoleConfig:
         shown = ", ".join(
             f"{field.name}={redact_options(_plain_value(getattr(self, field.name)))!r}"
             for field in dataclasses.fields(self)
-            if field.repr and getattr(self, field.name) not in (None, (), _FROZEN_EMPTY) and getattr(self, field.name) != {}
+            if field.repr
+            and getattr(self, field.name) not in (None, (), _FROZEN_EMPTY)
+            and getattr(self, field.name) != {}
         )
         return f"RoleConfig({shown})"
 
@@ -409,7 +423,11 @@ class Router:
         environment = read_environment(role)
         if overrides is None:
             cached = self._chains.get(role)
-            if cached is not None and cached[0] == self._version and (cached[1] is environment or cached[1] == environment):
+            if (
+                cached is not None
+                and cached[0] == self._version
+                and (cached[1] is environment or cached[1] == environment)
+            ):
                 return cached[2], cached[3]
         with self._lock:
             version = self._version
@@ -469,7 +487,9 @@ def _check_backend_options(options: Mapping[str, Any]) -> None:
     if options.get("timeout") is not None:
         _positive(options["timeout"], "timeout (seconds)")
     max_retries = options.get("max_retries")
-    if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0):
+    if max_retries is not None and (
+        isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0
+    ):
         raise ConfigError(f"max_retries must be a whole number >= 0, got {max_retries!r}")
     for name in ("extra", "extra_headers"):
         if name in options and not isinstance(options[name], Mapping):

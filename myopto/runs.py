@@ -32,7 +32,7 @@ def current_run() -> RunInfo | None:
     return _current.get()
 
 
-class run(contextlib.ContextDecorator):  # noqa: N801 - used like a function: `with run(...)`, `@run(...)`
+class run(contextlib.ContextDecorator):
     """Tag every call made inside with a run name and tags (a context manager or a decorator).
 
     Runs nest: an inner run's name wins and the tags of both are merged. `max_cost_usd` stops

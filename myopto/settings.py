@@ -218,9 +218,13 @@ def default_cache_dir() -> Path:
     return _user_cache_root() / "myopto"
 
 
-_LOG_SNAPSHOT = _Snapshot(("MYOPTO_LOG_FILE", "MYOPTO_LOG_MESSAGES"), lambda: (
-    _get("MYOPTO_LOG_FILE"), (_get("MYOPTO_LOG_MESSAGES") or "0").lower() in ("1", "true", "yes", "on"),
-))
+_LOG_SNAPSHOT = _Snapshot(
+    ("MYOPTO_LOG_FILE", "MYOPTO_LOG_MESSAGES"),
+    lambda: (
+        _get("MYOPTO_LOG_FILE"),
+        (_get("MYOPTO_LOG_MESSAGES") or "0").lower() in ("1", "true", "yes", "on"),
+    ),
+)
 
 
 def log_settings() -> tuple[str | None, bool]:

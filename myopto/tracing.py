@@ -69,8 +69,14 @@ def span_event(name: str, attributes: Mapping[str, Any]) -> None:
     if span.is_recording():
         from myopto.logs import redact
 
-        span.add_event(name, {key: redact(value) if isinstance(value, str) else value
-                              for key, value in attributes.items() if value is not None})
+        span.add_event(
+            name,
+            {
+                key: redact(value) if isinstance(value, str) else value
+                for key, value in attributes.items()
+                if value is not None
+            },
+        )
 
 
 def _traces_url(endpoint: str | None) -> str | None:
@@ -115,8 +121,12 @@ def configure_tracing(
         current = trace.get_tracer_provider()
         if _is_recording_provider(current, trace):
             level = logging.WARNING if (endpoint or headers) and not _configured else logging.INFO
-            _log.log(level, "myopto: spans go to the tracer provider already installed (%s)%s", type(current).__name__,
-                     "; the endpoint and headers given are not used" if (endpoint or headers) and not _configured else "")
+            _log.log(
+                level,
+                "myopto: spans go to the tracer provider already installed (%s)%s",
+                type(current).__name__,
+                "; the endpoint and headers given are not used" if (endpoint or headers) and not _configured else "",
+            )
             return current
         exporter = OTLPSpanExporter(endpoint=_traces_url(endpoint), headers=dict(headers) if headers else None)
         provider = TracerProvider(resource=Resource.create({"service.name": service_name}))

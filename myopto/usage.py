@@ -47,7 +47,9 @@ class UsageLedger:
         self.enabled = True
         self._tallies: dict[tuple[str | None, str, str], Tally] = {}
 
-    def record(self, role: str, model: str, response: Any = None, *, error: bool = False, run: str | None = None) -> None:
+    def record(
+        self, role: str, model: str, response: Any = None, *, error: bool = False, run: str | None = None
+    ) -> None:
         """Add one finished call (a `Response`) or one failed call (`error=True`)."""
         if not self.enabled:
             return
@@ -179,11 +181,17 @@ def print_usage_summary(file: TextIO | None = None, *, run: str | None = None) -
     width = max([22, *(len(label) + 2 for label in labels)])
     # "cached": calls served by myopto's cache; "cache-read": prompt tokens the provider served
     # from its own prompt cache (billed at its cheaper cache-read price)
-    header = (f"{'':<{width}}{'calls':>7}{'cached':>8}{'errors':>8}{'prompt':>10}{'cache-read':>12}"
-              f"{'completion':>12}{'cost USD':>12}")
+    header = (
+        f"{'':<{width}}{'calls':>7}{'cached':>8}{'errors':>8}{'prompt':>10}{'cache-read':>12}"
+        f"{'completion':>12}{'cost USD':>12}"
+    )
     print(header, file=out)
     print("-" * len(header), file=out)
-    for title, rows in (("role", summary["by_role"]), ("model", summary["by_model"]), ("run", summary.get("by_run", {}))):
+    for title, rows in (
+        ("role", summary["by_role"]),
+        ("model", summary["by_model"]),
+        ("run", summary.get("by_run", {})),
+    ):
         for name, row in rows.items():
             cost = _cost_cell(row)
             print(
@@ -194,8 +202,11 @@ def print_usage_summary(file: TextIO | None = None, *, run: str | None = None) -
     total = summary["total"]
     print("-" * len(header), file=out)
     unknown = f" ({total['unknown_cost_calls']} calls of unknown price)" if total["unknown_cost_calls"] else ""
-    cache_read = f" ({total['cached_tokens']} prompt tokens read from the providers' prompt caches)" \
-        if total["cached_tokens"] else ""
+    cache_read = (
+        f" ({total['cached_tokens']} prompt tokens read from the providers' prompt caches)"
+        if total["cached_tokens"]
+        else ""
+    )
     print(
         f"total: {total['calls']} calls, {total['total_tokens']} tokens{cache_read}, "
         f"${total['cost']:.6f}{unknown}, ${total['saved_cost']:.6f} saved by the cache",

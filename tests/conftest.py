@@ -9,9 +9,9 @@ import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from myopto import clear_role_config, configure_usage, reset_usage  # noqa: E402
-from myopto.limiter import LOCAL  # noqa: E402
-from myopto.testing import FakeOpenAIServer  # noqa: E402
+from myopto import clear_role_config, configure_usage, reset_usage
+from myopto.limiter import LOCAL
+from myopto.testing import FakeOpenAIServer
 
 _ENV_PREFIXES = ("TRACE_", "MYOPTO_")
 _ENV_NAMES = ("OPENAI_API_KEY", "OPENAI_API_BASE", "OPENAI_BASE_URL")
@@ -65,7 +65,9 @@ def custom_role(server):
     """Point the executor at the test server through CustomLLM; returns the server."""
     from myopto import set_role_config
 
-    set_role_config("executor", backend="CustomLLM", model="test-model", base_url=server.url, api_key="sk-test-key", retries=0)
+    set_role_config(
+        "executor", backend="CustomLLM", model="test-model", base_url=server.url, api_key="sk-test-key", retries=0
+    )
     return server
 
 
@@ -119,7 +121,7 @@ class LoopTicks:
         self.count = 0
         self._task = None
 
-    async def __aenter__(self) -> "LoopTicks":
+    async def __aenter__(self) -> LoopTicks:
         self._task = asyncio.create_task(self._tick())
         return self
 

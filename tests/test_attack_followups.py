@@ -6,8 +6,8 @@ for n choices. Real test servers, the real openai and litellm clients, real file
 from __future__ import annotations
 
 import asyncio
-import fractions
 import decimal
+import fractions
 import json
 import threading
 import traceback
@@ -41,9 +41,12 @@ DEEP = "[" * 5000 + "]" * 5000  # valid JSON, deeper than Python's recursion lim
 
 # -- 1. a deeply nested record is a damaged entry, or a refused line -------------------------------
 
+
 def test_a_deeply_nested_stored_record_is_a_damaged_entry():
     with pytest.raises(DamagedCacheEntry, match="nested too deep"):
-        decode_record('{"version": 1, "response": {"text": "x", "parsed": ' + DEEP + "}}", key="k" * 64, location="here")
+        decode_record(
+            '{"version": 1, "response": {"text": "x", "parsed": ' + DEEP + "}}", key="k" * 64, location="here"
+        )
     with pytest.raises(DamagedCacheEntry, match="nested too deep"):
         decode_record(DEEP, key="k" * 64, location="here")
 
@@ -53,9 +56,11 @@ def test_export_skips_a_deeply_nested_entry_and_import_reports_its_line(custom_r
     get_llm()("good")
     get_llm()("deep")
     store = open_store(str(tmp_path / "cache"))
-    (key, record), = [(k, r) for k, r in store.items() if r["request"]["messages"][-1]["content"] == "deep"]
+    ((key, record),) = [(k, r) for k, r in store.items() if r["request"]["messages"][-1]["content"] == "deep"]
     store.memory.clear()
-    store._write(key, json.dumps(record).replace('"parsed": null', '"parsed": ' + DEEP))  # what a foreign folder can hold
+    store._write(
+        key, json.dumps(record).replace('"parsed": null', '"parsed": ' + DEEP)
+    )  # what a foreign folder can hold
     count, damaged = export_file(store, tmp_path / "out.jsonl")
     assert count == 1 and [entry.key for entry in damaged] == [key]
     assert "nested too deep" in str(damaged[0])
@@ -89,8 +94,9 @@ def _carriers(url):
 @pytest.mark.parametrize("carrier", list(_carriers("http://h")))
 @pytest.mark.parametrize("status, kind", [(401, AuthenticationFailed), (500, ServerError)])
 @pytest.mark.parametrize("asynchronous", [False, True])
-def test_a_key_quoted_back_by_the_provider_is_not_in_the_printed_exception_chain(server, carrier, status, kind,
-                                                                                 asynchronous):
+def test_a_key_quoted_back_by_the_provider_is_not_in_the_printed_exception_chain(
+    server, carrier, status, kind, asynchronous
+):
     set_role_config("executor", retries=0, **_carriers(server.url)[carrier])
     server.fail(status, message=f"Incorrect API key provided: {MARKER}")
     with pytest.raises(BackendError) as caught:
@@ -110,8 +116,9 @@ def test_a_key_quoted_back_by_the_provider_is_not_in_the_printed_exception_chain
 
 @pytest.mark.parametrize("backend, model", [("CustomLLM", "m"), ("LiteLLM", "openai/m")])
 def test_a_key_stays_out_of_the_chain_after_retries(server, backend, model):
-    set_role_config("executor", backend=backend, model=model, base_url=server.url, api_key=MARKER, retries=2,
-                    retry_backoff=0.001)
+    set_role_config(
+        "executor", backend=backend, model=model, base_url=server.url, api_key=MARKER, retries=2, retry_backoff=0.001
+    )
     server.fail(500, times=3, message=f"Incorrect API key provided: {MARKER}")
     with pytest.raises(ServerError) as caught:
         get_llm()("x")
@@ -120,6 +127,7 @@ def test_a_key_stays_out_of_the_chain_after_retries(server, backend, model):
 
 
 # -- 3. a Retry-After that is no number ------------------------------------------------------------
+
 
 class _Answers429(BaseHTTPRequestHandler):
     headers_to_send: dict[str, str] = {}
@@ -149,13 +157,17 @@ def rate_limiting_server():
 
 
 @pytest.mark.parametrize("backend, model", [("CustomLLM", "m"), ("LiteLLM", "openai/m")])
-@pytest.mark.parametrize("headers, expected", [
-    ({"retry-after-ms": "abc"}, None),
-    ({"retry-after-ms": "soon", "Retry-After": "2"}, 2.0),  # the one that is a number is read
-    ({"Retry-After": "0x10"}, None),
-])
+@pytest.mark.parametrize(
+    "headers, expected",
+    [
+        ({"retry-after-ms": "abc"}, None),
+        ({"retry-after-ms": "soon", "Retry-After": "2"}, 2.0),  # the one that is a number is read
+        ({"Retry-After": "0x10"}, None),
+    ],
+)
 def test_a_retry_after_that_is_no_number_is_ignored_and_the_429_stays_rate_limited(
-        rate_limiting_server, backend, model, headers, expected, monkeypatch):
+    rate_limiting_server, backend, model, headers, expected, monkeypatch
+):
     monkeypatch.setattr(_Answers429, "headers_to_send", headers)
     set_role_config("executor", backend=backend, model=model, base_url=rate_limiting_server, api_key="sk-x", retries=0)
     with pytest.raises(RateLimited) as caught:
@@ -164,6 +176,7 @@ def test_a_retry_after_that_is_no_number_is_ignored_and_the_429_stays_rate_limit
 
 
 # -- 4. headers a proxy routes on are in the key; credential headers are not ------------------------
+
 
 @pytest.fixture
 def routing_server():
@@ -178,8 +191,14 @@ def test_a_header_a_proxy_routes_on_is_part_of_the_cache_key(routing_server, bac
     monkeypatch.setenv("MYOPTO_CACHE", "on")
     answers = []
     for route in ("alpha", "beta", "alpha"):
-        set_role_config("executor", backend=backend, model=model, base_url=routing_server.url, api_key="sk-x",
-                        extra_headers={"X-Route": route})
+        set_role_config(
+            "executor",
+            backend=backend,
+            model=model,
+            base_url=routing_server.url,
+            api_key="sk-x",
+            extra_headers={"X-Route": route},
+        )
         response = get_llm()("same prompt")
         answers.append((response.text, response.cached))
     assert answers == [("route=alpha", False), ("route=beta", False), ("route=alpha", True)]
@@ -190,9 +209,19 @@ def test_a_header_a_proxy_routes_on_is_part_of_the_cache_key(routing_server, bac
 def test_credential_headers_stay_out_of_the_cache_key(routing_server, backend, model, monkeypatch):
     monkeypatch.setenv("MYOPTO_CACHE", "on")
     for secret in ("sk-first-secret-000", "sk-second-secret-111"):
-        set_role_config("executor", backend=backend, model=model, base_url=routing_server.url, api_key="sk-x",
-                        extra_headers={"x-api-key": secret, "Authorization": f"Bearer {secret}",
-                                       "x-portkey-token": secret, "x-route": "a"})
+        set_role_config(
+            "executor",
+            backend=backend,
+            model=model,
+            base_url=routing_server.url,
+            api_key="sk-x",
+            extra_headers={
+                "x-api-key": secret,
+                "Authorization": f"Bearer {secret}",
+                "x-portkey-token": secret,
+                "x-route": "a",
+            },
+        )
         assert get_llm()("same prompt").text == "route=a"
     assert routing_server.request_count == 1  # one destination: the second key was served from the cache
     from myopto.router import ROUTER
@@ -204,8 +233,14 @@ def test_credential_headers_stay_out_of_the_cache_key(routing_server, backend, m
 def test_litellm_keys_the_headers_given_in_extra(routing_server, monkeypatch):
     monkeypatch.setenv("MYOPTO_CACHE", "on")
     for route in ("alpha", "beta"):
-        set_role_config("executor", backend="LiteLLM", model="openai/m", base_url=routing_server.url, api_key="sk-x",
-                        extra={"extra_headers": {"x-route": route}})
+        set_role_config(
+            "executor",
+            backend="LiteLLM",
+            model="openai/m",
+            base_url=routing_server.url,
+            api_key="sk-x",
+            extra={"extra_headers": {"x-route": route}},
+        )
         assert get_llm()("same").text == f"route={route}"
     assert routing_server.request_count == 2
 
@@ -217,30 +252,33 @@ for _ in range(5000):
     _deep = [_deep]
 
 
-@pytest.mark.parametrize("params", [
-    {"temperature": fractions.Fraction(1, 2)},
-    {"temperature": np.int64(1)},
-    {"top_p": np.float32(0.5)},
-    {"extra_body": {"x": _deep}},
-    {"extra_body": {"x": decimal.Decimal("1.5")}},
-    {"extra_body": {"x": {1, 2}}},
-    {"extra_body": {"x": b"ab"}},
-    {"extra_body": {"x": object()}},
-    {"extra_body": {1: "a"}},
-    {"tools": [object()]},
-    {"tools": "abc"},
-    {"tools": [["not", "a", "dict"]]},
-    {"tool_choice": object()},
-    {"tool_choice": 3},
-    {"logprobs": "yes"},
-    {"top_logprobs": -3},
-    {"top_logprobs": 21},
-    {"top_logprobs": True},
-    {"user": 5},
-    {"presence_penalty": "high"},
-    {"logit_bias": {"x": 5}},
-    {"logit_bias": {1: 5, "1": 6}},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"temperature": fractions.Fraction(1, 2)},
+        {"temperature": np.int64(1)},
+        {"top_p": np.float32(0.5)},
+        {"extra_body": {"x": _deep}},
+        {"extra_body": {"x": decimal.Decimal("1.5")}},
+        {"extra_body": {"x": {1, 2}}},
+        {"extra_body": {"x": b"ab"}},
+        {"extra_body": {"x": object()}},
+        {"extra_body": {1: "a"}},
+        {"tools": [object()]},
+        {"tools": "abc"},
+        {"tools": [["not", "a", "dict"]]},
+        {"tool_choice": object()},
+        {"tool_choice": 3},
+        {"logprobs": "yes"},
+        {"top_logprobs": -3},
+        {"top_logprobs": 21},
+        {"top_logprobs": True},
+        {"user": 5},
+        {"presence_penalty": "high"},
+        {"logit_bias": {"x": 5}},
+        {"logit_bias": {1: 5, "1": 6}},
+    ],
+)
 def test_a_parameter_that_is_not_json_data_or_of_the_wrong_type_is_refused_before_sending(custom_role, params):
     name = next(iter(params))
     with pytest.raises(InvalidRequest, match=name):
@@ -255,9 +293,18 @@ def test_logit_bias_token_ids_given_as_ints_are_sent_as_json_sends_them(custom_r
 
 # -- 6. budgets price cached tokens and estimates count every choice --------------------------------
 
+
 def test_a_budget_with_its_own_pricing_prices_cached_tokens_at_the_cached_price(server):
-    set_role_config("executor", backend="CustomLLM", model="test-model", base_url=server.url, api_key="sk-x",
-                    retries=0, pricing={"input": 1.0, "output": 0.0, "cached_input": 0.1}, max_cost_usd=0.3)
+    set_role_config(
+        "executor",
+        backend="CustomLLM",
+        model="test-model",
+        base_url=server.url,
+        api_key="sk-x",
+        retries=0,
+        pricing={"input": 1.0, "output": 0.0, "cached_input": 0.1},
+        max_cost_usd=0.3,
+    )
     usage = {"prompt_tokens": 1_000_000, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 900_000}}
     server.reply(Answer("one", usage=usage), Answer("two", usage=usage))
     assert [get_llm()(prompt).text for prompt in ("a", "b")] == ["one", "two"]  # $0.19 each, not $1
@@ -273,6 +320,7 @@ def test_the_token_estimate_counts_the_completion_cap_once_per_choice():
 
 
 # -- 7. LocalSLM answers one choice per call, and says so -------------------------------------------
+
 
 def test_localslm_answers_n_choices_sampled_together(local_role, monkeypatch):
     """n sequences of the prompt, seeded seed+i: n choices, the prompt counted once, and a cache

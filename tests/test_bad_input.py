@@ -109,7 +109,10 @@ def test_content_parts_must_be_dicts_with_a_type(role, content, fragment):
 
 
 def test_image_parts_still_pass(role):
-    parts = [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
+    parts = [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+    ]
     assert get_llm()([{"role": "user", "content": parts}]).text == "echo: what is this?"
 
 
@@ -135,7 +138,14 @@ def test_local_references_still_work(role):
         "type": "object",
         "properties": {"who": {"$ref": "#/$defs/person"}, "also": {"$ref": "#p"}},
         "required": ["who"],
-        "$defs": {"person": {"$anchor": "p", "type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}},
+        "$defs": {
+            "person": {
+                "$anchor": "p",
+                "type": "object",
+                "properties": {"name": {"type": "string"}},
+                "required": ["name"],
+            }
+        },
     }
     role.reply({"who": {"name": "Ada"}})
     assert llm_json("x", schema) == {"who": {"name": "Ada"}}
@@ -214,8 +224,14 @@ class ScriptedServer:
 
 
 def completion(choice, usage=None):
-    return {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m", "choices": [choice],
-            "usage": usage or {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "choices": [choice],
+        "usage": usage or {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
 
 
 GOOD = {"index": 0, "message": {"role": "assistant", "content": "fine"}, "finish_reason": "stop"}
@@ -259,8 +275,10 @@ def test_usage_given_as_numeric_strings_is_counted_and_other_usage_is_malformed(
         ({"role": "user", "content": "x", 5: "int key"}, "field named 5"),
         ({"role": "user", "content": "x", "name": {"a", "set"}}, "messages[0]['name'] must be JSON data"),
         ({"role": "user", "content": "x", "name": b"bytes"}, "messages[0]['name'] must be JSON data"),
-        ({"role": "user", "content": [{"type": "image_url", "image_url": {"url": b"raw"}}]},
-         "messages[0]['content'][0] must be JSON data"),
+        (
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": b"raw"}}]},
+            "messages[0]['content'][0] must be JSON data",
+        ),
     ],
     ids=["int field name", "set", "bytes", "bytes in a part"],
 )
@@ -281,7 +299,10 @@ def test_a_per_call_model_that_is_not_a_name_is_refused_before_sending(role, mod
 
 @pytest.mark.parametrize(
     "metadata, fragment",
-    [({"run": object()}, "metadata['run'] must be a run name"), ({"tags": {"a": object()}}, "metadata['tags'] must be JSON data")],
+    [
+        ({"run": object()}, "metadata['run'] must be a run name"),
+        ({"tags": {"a": object()}}, "metadata['tags'] must be JSON data"),
+    ],
 )
 def test_a_run_or_tags_that_cannot_be_recorded_are_refused_before_sending(role, metadata, fragment):
     with pytest.raises(InvalidRequest) as error:
@@ -290,7 +311,10 @@ def test_a_run_or_tags_that_cannot_be_recorded_are_refused_before_sending(role, 
     assert role.request_count == 0
 
 
-ADD = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}}
+ADD = {
+    "type": "function",
+    "function": {"name": "add", "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}},
+}
 
 
 @pytest.mark.parametrize(
@@ -299,9 +323,14 @@ ADD = {"type": "function", "function": {"name": "add", "parameters": {"type": "o
         ({"tools": [{"type": "function"}]}, "without a 'function' dict"),
         ({"tools": [{"type": "function", "function": {"name": "add me"}}]}, "1-64 letters"),
         ({"tools": [ADD, ADD]}, "declares the function 'add' twice"),
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}]},
-         "its parameters are not a usable JSON schema"),
-        ({"tools": [ADD], "tool_choice": {"type": "function", "function": {"name": "sub"}}}, "which tools does not declare"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}]},
+            "its parameters are not a usable JSON schema",
+        ),
+        (
+            {"tools": [ADD], "tool_choice": {"type": "function", "function": {"name": "sub"}}},
+            "which tools does not declare",
+        ),
         ({"tools": [ADD], "tool_choice": "always"}, "tool_choice must be one of"),
         ({"tools": [], "tool_choice": "required"}, "needs at least one function"),
         ({"tool_choice": {"type": "function"}}, "tool_choice naming a function is"),
@@ -316,7 +345,11 @@ def test_tools_and_tool_choice_that_cannot_work_are_refused_before_sending(role,
 
 
 def test_valid_tools_and_a_named_tool_choice_are_sent(role):
-    get_llm()("add 2 and 3", tools=[ADD, {"type": "web_search"}], tool_choice={"type": "function", "function": {"name": "add"}})
+    get_llm()(
+        "add 2 and 3",
+        tools=[ADD, {"type": "web_search"}],
+        tool_choice={"type": "function", "function": {"name": "add"}},
+    )
     sent = role.last_request.body
     assert [tool.get("function", {}).get("name") for tool in sent["tools"]] == ["add", None]
     assert sent["tool_choice"]["function"]["name"] == "add"

@@ -56,8 +56,14 @@ def test_litellm_without_base_url_keys_the_openai_base_url_it_sends_to(server, o
 def test_litellm_api_base_in_extra_is_in_the_key(server, other_server, cache_on):
     server.reply("from A")
     other_server.reply("from B")
-    set_role_config("executor", backend="LiteLLM", model="openai/gpt-4o-mini", api_key="sk-k", retries=0,
-                    extra={"api_base": server.url})
+    set_role_config(
+        "executor",
+        backend="LiteLLM",
+        model="openai/gpt-4o-mini",
+        api_key="sk-k",
+        retries=0,
+        extra={"api_base": server.url},
+    )
     assert get_llm()("which server?").text == "from A"
     set_role_config("executor", extra={"api_base": other_server.url})
     answer = get_llm()("which server?")
@@ -130,9 +136,12 @@ def test_sample_numbers_are_keyed_by_value():
 
 def test_fingerprint_is_the_key_of_fingerprint_data():
     request = Request(
-        model="m", messages=[{"role": "user", "content": [{"type": "text", "text": "héllo"}]}],
+        model="m",
+        messages=[{"role": "user", "content": [{"type": "text", "text": "héllo"}]}],
         params={"temperature": 0.0, "stop": ["x"], "extra_body": {"k": [1.0, 2.5, True]}},
-        response_format={"type": "json_object"}, backend="CustomLLM", endpoint="http://h/v1",
+        response_format={"type": "json_object"},
+        backend="CustomLLM",
+        endpoint="http://h/v1",
         metadata={"sample": {"n": 3.0}, "run": "r"},
     )
     data = request.fingerprint_data()
@@ -143,7 +152,9 @@ def test_fingerprint_is_the_key_of_fingerprint_data():
 def test_a_key_in_the_base_url_query_is_masked_in_the_key_the_record_and_myopto_roles(server, cache_on, tmp_path):
     # `&p=/` keeps the SDK's appended path at the end of the query, where the test server reads it
     url = f"{server.url}?api-key={QUERY_SECRET}&api-version=1&p=/"
-    set_role_config("executor", backend="CustomLLM", model="m", base_url=url, cache_dir=str(tmp_path / "cache"), retries=0)
+    set_role_config(
+        "executor", backend="CustomLLM", model="m", base_url=url, cache_dir=str(tmp_path / "cache"), retries=0
+    )
     assert get_llm()("x").text == "echo: x"
     assert QUERY_SECRET in server.last_request.path  # the key did reach the server
     request = get_llm().request("x")

@@ -16,8 +16,16 @@ from myopto.testing.mounts import mounts_unavailable, run_mounted
 
 
 def use_cache(server, directory, mode="on"):
-    set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, api_key="sk-x",
-                    cache=mode, cache_dir=str(directory), retries=0)
+    set_role_config(
+        "executor",
+        backend="CustomLLM",
+        model="m",
+        base_url=server.url,
+        api_key="sk-x",
+        cache=mode,
+        cache_dir=str(directory),
+        retries=0,
+    )
 
 
 def exported(server, tmp_path, prompts, name="theirs") -> list[dict]:
@@ -50,8 +58,21 @@ def test_each_line_is_checked_the_good_ones_imported_and_the_bad_ones_reported_b
     surrogate = json.loads(json.dumps(lines["two"]))
     surrogate["request"]["model"] = "\ud800"
     handed = tmp_path / "handed.jsonl"
-    write_lines(handed, [lines["one"], "{not json", swapped_key, "", edited_request, crashes_later, "[1, 2]",
-                         no_version, surrogate, lines["two"]])
+    write_lines(
+        handed,
+        [
+            lines["one"],
+            "{not json",
+            swapped_key,
+            "",
+            edited_request,
+            crashes_later,
+            "[1, 2]",
+            no_version,
+            surrogate,
+            lines["two"],
+        ],
+    )
     ours = tmp_path / "ours"
 
     assert main(["cache", "import", str(handed), "--dir", str(ours)]) == 2
@@ -63,7 +84,9 @@ def test_each_line_is_checked_the_good_ones_imported_and_the_bad_ones_reported_b
     assert f"{handed}:7: not a myopto cache record" in err
     assert f"{handed}:8: no record 'version'" in err
     assert f"{handed}:9: its 'request' has no key" in err
-    assert f"imported 2 entries into {ours} (0 already there, 0 conflicts kept the cached answer, 7 lines refused)" in err
+    assert (
+        f"imported 2 entries into {ours} (0 already there, 0 conflicts kept the cached answer, 7 lines refused)" in err
+    )
 
     assert sorted(key for key, _ in DiskStore(ours).items()) == sorted([lines["one"]["key"], lines["two"]["key"]])
     use_cache(server, ours, mode="replay")
@@ -83,7 +106,10 @@ def test_an_import_never_replaces_a_different_cached_answer_and_an_identical_one
 
     assert main(["cache", "import", str(tmp_path / "theirs.jsonl"), "--dir", str(ours)]) == 2
     err = capsys.readouterr().err
-    assert f"{tmp_path / 'theirs.jsonl'}:" in err and "a different answer to this request is already cached; kept it" in err
+    assert (
+        f"{tmp_path / 'theirs.jsonl'}:" in err
+        and "a different answer to this request is already cached; kept it" in err
+    )
     assert "imported 1 entries" in err and "1 conflicts kept the cached answer" in err
     use_cache(server, ours, mode="replay")
     assert get_llm()("shared").text == "mine says shared"  # ours stayed

@@ -7,7 +7,13 @@ from myopto.cli import main
 
 
 def test_roles_prints_backend_model_their_sources_and_the_chain(capsys):
-    set_role_config("optimizer", backend="CustomLLM", model="opt-model", base_url="http://127.0.0.1:9/v1", middleware=[lambda r, n: n(r)])
+    set_role_config(
+        "optimizer",
+        backend="CustomLLM",
+        model="opt-model",
+        base_url="http://127.0.0.1:9/v1",
+        middleware=[lambda r, n: n(r)],
+    )
     assert main(["roles", "executor", "optimizer"]) == 0
     out = capsys.readouterr().out
     assert "executor\n  backend: LiteLLM (from default)\n  model:   gpt-4o (from LiteLLM default)" in out
@@ -23,7 +29,9 @@ def test_roles_reports_a_broken_role_instead_of_crashing(capsys, monkeypatch):
 
 def test_console_script_reads_the_environment():
     env = {**os.environ, "TRACE_LLM_MODEL_EXECUTOR": "env-model"}
-    out = subprocess.run([sys.executable, "-m", "myopto.cli", "roles"], capture_output=True, text=True, env=env, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "myopto.cli", "roles"], capture_output=True, text=True, env=env, check=True
+    ).stdout
     assert "model:   env-model (from TRACE_LLM_MODEL_EXECUTOR)" in out
     assert "metaoptimizer" in out
 

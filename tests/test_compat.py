@@ -53,7 +53,9 @@ def test_trace_optoprime_step_takes_the_suggested_value(server, structured_outpu
     from opto.optimizers import OptoPrime
 
     server.responder = _suggest_five
-    set_role_config("optimizer", backend="CustomLLM", model="opt-model", base_url=server.url, structured_output=structured_output)
+    set_role_config(
+        "optimizer", backend="CustomLLM", model="opt-model", base_url=server.url, structured_output=structured_output
+    )
     x = trace.node(1.0, trainable=True)
 
     @trace.bundle()
@@ -95,7 +97,9 @@ JSON_CALL = {
 
 @pytest.mark.parametrize("make", [lambda: get_llm("optimizer"), lambda: LLM(role="optimizer")], ids=["get_llm", "LLM"])
 def test_create_is_the_same_call_as_calling_the_llm(server, make, tmp_path):
-    set_role_config("optimizer", backend="CustomLLM", model="opt-model", base_url=server.url, cache="on", cache_dir=str(tmp_path))
+    set_role_config(
+        "optimizer", backend="CustomLLM", model="opt-model", base_url=server.url, cache="on", cache_dir=str(tmp_path)
+    )
     server.reply({"suggestion": {"x": 5}})
     llm = make()
     called = llm(**JSON_CALL)
@@ -159,9 +163,18 @@ def test_a_copied_llm_calls_the_same_role_with_the_same_overrides(custom_role):
     llm = get_llm("executor", model="copied-model", temperature=0.2)
     for clone in (copy.copy(llm), copy.deepcopy(llm)):
         clone.create(messages="hi")
-        assert (custom_role.last_request.body["model"], custom_role.last_request.body["temperature"]) == ("copied-model", 0.2)
-    set_role_config("executor", backend="CustomLLM", model="test-model", base_url=custom_role.url, api_key="sk-test-key",
-                    max_tokens=9)
+        assert (custom_role.last_request.body["model"], custom_role.last_request.body["temperature"]) == (
+            "copied-model",
+            0.2,
+        )
+    set_role_config(
+        "executor",
+        backend="CustomLLM",
+        model="test-model",
+        base_url=custom_role.url,
+        api_key="sk-test-key",
+        max_tokens=9,
+    )
     copy.deepcopy(llm).create(messages="hi")  # a later config reaches copies too
     assert custom_role.last_request.body["max_tokens"] == 9
 

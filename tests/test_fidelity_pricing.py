@@ -35,7 +35,9 @@ def litellm_cost(model, prompt, completion, cached, reasoning):
     from litellm.types.utils import CompletionTokensDetailsWrapper, PromptTokensDetailsWrapper, Usage
 
     usage = Usage(
-        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
         prompt_tokens_details=PromptTokensDetailsWrapper(cached_tokens=cached) if cached else None,
         completion_tokens_details=CompletionTokensDetailsWrapper(reasoning_tokens=reasoning) if reasoning else None,
     )
@@ -60,20 +62,25 @@ def test_cached_and_reasoning_tokens_change_the_cost_where_the_map_prices_them_a
 
 def test_role_pricing_takes_a_cached_input_price():
     pricing = check_pricing({"input": 1.0, "output": 2.0, "cached_input": 0.1})
-    assert cost_from_pricing(pricing, 1000, 10, cached_tokens=800) == pytest.approx((200 * 1.0 + 800 * 0.1 + 10 * 2.0) / 1e6)
+    assert cost_from_pricing(pricing, 1000, 10, cached_tokens=800) == pytest.approx(
+        (200 * 1.0 + 800 * 0.1 + 10 * 2.0) / 1e6
+    )
     plain = check_pricing({"input": 1.0, "output": 2.0})
     assert plain == {"input": 1.0, "output": 2.0}  # cached prompt tokens cost `input` without it
     assert cost_from_pricing(plain, 1000, 10, cached_tokens=800) == pytest.approx((1000 * 1.0 + 10 * 2.0) / 1e6)
 
 
-@pytest.mark.parametrize("pricing", [
-    {"input": 1.0, "output": 2.0, "cached_input": -1},
-    {"input": 1.0, "output": 2.0, "cached_input": "cheap"},
-    {"input": 1.0, "output": 2.0, "cached_input": float("nan")},
-    {"input": 1.0, "output": 2.0, "cache_read": 0.5},
-    {"input": float("nan"), "output": 2.0},  # NaN compares false with everything: no budget could hold
-    {"input": 1.0, "output": float("inf")},
-])
+@pytest.mark.parametrize(
+    "pricing",
+    [
+        {"input": 1.0, "output": 2.0, "cached_input": -1},
+        {"input": 1.0, "output": 2.0, "cached_input": "cheap"},
+        {"input": 1.0, "output": 2.0, "cached_input": float("nan")},
+        {"input": 1.0, "output": 2.0, "cache_read": 0.5},
+        {"input": float("nan"), "output": 2.0},  # NaN compares false with everything: no budget could hold
+        {"input": 1.0, "output": float("inf")},
+    ],
+)
 def test_a_bad_cached_input_price_is_a_config_error_that_says_what_to_give(pricing):
     with pytest.raises(ConfigError, match="cached_input|USD per million|must be a number >= 0"):
         check_pricing(pricing)

@@ -18,7 +18,6 @@ import time
 import uuid
 from pathlib import Path
 
-
 from myopto.parsing import content_text
 from myopto.testing import FakeOpenAIServer
 
@@ -26,8 +25,13 @@ WORKER = Path(__file__).parent / "data" / "fleet_worker.py"
 
 
 def start_worker(spec: dict, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(WORKER), json.dumps(spec)], env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), json.dumps(spec)],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def result(process: subprocess.Popen, timeout: float = 120) -> dict:
@@ -41,8 +45,12 @@ def last_user(body: dict) -> str:
 
 
 def fleet_env(redis_server, tmp_path, name: str, **extra: str) -> dict:
-    return {"MYOPTO_CACHE": "on", "MYOPTO_CACHE_URL": redis_server.url,
-            "MYOPTO_CACHE_DIR": str(tmp_path / f"disk-{name}"), **extra}
+    return {
+        "MYOPTO_CACHE": "on",
+        "MYOPTO_CACHE_URL": redis_server.url,
+        "MYOPTO_CACHE_DIR": str(tmp_path / f"disk-{name}"),
+        **extra,
+    }
 
 
 def test_four_workers_asking_the_same_prompts_make_one_backend_call_each(redis_server, tmp_path):
@@ -54,7 +62,9 @@ def test_four_workers_asking_the_same_prompts_make_one_backend_call_each(redis_s
     with FakeOpenAIServer(slow_unique_answer) as backend:
         workers = []
         for worker in range(4):
-            prompts = random.Random(worker).sample(shared, len(shared)) + [f"worker {worker} own {i}" for i in range(10)]
+            prompts = random.Random(worker).sample(shared, len(shared)) + [
+                f"worker {worker} own {i}" for i in range(10)
+            ]
             spec = {"base_url": backend.url, "prompts": prompts, "threads": 4, "role": {"retries": 0}}
             workers.append(start_worker(spec, fleet_env(redis_server, tmp_path, str(worker))))
         results = [result(worker) for worker in workers]
@@ -112,16 +122,31 @@ def gcra_violations(times: list[float], rate: float, burst: float, slack: int = 
     """Pairs (i, j) of arrivals with more requests between them than the limit allows:
     at most `burst` + `rate` per second of the span between them (+ `slack`: a request may leave a few ms after its slot, on a busy machine tens of ms)."""
     times = sorted(times)
-    return [(i, j) for i in range(len(times)) for j in range(i + 1, len(times))
-            if j - i + 1 > burst + rate * (times[j] - times[i]) + slack]
+    return [
+        (i, j)
+        for i in range(len(times))
+        for j in range(i + 1, len(times))
+        if j - i + 1 > burst + rate * (times[j] - times[i]) + slack
+    ]
 
 
 def test_four_workers_share_one_rate_limit_through_redis_and_keep_their_own_without_it(redis_server, tmp_path):
     with FakeOpenAIServer() as backend:
+
         def fleet(env):
             backend.reset()
-            workers = [start_worker({"base_url": backend.url, "prompts": [f"w{w} p{i}" for i in range(25)], "threads": 4,
-                                     "role": {"rpm": 1200, "retries": 0}}, env) for w in range(4)]
+            workers = [
+                start_worker(
+                    {
+                        "base_url": backend.url,
+                        "prompts": [f"w{w} p{i}" for i in range(25)],
+                        "threads": 4,
+                        "role": {"rpm": 1200, "retries": 0},
+                    },
+                    env,
+                )
+                for w in range(4)
+            ]
             for worker in workers:
                 assert result(worker)["errors"] == {}
             return backend.requests
@@ -143,8 +168,17 @@ def test_four_workers_share_one_rate_limit_through_redis_and_keep_their_own_with
 def test_one_429_with_retry_after_pauses_the_whole_fleet_for_that_model(redis_server, tmp_path):
     with FakeOpenAIServer() as backend:
         env = {"MYOPTO_CACHE": "off", "MYOPTO_LIMITS_URL": redis_server.url}
-        workers = [start_worker({"base_url": backend.url, "prompts": [f"w{w} p{i}" for i in range(400)],
-                                 "role": {"rpm": 600, "retries": 3}}, env) for w in range(3)]
+        workers = [
+            start_worker(
+                {
+                    "base_url": backend.url,
+                    "prompts": [f"w{w} p{i}" for i in range(400)],
+                    "role": {"rpm": 600, "retries": 3},
+                },
+                env,
+            )
+            for w in range(3)
+        ]
         deadline = time.monotonic() + 60
         # every worker is past its first requests (a request already on its way when the pause
         # begins cannot be called back; the pause holds back every slot taken after it)
@@ -172,8 +206,12 @@ def test_a_run_budget_shared_by_two_workers_stops_both(redis_server, tmp_path):
         role = {"pricing": {"input": 0.0, "output": 5000.0}, "retries": 0}
         env = {"MYOPTO_CACHE": "off", "MYOPTO_LIMITS_URL": redis_server.url}
         run = {"name": f"budget-{uuid.uuid4().hex[:6]}", "max_cost_usd": 0.10}
-        workers = [start_worker({"base_url": backend.url, "prompts": [f"w{w}-{i}" for i in range(20)], "role": role,
-                                 "run": run}, env) for w in range(2)]
+        workers = [
+            start_worker(
+                {"base_url": backend.url, "prompts": [f"w{w}-{i}" for i in range(20)], "role": role, "run": run}, env
+            )
+            for w in range(2)
+        ]
         outcomes = [result(worker) for worker in workers]
         sent = backend.request_count
     assert 10 <= sent <= 10 + 2  # at most one call in flight per process past the budget
@@ -189,8 +227,10 @@ def test_a_year_long_retry_after_pauses_one_endpoint_of_the_fleet_for_at_most_th
         env = {"MYOPTO_CACHE": "off", "MYOPTO_LIMITS_URL": redis_server.url, "MYOPTO_MAX_PAUSE_SECONDS": str(cap)}
         role = {"rpm": 600, "retries": 3, "deadline": 60}
         # two workers on one server, one on another server with a model of the same name
-        workers = [start_worker({"base_url": backend.url, "prompts": [f"w{w} p{i}" for i in range(400)], "role": role}, env)
-                   for w, backend in enumerate((refusing, refusing, elsewhere))]
+        workers = [
+            start_worker({"base_url": backend.url, "prompts": [f"w{w} p{i}" for i in range(400)], "role": role}, env)
+            for w, backend in enumerate((refusing, refusing, elsewhere))
+        ]
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not (refusing.request_count >= 6 and elsewhere.request_count >= 3):
             time.sleep(0.01)
@@ -222,8 +262,11 @@ def test_a_worker_whose_redis_is_killed_mid_call_keeps_the_paid_answer(tmp_path)
         return f"answer to {last_user(body)}"
 
     with RedisServer() as doomed, FakeOpenAIServer(slow) as backend:
-        spec = {"base_url": backend.url, "prompts": ["warm up", "the paid one"],
-                "role": {"retries": 0, "pricing": {"input": 0.0, "output": 5000.0}, "max_cost_usd": 1.0, "tpm": 100000}}
+        spec = {
+            "base_url": backend.url,
+            "prompts": ["warm up", "the paid one"],
+            "role": {"retries": 0, "pricing": {"input": 0.0, "output": 5000.0}, "max_cost_usd": 1.0, "tpm": 100000},
+        }
         worker = start_worker(spec, {"MYOPTO_CACHE": "off", "MYOPTO_LIMITS_URL": doomed.url})
         assert arrived.wait(60)
         os.kill(doomed.process.pid, signal.SIGKILL)

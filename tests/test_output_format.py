@@ -63,8 +63,13 @@ def test_a_schema_checked_once_is_not_meta_validated_again():
 
     from myopto.output_format import check_schema
 
-    schema = {"type": "object", "properties": {"x": {"type": "integer"}, "why": {"type": "string"}},
-              "required": ["x", "why"], "additionalProperties": False, "$defs": {"n": {"type": "number"}}}
+    schema = {
+        "type": "object",
+        "properties": {"x": {"type": "integer"}, "why": {"type": "string"}},
+        "required": ["x", "why"],
+        "additionalProperties": False,
+        "$defs": {"n": {"type": "number"}},
+    }
     check_schema(schema)
     best = float("inf")
     for _ in range(5):

@@ -13,7 +13,9 @@ def test_extract_text_from_every_common_shape():
             "object": "chat.completion",
             "created": 0,
             "model": "m",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "from openai"}, "finish_reason": "stop"}],
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "from openai"}, "finish_reason": "stop"}
+            ],
         }
     )
     litellm_response = ModelResponse(choices=[{"message": {"role": "assistant", "content": "from litellm"}}])
@@ -78,8 +80,15 @@ def test_a_json_null_is_told_apart_from_no_json_with_a_default():
         lambda n: "[x] " * (n // 4) + '{"ok": true}',
         lambda n: "[1 of 3] " * (n // 9) + '{"ok": true}',  # many starts that fail: the search gives up
     ],
-    ids=["deep-valid", "openers", "nested-objects", "nested-lists", "braces-then-object", "brackets-then-object",
-         "failing-starts"],
+    ids=[
+        "deep-valid",
+        "openers",
+        "nested-objects",
+        "nested-lists",
+        "braces-then-object",
+        "brackets-then-object",
+        "failing-starts",
+    ],
 )
 def test_try_parse_json_takes_time_linear_in_the_text(make):
     import time

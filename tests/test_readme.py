@@ -59,11 +59,20 @@ def check_migration(server, out, namespace):
 
 
 def check_middleware(server, out, namespace):
-    assert ROUTER.chain("optimizer")[1].names == ["logging", "tracing", "usage", "house_rules", "structured_output", "cache", "retry", "limits"]
+    assert ROUTER.chain("optimizer")[1].names == [
+        "logging",
+        "tracing",
+        "usage",
+        "house_rules",
+        "structured_output",
+        "cache",
+        "retry",
+        "limits",
+    ]
 
 
 CHECKS = [
-    ("llm = get_llm(\"executor\")\nresponse", check_quick_start),
+    ('llm = get_llm("executor")\nresponse', check_quick_start),
     ("json_schema={", check_json),
     ("azure/gpt-4o", check_litellm_models),
     ("use_mlx=True", check_local),

@@ -71,7 +71,10 @@ def test_fingerprint_does_not_depend_on_dict_order():
         ([{"role": "user", "content": 5}], "must be a string or a list"),
         ([{"role": "user", "content": [1, None]}], "messages[0]['content'][0] must be a content part"),
         ([{"role": "user", "content": [{"type": "text"}]}], "'text' is not a string"),
-        ([{"role": "user", "content": "ok"}, {"role": "user", "content": "bad \ud800"}], "messages[1]['content'] holds an unpaired surrogate"),
+        (
+            [{"role": "user", "content": "ok"}, {"role": "user", "content": "bad \ud800"}],
+            "messages[1]['content'] holds an unpaired surrogate",
+        ),
     ],
 )
 def test_malformed_messages_are_rejected_with_what_to_fix(messages, fragment):

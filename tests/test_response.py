@@ -42,12 +42,34 @@ FULL = Response(
     cost=0.25,
     finish_reason="tool_calls",
     choices=[
-        {"index": 0, "finish_reason": "tool_calls", "message": {
-            "role": "assistant", "content": None, "reasoning_content": "I should add",
-            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}]}},
-        {"index": 1, "finish_reason": "stop", "message": {"role": "assistant", "content": "three"},
-         "logprobs": {"content": [{"token": "three", "logprob": -0.5, "bytes": [116, 104, 114, 101, 101],
-                                   "top_logprobs": [{"token": "three", "logprob": -0.5, "bytes": None}]}], "refusal": None}},
+        {
+            "index": 0,
+            "finish_reason": "tool_calls",
+            "message": {
+                "role": "assistant",
+                "content": None,
+                "reasoning_content": "I should add",
+                "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}
+                ],
+            },
+        },
+        {
+            "index": 1,
+            "finish_reason": "stop",
+            "message": {"role": "assistant", "content": "three"},
+            "logprobs": {
+                "content": [
+                    {
+                        "token": "three",
+                        "logprob": -0.5,
+                        "bytes": [116, 104, 114, 101, 101],
+                        "top_logprobs": [{"token": "three", "logprob": -0.5, "bytes": None}],
+                    }
+                ],
+                "refusal": None,
+            },
+        },
     ],
 )
 
@@ -55,7 +77,12 @@ FULL = Response(
 def test_every_choice_reads_like_openais_by_attribute_and_by_item():
     first, second = FULL.choices
     call = first.message.tool_calls[0]
-    assert (call.id, call.type, call.function.name, call.function.arguments) == ("call_1", "function", "add", '{"a": 1}')
+    assert (call.id, call.type, call.function.name, call.function.arguments) == (
+        "call_1",
+        "function",
+        "add",
+        '{"a": 1}',
+    )
     assert FULL["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "add"
     assert first.message.reasoning_content == "I should add" and first.message.content is None
     assert second.logprobs.content[0].top_logprobs[0].logprob == -0.5
@@ -78,7 +105,8 @@ def test_model_dump_holds_every_choice_and_the_usage_details():
     dumped = FULL.model_dump()
     assert [choice["index"] for choice in dumped["choices"]] == [0, 1]
     assert dumped["choices"][0]["message"]["tool_calls"] == [
-        {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}]
+        {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}
+    ]
     assert dumped["choices"][0]["message"]["reasoning_content"] == "I should add"
     assert dumped["choices"][0]["logprobs"] is None
     assert dumped["choices"][1]["logprobs"]["content"][0]["bytes"] == [116, 104, 114, 101, 101]
@@ -95,14 +123,34 @@ def test_a_full_response_round_trips_through_json_identically():
 
 def test_a_plain_answer_is_stored_in_the_shape_it_always_had():
     data = Response(text="hi", model="m", usage=Usage.of(1, 1)).to_dict()
-    assert set(data) == {"text", "model", "usage", "cost", "parsed", "cached", "latency", "finish_reason", "id", "created"}
+    assert set(data) == {
+        "text",
+        "model",
+        "usage",
+        "cost",
+        "parsed",
+        "cached",
+        "latency",
+        "finish_reason",
+        "id",
+        "created",
+    }
     assert data["usage"] == {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
 
 
 def test_a_record_from_before_choices_existed_reads_as_one_choice():
-    old = {"text": "hi", "model": "m", "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-           "cost": 0.1, "parsed": None, "cached": False, "latency": 0.2, "finish_reason": "length",
-           "id": "chatcmpl-x", "created": 1}
+    old = {
+        "text": "hi",
+        "model": "m",
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        "cost": 0.1,
+        "parsed": None,
+        "cached": False,
+        "latency": 0.2,
+        "finish_reason": "length",
+        "id": "chatcmpl-x",
+        "created": 1,
+    }
     response = Response.from_dict(old)
     assert len(response.choices) == 1 and response.choices[0].message.content == "hi"
     assert response.choices[0].finish_reason == "length" and response.usage.prompt_tokens_details.cached_tokens == 0
@@ -123,12 +171,15 @@ def test_replace_keeps_text_and_the_first_choice_in_step():
     assert swapped.text == "three" and swapped.finish_reason == "stop"
 
 
-@pytest.mark.parametrize("choices", [
-    [{"message": {"content": 3}}],
-    [{"message": {"content": "x", "tool_calls": [{"id": "c", "function": {"arguments": "{}"}}]}}],
-    [{"message": {"content": "x"}, "index": -1}],
-    [{"message": {"content": "x"}, "logprobs": {"content": [{"token": "x", "logprob": True}]}}],
-])
+@pytest.mark.parametrize(
+    "choices",
+    [
+        [{"message": {"content": 3}}],
+        [{"message": {"content": "x", "tool_calls": [{"id": "c", "function": {"arguments": "{}"}}]}}],
+        [{"message": {"content": "x"}, "index": -1}],
+        [{"message": {"content": "x"}, "logprobs": {"content": [{"token": "x", "logprob": True}]}}],
+    ],
+)
 def test_choices_that_are_not_choices_are_refused(choices):
     with pytest.raises((TypeError, ValueError)):
         Response(text="x", choices=choices)

@@ -206,7 +206,9 @@ def test_router_is_thread_safe_under_concurrent_config_and_calls(custom_role):
         except Exception as error:  # pragma: no cover
             errors.append(error)
 
-    threads = [threading.Thread(target=configure, args=(i,)) for i in range(6)] + [threading.Thread(target=call) for _ in range(4)]
+    threads = [threading.Thread(target=configure, args=(i,)) for i in range(6)] + [
+        threading.Thread(target=call) for _ in range(4)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -230,7 +232,16 @@ def test_user_middleware_for_one_role_sees_that_role_only(server):
     get_llm("optimizer")("c")
     get_llm("executor")("d")
     assert seen == ["optimizer", "optimizer"]
-    assert get_llm("optimizer").pipeline.names == ["logging", "tracing", "usage", "spy", "structured_output", "cache", "retry", "limits"]
+    assert get_llm("optimizer").pipeline.names == [
+        "logging",
+        "tracing",
+        "usage",
+        "spy",
+        "structured_output",
+        "cache",
+        "retry",
+        "limits",
+    ]
 
 
 def test_add_middleware_for_all_roles_and_at_named_positions(server):
@@ -249,12 +260,40 @@ def test_add_middleware_for_all_roles_and_at_named_positions(server):
     set_role_config("optimizer", base_url=server.url)
     add_middleware(outer)
     add_middleware(inner, role="optimizer", after="structured_output")
-    assert get_llm("executor").pipeline.names == ["logging", "tracing", "usage", "outer", "structured_output", "cache", "retry", "limits"]
-    assert get_llm("optimizer").pipeline.names == ["logging", "tracing", "usage", "outer", "structured_output", "inner", "cache", "retry", "limits"]
+    assert get_llm("executor").pipeline.names == [
+        "logging",
+        "tracing",
+        "usage",
+        "outer",
+        "structured_output",
+        "cache",
+        "retry",
+        "limits",
+    ]
+    assert get_llm("optimizer").pipeline.names == [
+        "logging",
+        "tracing",
+        "usage",
+        "outer",
+        "structured_output",
+        "inner",
+        "cache",
+        "retry",
+        "limits",
+    ]
     get_llm("optimizer")("x", response_format={"type": "json_object"})
     assert order == ["outer", "inner:False"]
     remove_middleware("inner")
-    assert get_llm("optimizer").pipeline.names == ["logging", "tracing", "usage", "outer", "structured_output", "cache", "retry", "limits"]
+    assert get_llm("optimizer").pipeline.names == [
+        "logging",
+        "tracing",
+        "usage",
+        "outer",
+        "structured_output",
+        "cache",
+        "retry",
+        "limits",
+    ]
     with pytest.raises(ConfigError):
         remove_middleware("inner")
 

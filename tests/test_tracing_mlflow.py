@@ -48,9 +48,25 @@ def mlflow_server(tmp_path_factory):
     directory = tmp_path_factory.mktemp("mlflow")
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{directory}/mlflow.db",
-         "--default-artifact-root", str(directory / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{directory}/mlflow.db",
+            "--default-artifact-root",
+            str(directory / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
@@ -80,8 +96,14 @@ def test_mlflow_receives_a_tagged_run_of_calls_with_usage_cache_and_errors(mlflo
     server.fail(429, retry_after=0.01)
     server.delay(0, times=2)
     server.fail(400, message="unknown parameter for key sk-mlflow-secret-123456")  # a provider quoting the key
-    env = {**os.environ, "MLFLOW_URL": mlflow_server, "EXPERIMENT": experiment, "URL": server.url,
-           "CACHE": str(tmp_path / "cache"), "MYOPTO_CACHE": "on"}
+    env = {
+        **os.environ,
+        "MLFLOW_URL": mlflow_server,
+        "EXPERIMENT": experiment,
+        "URL": server.url,
+        "CACHE": str(tmp_path / "cache"),
+        "MYOPTO_CACHE": "on",
+    }
     result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
     assert server.request_count == 4
@@ -100,7 +122,9 @@ def test_mlflow_receives_a_tagged_run_of_calls_with_usage_cache_and_errors(mlflo
         assert span.attributes["gen_ai.request.model"] == "test-model"
         assert span.attributes["myopto.run"] == "traced-run"
         assert span.attributes["myopto.run.tags.lr"] == 0.1
-    assert answered.attributes["gen_ai.usage.input_tokens"] == 1 and answered.attributes["gen_ai.usage.output_tokens"] == 2
+    assert (
+        answered.attributes["gen_ai.usage.input_tokens"] == 1 and answered.attributes["gen_ai.usage.output_tokens"] == 2
+    )
     assert answered.attributes["myopto.cached"] is False and cached.attributes["myopto.cached"] is True
     assert retried.attributes["myopto.attempts"] == 2
     assert [event.name for event in retried.events] == ["myopto.retry"]

@@ -57,8 +57,12 @@ def value_schema(value: Any) -> dict[str, Any]:
     return {}  # anything JSON can carry; Trace converts it with type(node.data)(...)
 
 
-def suggestion_schema(parameters: Iterable[Any], *, reasoning: bool = True,
-                      reasoning_max_length: int | None = DEFAULT_REASONING_MAX_LENGTH) -> dict[str, Any]:
+def suggestion_schema(
+    parameters: Iterable[Any],
+    *,
+    reasoning: bool = True,
+    reasoning_max_length: int | None = DEFAULT_REASONING_MAX_LENGTH,
+) -> dict[str, Any]:
     """The answer schema for a step over `parameters` (Trace `ParameterNode`s; trainable ones count).
 
     `reasoning=False` leaves out `reasoning` and `answer` (OPRO's answer has only `suggestion`).
@@ -91,16 +95,21 @@ class SchemaAnswers:
 
     reasoning_in_answer = True
 
-    def __init__(self, *args: Any, reasoning_max_length: int | None = DEFAULT_REASONING_MAX_LENGTH, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, reasoning_max_length: int | None = DEFAULT_REASONING_MAX_LENGTH, **kwargs: Any
+    ) -> None:
         self.reasoning_max_length = reasoning_max_length
         super().__init__(*args, **kwargs)
 
     def answer_schema(self) -> dict[str, Any]:
         """The schema of this step's answer, from the optimiser's trainable parameters now."""
-        return suggestion_schema(self.parameters, reasoning=self.reasoning_in_answer,
-                                 reasoning_max_length=self.reasoning_max_length)
+        return suggestion_schema(
+            self.parameters, reasoning=self.reasoning_in_answer, reasoning_max_length=self.reasoning_max_length
+        )
 
-    def call_llm(self, system_prompt: str, user_prompt: str, verbose: bool | str = False, max_tokens: int = 4096) -> str:
+    def call_llm(
+        self, system_prompt: str, user_prompt: str, verbose: bool | str = False, max_tokens: int = 4096
+    ) -> str:
         if verbose not in (False, "output"):
             print("Prompt\n", system_prompt + user_prompt)
         text = self._ask(system_prompt, user_prompt, max_tokens).choices[0].message.content
@@ -112,7 +121,10 @@ class SchemaAnswers:
         """The model's answer under this step's schema; without `response_format` when refused."""
         messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": user_prompt}]
         schema = self.answer_schema()
-        response_format = {"type": "json_schema", "json_schema": {"name": SCHEMA_NAME, "schema": schema, "strict": _strict(schema)}}
+        response_format = {
+            "type": "json_schema",
+            "json_schema": {"name": SCHEMA_NAME, "schema": schema, "strict": _strict(schema)},
+        }
         try:
             return self.llm(messages=messages, response_format=response_format, max_tokens=max_tokens, **params)
         except Exception:  # as Trace does: a backend that refuses the format gets the plain call
@@ -133,8 +145,15 @@ class OptoPrimeMulti(SchemaAnswers, _TraceOptoPrimeMulti):
     for in one call (Trace's `generate_candidates` asks for one per temperature).
     """
 
-    def call_llm(self, system_prompt: str, user_prompt: str, verbose: bool | str = False, max_tokens: int = 4096,
-                 num_responses: int = 1, temperature: float = 0.0) -> list[str]:
+    def call_llm(
+        self,
+        system_prompt: str,
+        user_prompt: str,
+        verbose: bool | str = False,
+        max_tokens: int = 4096,
+        num_responses: int = 1,
+        temperature: float = 0.0,
+    ) -> list[str]:
         if verbose not in (False, "output"):
             print("Prompt\n", system_prompt + user_prompt)
         n = {"n": num_responses} if num_responses != 1 else {}

@@ -54,11 +54,26 @@ DATABASE = "cache.db"
 # the only value file names diskcache makes (Disk.filename): two folder levels, a random name
 _VALUE_FILE = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{28}\.val")
 _MODE_RAW, _MODE_BINARY, _MODE_TEXT, _MODE_PICKLE = 1, 2, 3, 4
-_DISKCACHE_SETTINGS = frozenset({
-    "statistics", "tag_index", "eviction_policy", "size_limit", "cull_limit", "sqlite_auto_vacuum",
-    "sqlite_cache_size", "sqlite_journal_mode", "sqlite_mmap_size", "sqlite_synchronous",
-    "disk_min_file_size", "disk_pickle_protocol", "count", "size", "hits", "misses",
-})
+_DISKCACHE_SETTINGS = frozenset(
+    {
+        "statistics",
+        "tag_index",
+        "eviction_policy",
+        "size_limit",
+        "cull_limit",
+        "sqlite_auto_vacuum",
+        "sqlite_cache_size",
+        "sqlite_journal_mode",
+        "sqlite_mmap_size",
+        "sqlite_synchronous",
+        "disk_min_file_size",
+        "disk_pickle_protocol",
+        "count",
+        "size",
+        "hits",
+        "misses",
+    }
+)
 # the files SQLite opens by name for a database: each must be a plain file of the directory
 _SQLITE_FILES = (DATABASE, DATABASE + "-wal", DATABASE + "-shm", DATABASE + "-journal")
 _SETTING_WORD = re.compile(r"[A-Za-z]{1,16}")  # a pragma value diskcache writes: `wal`, or a number
@@ -74,35 +89,62 @@ def _normal_sql(sql: Any) -> Any:
 
 # Every schema object diskcache 5.6 creates, as SQLite keeps it in sqlite_master (type, name,
 # table, SQL): `Cache.__init__`, the index of each eviction policy and the tag index.
-_DISKCACHE_SCHEMA = frozenset((kind, name, table, _normal_sql(sql)) for kind, name, table, sql in (
-    ("table", "Settings", "Settings", "CREATE TABLE Settings ( key TEXT NOT NULL UNIQUE, value)"),
-    ("index", "sqlite_autoindex_Settings_1", "Settings", None),
-    ("table", "Cache", "Cache",
-     "CREATE TABLE Cache ( rowid INTEGER PRIMARY KEY, key BLOB, raw INTEGER, store_time REAL,"
-     " expire_time REAL, access_time REAL, access_count INTEGER DEFAULT 0, tag BLOB,"
-     " size INTEGER DEFAULT 0, mode INTEGER DEFAULT 0, filename TEXT, value BLOB)"),
-    ("index", "Cache_key_raw", "Cache", "CREATE UNIQUE INDEX Cache_key_raw ON Cache(key, raw)"),
-    ("index", "Cache_expire_time", "Cache", "CREATE INDEX Cache_expire_time ON Cache (expire_time)"),
-    ("index", "Cache_store_time", "Cache", "CREATE INDEX Cache_store_time ON Cache (store_time)"),
-    ("index", "Cache_access_time", "Cache", "CREATE INDEX Cache_access_time ON Cache (access_time)"),
-    ("index", "Cache_access_count", "Cache", "CREATE INDEX Cache_access_count ON Cache (access_count)"),
-    ("index", "Cache_tag_rowid", "Cache", "CREATE INDEX Cache_tag_rowid ON Cache(tag, rowid)"),
-    ("trigger", "Settings_count_insert", "Cache",
-     'CREATE TRIGGER Settings_count_insert AFTER INSERT ON Cache FOR EACH ROW BEGIN'
-     ' UPDATE Settings SET value = value + 1 WHERE key = "count"; END'),
-    ("trigger", "Settings_count_delete", "Cache",
-     'CREATE TRIGGER Settings_count_delete AFTER DELETE ON Cache FOR EACH ROW BEGIN'
-     ' UPDATE Settings SET value = value - 1 WHERE key = "count"; END'),
-    ("trigger", "Settings_size_insert", "Cache",
-     'CREATE TRIGGER Settings_size_insert AFTER INSERT ON Cache FOR EACH ROW BEGIN'
-     ' UPDATE Settings SET value = value + NEW.size WHERE key = "size"; END'),
-    ("trigger", "Settings_size_update", "Cache",
-     'CREATE TRIGGER Settings_size_update AFTER UPDATE ON Cache FOR EACH ROW BEGIN'
-     ' UPDATE Settings SET value = value + NEW.size - OLD.size WHERE key = "size"; END'),
-    ("trigger", "Settings_size_delete", "Cache",
-     'CREATE TRIGGER Settings_size_delete AFTER DELETE ON Cache FOR EACH ROW BEGIN'
-     ' UPDATE Settings SET value = value - OLD.size WHERE key = "size"; END'),
-))
+_DISKCACHE_SCHEMA = frozenset(
+    (kind, name, table, _normal_sql(sql))
+    for kind, name, table, sql in (
+        ("table", "Settings", "Settings", "CREATE TABLE Settings ( key TEXT NOT NULL UNIQUE, value)"),
+        ("index", "sqlite_autoindex_Settings_1", "Settings", None),
+        (
+            "table",
+            "Cache",
+            "Cache",
+            "CREATE TABLE Cache ( rowid INTEGER PRIMARY KEY, key BLOB, raw INTEGER, store_time REAL,"
+            " expire_time REAL, access_time REAL, access_count INTEGER DEFAULT 0, tag BLOB,"
+            " size INTEGER DEFAULT 0, mode INTEGER DEFAULT 0, filename TEXT, value BLOB)",
+        ),
+        ("index", "Cache_key_raw", "Cache", "CREATE UNIQUE INDEX Cache_key_raw ON Cache(key, raw)"),
+        ("index", "Cache_expire_time", "Cache", "CREATE INDEX Cache_expire_time ON Cache (expire_time)"),
+        ("index", "Cache_store_time", "Cache", "CREATE INDEX Cache_store_time ON Cache (store_time)"),
+        ("index", "Cache_access_time", "Cache", "CREATE INDEX Cache_access_time ON Cache (access_time)"),
+        ("index", "Cache_access_count", "Cache", "CREATE INDEX Cache_access_count ON Cache (access_count)"),
+        ("index", "Cache_tag_rowid", "Cache", "CREATE INDEX Cache_tag_rowid ON Cache(tag, rowid)"),
+        (
+            "trigger",
+            "Settings_count_insert",
+            "Cache",
+            "CREATE TRIGGER Settings_count_insert AFTER INSERT ON Cache FOR EACH ROW BEGIN"
+            ' UPDATE Settings SET value = value + 1 WHERE key = "count"; END',
+        ),
+        (
+            "trigger",
+            "Settings_count_delete",
+            "Cache",
+            "CREATE TRIGGER Settings_count_delete AFTER DELETE ON Cache FOR EACH ROW BEGIN"
+            ' UPDATE Settings SET value = value - 1 WHERE key = "count"; END',
+        ),
+        (
+            "trigger",
+            "Settings_size_insert",
+            "Cache",
+            "CREATE TRIGGER Settings_size_insert AFTER INSERT ON Cache FOR EACH ROW BEGIN"
+            ' UPDATE Settings SET value = value + NEW.size WHERE key = "size"; END',
+        ),
+        (
+            "trigger",
+            "Settings_size_update",
+            "Cache",
+            "CREATE TRIGGER Settings_size_update AFTER UPDATE ON Cache FOR EACH ROW BEGIN"
+            ' UPDATE Settings SET value = value + NEW.size - OLD.size WHERE key = "size"; END',
+        ),
+        (
+            "trigger",
+            "Settings_size_delete",
+            "Cache",
+            "CREATE TRIGGER Settings_size_delete AFTER DELETE ON Cache FOR EACH ROW BEGIN"
+            ' UPDATE Settings SET value = value - OLD.size WHERE key = "size"; END',
+        ),
+    )
+)
 _DISKCACHE_NAMES = frozenset(name for _, name, _, _ in _DISKCACHE_SCHEMA)
 _RISK_ORDER = {"view": 0, "trigger": 1, "table": 2, "index": 3}
 
@@ -244,8 +286,11 @@ class _ReadOnlyDatabase:
             return self.connection.execute(query, arguments).fetchall()
 
     def get(self, key: str) -> Any:
-        rows = self._rows("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1 "
-                          "AND (expire_time IS NULL OR expire_time > ?)", (key, time.time()))
+        rows = self._rows(
+            "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1 "
+            "AND (expire_time IS NULL OR expire_time > ?)",
+            (key, time.time()),
+        )
         if not rows:
             return None
         mode, filename, value = rows[0]
@@ -272,8 +317,12 @@ def _connect_read_only(path: str) -> sqlite3.Connection:
         return _connect(uri + "?mode=ro")
     except sqlite3.OperationalError:  # no -shm file and none can be made: read the file alone
         if os.path.exists(path + "-wal") and os.path.getsize(path + "-wal") > 0:
-            _log.warning("%s-wal holds writes not yet merged into %s, and this read-only copy cannot merge "
-                         "them: entries recorded last may be missing", path, path)
+            _log.warning(
+                "%s-wal holds writes not yet merged into %s, and this read-only copy cannot merge "
+                "them: entries recorded last may be missing",
+                path,
+                path,
+            )
         return _connect(uri + "?immutable=1")
 
 
@@ -464,8 +513,10 @@ class DiskStore(MemoryFronted):
 
     def _check_schema(self, schema: list[tuple[Any, ...]]) -> None:
         """Only diskcache's own tables, indexes and triggers, each exactly as diskcache writes it."""
-        found = sorted((row for row in schema if (*row[:3], _normal_sql(row[3])) not in _DISKCACHE_SCHEMA),
-                       key=lambda row: _RISK_ORDER.get(row[0], 0))  # what runs code first
+        found = sorted(
+            (row for row in schema if (*row[:3], _normal_sql(row[3])) not in _DISKCACHE_SCHEMA),
+            key=lambda row: _RISK_ORDER.get(row[0], 0),
+        )  # what runs code first
         foreign = [_describe(kind, name, table) for kind, name, table, _ in found]
         if foreign:
             more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
@@ -482,12 +533,19 @@ class DiskStore(MemoryFronted):
         diskcache's own are let through (e.g. `temp_store_directory` would point SQLite outside),
         and a pragma's value only as a number or a word (it is pasted into the statement)."""
         unknown = sorted(repr(str(key)[:60]) for key, _ in settings if key not in _DISKCACHE_SETTINGS)
-        odd = sorted(f"{str(key)[:30]}={str(value)[:30]!r}" for key, value in settings
-                     if str(key).startswith("sqlite_") and key in _DISKCACHE_SETTINGS
-                     and not (isinstance(value, int) or isinstance(value, str) and _SETTING_WORD.fullmatch(value)))
+        odd = sorted(
+            f"{str(key)[:30]}={str(value)[:30]!r}"
+            for key, value in settings
+            if str(key).startswith("sqlite_")
+            and key in _DISKCACHE_SETTINGS
+            and not (isinstance(value, int) or (isinstance(value, str) and _SETTING_WORD.fullmatch(value)))
+        )
         if unknown or odd:
-            what = (f"settings diskcache never writes ({', '.join(unknown[:5])})" if unknown
-                    else f"settings with values diskcache never writes ({', '.join(odd[:5])})")
+            what = (
+                f"settings diskcache never writes ({', '.join(unknown[:5])})"
+                if unknown
+                else f"settings with values diskcache never writes ({', '.join(odd[:5])})"
+            )
             raise CacheUnavailable(
                 f"the cache directory {self.directory} holds a {self.root / DATABASE} with {what}; myopto does "
                 "not apply them. Nothing was changed: this directory was not written by myopto; move it aside "
@@ -550,8 +608,9 @@ class DiskStore(MemoryFronted):
             try:
                 if not raw or not isinstance(key, str):
                     problem = "a pickled key" if not raw else f"a {type(key).__name__} key"
-                    raise damaged_entry(str(key), self.location, f"{problem}, which myopto never writes",
-                                        kind=UnsafeCacheEntry)
+                    raise damaged_entry(
+                        str(key), self.location, f"{problem}, which myopto never writes", kind=UnsafeCacheEntry
+                    )
                 text = self._read(key)
                 if text is None:  # removed meanwhile
                     continue
@@ -605,7 +664,8 @@ class DiskStore(MemoryFronted):
         if self._cache is None:
             raise CacheUnavailable(
                 f"the cache directory {self.directory} is read-only here ({self.read_only_reason}); nothing was "
-                "removed", location=self.location,
+                "removed",
+                location=self.location,
             )
         self._check_files(self._identity)  # never clear a file swapped in since it was opened
         self.memory.clear()
@@ -644,12 +704,15 @@ def _not_a_plain_file(path: Path, info: os.stat_result) -> str | None:
             target = "?"
         return f"is a symlink (to {target!r})"
     if not stat.S_ISREG(info.st_mode):
-        kind = ("a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode)
-                else "a special file")
+        kind = (
+            "a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode) else "a special file"
+        )
         return f"is {kind}, not a regular file"
     if info.st_nlink > 1:
-        return (f"has {info.st_nlink} hard links: the same file has another name, perhaps outside this "
-                "directory, and writing here would change it there")
+        return (
+            f"has {info.st_nlink} hard links: the same file has another name, perhaps outside this "
+            "directory, and writing here would change it there"
+        )
     return None
 
 
@@ -672,8 +735,13 @@ def _open_diskcache(directory: Path, disk: type, size_limit: int | None) -> Any:
     import diskcache
 
     # every setting spelled out: none is taken from a cache.db someone else wrote
-    settings: dict[str, Any] = {**diskcache.DEFAULT_SETTINGS, "statistics": 0, "tag_index": 0,
-                                "eviction_policy": "none", "size_limit": 2**62}
+    settings: dict[str, Any] = {
+        **diskcache.DEFAULT_SETTINGS,
+        "statistics": 0,
+        "tag_index": 0,
+        "eviction_policy": "none",
+        "size_limit": 2**62,
+    }
     if size_limit is not None:
         settings.update(eviction_policy="least-recently-stored", size_limit=int(size_limit))
     return diskcache.Cache(str(directory), disk=disk, **settings)
@@ -688,7 +756,11 @@ def _disk_is_full(directory: Path) -> bool:
 
 def _unwritable(directory: Path, error: BaseException) -> str:
     """Why a directory that looked writable could not be opened for writing."""
-    return f"the disk holding it is full ({error})" if _disk_is_full(directory) else f"opening it for writing failed ({error})"
+    return (
+        f"the disk holding it is full ({error})"
+        if _disk_is_full(directory)
+        else f"opening it for writing failed ({error})"
+    )
 
 
 _stores: dict[str, DiskStore] = {}

@@ -48,8 +48,9 @@ def decode_record(text: str | bytes, *, key: str, location: str) -> dict[str, An
     return record
 
 
-def damaged_entry(key: str, location: str, problem: str, *,
-                  kind: type[DamagedCacheEntry] = DamagedCacheEntry) -> DamagedCacheEntry:
+def damaged_entry(
+    key: str, location: str, problem: str, *, kind: type[DamagedCacheEntry] = DamagedCacheEntry
+) -> DamagedCacheEntry:
     """The error for a stored entry that cannot be served, with what to do about it."""
     return kind(
         f"the cached entry for key {key[:16]}... in {location} cannot be read back: {problem}. "

@@ -132,10 +132,12 @@ class RedisStore(MemoryFronted):
         found = self.connection.run(lambda client: list(client.scan_iter(match=pattern, count=1000)))
         # `lab` must not list `lab:cache:{x}:more:cache:{key}` (the namespace `lab:cache:{x}:more`),
         # which its pattern also matches: a key of ours holds no brace
-        keys = (redis_key[len(prefix):-1] for redis_key in found if redis_key.startswith(prefix))
+        keys = (redis_key[len(prefix) : -1] for redis_key in found if redis_key.startswith(prefix))
         return [key for key in keys if "{" not in key and "}" not in key]
 
-    def items(self, *, on_damaged: Callable[[DamagedCacheEntry], None] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    def items(
+        self, *, on_damaged: Callable[[DamagedCacheEntry], None] | None = None
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every (key, record) of this namespace. A damaged record raises `DamagedCacheEntry`, or,
         with `on_damaged`, is handed to it and skipped (an export goes on past it)."""
         for key in self._keys():
@@ -195,8 +197,9 @@ class RedisStore(MemoryFronted):
         caller now owns the call; (None, None, seconds the current owner's lease has left)."""
         token = secrets.token_hex(16)
         keys = [self._record_key(key), self._lease_key(key), self._done_key(key)]
-        kind, value = self.connection.run(lambda client: self._script(_CLAIM)(keys=keys, args=[token, self.lease_ms]),
-                                          consequence=_BEFORE_SENDING)
+        kind, value = self.connection.run(
+            lambda client: self._script(_CLAIM)(keys=keys, args=[token, self.lease_ms]), consequence=_BEFORE_SENDING
+        )
         if int(kind) == 1:
             return self._remember(key, value), None, 0.0
         if int(kind) == 2:
@@ -210,8 +213,9 @@ class RedisStore(MemoryFronted):
     def wait(self, key: str, seconds: float) -> None:
         """Block until the flight of `key` ends (its owner released the lease) or `seconds` pass."""
         done = self._done_key(key)
-        self.connection.run(lambda client: client.brpoplpush(done, done, timeout=max(seconds, 0.01)),
-                            consequence=_BEFORE_SENDING)
+        self.connection.run(
+            lambda client: client.brpoplpush(done, done, timeout=max(seconds, 0.01)), consequence=_BEFORE_SENDING
+        )
 
     def _release(self, lease: Lease) -> None:
         with self._held_lock:
@@ -221,7 +225,9 @@ class RedisStore(MemoryFronted):
             self.connection.run(lambda client: self._script(_RELEASE)(keys=keys, args=[lease.token]))
         except CacheUnavailable as error:
             # the lease runs out on its own; the call's outcome (answer or error) matters more
-            _log.warning("could not release a single-flight lease on %s (it expires by itself): %s", self.location, error)
+            _log.warning(
+                "could not release a single-flight lease on %s (it expires by itself): %s", self.location, error
+            )
 
     def _start_renewer(self) -> None:
         with self._held_lock:
@@ -238,14 +244,19 @@ class RedisStore(MemoryFronted):
             for lease in held:
                 try:
                     kept = self.connection.run(
-                        lambda client: self._script(_RENEW)(keys=[self._lease_key(lease.key)], args=[lease.token, self.lease_ms])
+                        lambda client: self._script(_RENEW)(
+                            keys=[self._lease_key(lease.key)], args=[lease.token, self.lease_ms]
+                        )
                     )
                 except Exception as error:  # the call's own save will report a dead server
                     _log.warning("could not renew a single-flight lease on %s: %s", self.location, error)
                     continue
                 if not kept and lease.token in self._held:
-                    _log.warning("lost the single-flight lease of %s... on %s; another worker may call too",
-                                 lease.key[:16], self.location)
+                    _log.warning(
+                        "lost the single-flight lease of %s... on %s; another worker may call too",
+                        lease.key[:16],
+                        self.location,
+                    )
 
 
 _stores: dict[tuple[str, str], RedisStore] = {}

@@ -21,7 +21,9 @@ class EchoBackend(BaseBackend):
 
     kind = "Echo"
 
-    def __init__(self, answer: Callable[[Request], str] | None = None, *, json_schema: bool = True, json_object: bool = True) -> None:
+    def __init__(
+        self, answer: Callable[[Request], str] | None = None, *, json_schema: bool = True, json_object: bool = True
+    ) -> None:
         super().__init__()
         self.answer = answer
         self.supports_json_schema = json_schema  # instance data: capabilities may vary per test

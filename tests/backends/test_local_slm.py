@@ -7,10 +7,10 @@ import pytest
 
 from myopto import (
     BackendUnavailable,
+    ConfigError,
     InvalidRequest,
     StructuredOutputError,
     add_middleware,
-    ConfigError,
     get_llm,
     get_usage_summary,
     llm_json,
@@ -22,13 +22,19 @@ from myopto.output_format import validation_error
 
 SCHEMA = {
     "type": "object",
-    "properties": {"city": {"type": "string"}, "population": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}}},
+    "properties": {
+        "city": {"type": "string"},
+        "population": {"type": "integer"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+    },
     "required": ["city", "population", "tags"],
 }
 
 
 def engine(model):
-    return local_slm.engine_for(model, use_mlx=False, device=None, torch_dtype=None, trust_remote_code=False, max_batch_size=8, batch_wait=0.01)
+    return local_slm.engine_for(
+        model, use_mlx=False, device=None, torch_dtype=None, trust_remote_code=False, max_batch_size=8, batch_wait=0.01
+    )
 
 
 def test_text_generation_through_a_role_reports_usage_and_zero_cost(local_role):
@@ -191,7 +197,11 @@ def fresh_probe(monkeypatch):
     return model_files
 
 
-@pytest.mark.parametrize("setting", [("HF_ENDPOINT", "http://127.0.0.1:9"), ("HF_HUB_OFFLINE", "1")], ids=["hub-unreachable", "hf-hub-offline"])
+@pytest.mark.parametrize(
+    "setting",
+    [("HF_ENDPOINT", "http://127.0.0.1:9"), ("HF_HUB_OFFLINE", "1")],
+    ids=["hub-unreachable", "hf-hub-offline"],
+)
 def test_an_uncached_hub_id_offline_fails_in_seconds_naming_the_alternatives(fresh_probe, monkeypatch, capfd, setting):
     import time
 

@@ -41,9 +41,18 @@ ADD = {
 }
 TOOLS = [WEATHER, ADD]
 SCHEMAS = {tool["function"]["name"]: tool["function"]["parameters"] for tool in TOOLS}
-QUESTIONS = ["What's the weather in Paris?", "What is 2 plus 3?", "Is it cold in Oslo?", "Add 40 and 2.",
-             "Tell me a joke.", "How warm is Lima in fahrenheit?", "What is 7 + 8?", "Hello!", "Sum 1 and 99.",
-             "Weather for Tokyo please"]
+QUESTIONS = [
+    "What's the weather in Paris?",
+    "What is 2 plus 3?",
+    "Is it cold in Oslo?",
+    "Add 40 and 2.",
+    "Tell me a joke.",
+    "How warm is Lima in fahrenheit?",
+    "What is 7 + 8?",
+    "Hello!",
+    "Sum 1 and 99.",
+    "Weather for Tokyo please",
+]
 
 
 def assert_valid_call(choice):
@@ -60,8 +69,12 @@ def assert_valid_call(choice):
 def many(llm, count, **params):
     """`count` calls at once (they decode together), sampled so that they differ."""
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(llm, QUESTIONS[i % len(QUESTIONS)], tools=TOOLS, max_tokens=48, temperature=1.0, seed=i,
-                               **params) for i in range(count)]
+        futures = [
+            pool.submit(
+                llm, QUESTIONS[i % len(QUESTIONS)], tools=TOOLS, max_tokens=48, temperature=1.0, seed=i, **params
+            )
+            for i in range(count)
+        ]
         return [future.result() for future in futures]
 
 
@@ -79,7 +92,9 @@ def test_required_gives_20_valid_calls_of_20_on_the_embedded_model(smollm2):
     responses = many(smollm2, 20, tool_choice="required")
     calls = [assert_valid_call(response.choices[0]) for response in responses]
     assert {call.function.name for call in calls} == {"get_weather", "add"}  # it chooses, it is not stuck on one
-    assert all(response.text == "" and response.finish_reason == response.choices[0].finish_reason for response in responses)
+    assert all(
+        response.text == "" and response.finish_reason == response.choices[0].finish_reason for response in responses
+    )
 
 
 def test_the_model_fills_the_arguments_from_the_question(smollm2):
@@ -115,7 +130,9 @@ def test_none_offers_no_tool(smollm2):
 
 
 def test_n_calls_in_one_batch_each_valid_and_counted(smollm2):
-    response = smollm2("Weather in Rome?", tools=TOOLS, tool_choice="required", n=4, temperature=0.9, seed=3, max_tokens=48)
+    response = smollm2(
+        "Weather in Rome?", tools=TOOLS, tool_choice="required", n=4, temperature=0.9, seed=3, max_tokens=48
+    )
     calls = [assert_valid_call(choice) for choice in response.choices]
     assert [choice.index for choice in response.choices] == [0, 1, 2, 3]
     assert len({call.id for call in calls}) == 4
@@ -132,10 +149,21 @@ def test_a_cut_off_call_is_closed_into_a_valid_one():
     if embedded_gguf() is None or not llama_cpp_engine.available():
         pytest.skip("needs the embedded model on llama.cpp")
     set_role_config("executor", backend="LocalSLM", model=EMBEDDED_MODEL, engine="llama.cpp", cache="off")
-    long_city = {"type": "function", "function": {"name": "find", "parameters": {
-        "type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}}
-    response = get_llm()("Search for a very long description of the history of the Roman empire, in detail.",
-                         tools=[long_city], tool_choice="required", max_tokens=12, temperature=1.0, seed=0)
+    long_city = {
+        "type": "function",
+        "function": {
+            "name": "find",
+            "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]},
+        },
+    }
+    response = get_llm()(
+        "Search for a very long description of the history of the Roman empire, in detail.",
+        tools=[long_city],
+        tool_choice="required",
+        max_tokens=12,
+        temperature=1.0,
+        seed=0,
+    )
     (call,) = response.choices[0].message.tool_calls
     assert call.function.name == "find" and isinstance(json.loads(call.function.arguments)["query"], str)
 
@@ -143,8 +171,17 @@ def test_a_cut_off_call_is_closed_into_a_valid_one():
 def test_a_conversation_with_a_tool_result_gets_a_text_answer(smollm2):
     messages = [
         {"role": "user", "content": "What's the weather in Paris?"},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
-            "name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature": 21, "sky": "sunny"}'},
     ]
     response = smollm2(messages, tools=TOOLS, tool_choice="none", max_tokens=40)
@@ -154,11 +191,18 @@ def test_a_conversation_with_a_tool_result_gets_a_text_answer(smollm2):
 def test_a_tool_call_is_cached_and_replayed_whole(tmp_path):
     if embedded_gguf() is None or not llama_cpp_engine.available():
         pytest.skip("needs the embedded model on llama.cpp")
-    set_role_config("executor", backend="LocalSLM", model=EMBEDDED_MODEL, engine="llama.cpp", cache="on",
-                    cache_dir=str(tmp_path))
+    set_role_config(
+        "executor", backend="LocalSLM", model=EMBEDDED_MODEL, engine="llama.cpp", cache="on", cache_dir=str(tmp_path)
+    )
     first = get_llm()("What is 2 plus 3?", tools=TOOLS, tool_choice="required", max_tokens=48)
-    set_role_config("executor", backend="LocalSLM", model=EMBEDDED_MODEL, engine="llama.cpp", cache="replay",
-                    cache_dir=str(tmp_path))
+    set_role_config(
+        "executor",
+        backend="LocalSLM",
+        model=EMBEDDED_MODEL,
+        engine="llama.cpp",
+        cache="replay",
+        cache_dir=str(tmp_path),
+    )
     again = get_llm()("What is 2 plus 3?", tools=TOOLS, tool_choice="required", max_tokens=48)
     assert again.cached and again.choices == first.choices and again.finish_reason == "tool_calls"
 
@@ -175,7 +219,9 @@ def test_random_weights_give_valid_calls_on_mlx(tiny_model_path):
     pytest.importorskip("mlx_lm")
     set_role_config("executor", backend="LocalSLM", model=tiny_model_path, use_mlx=True, cache="off")
     for seed in range(5):
-        response = get_llm()(QUESTIONS[seed], tools=TOOLS, tool_choice="required", max_tokens=48, temperature=1.0, seed=seed)
+        response = get_llm()(
+            QUESTIONS[seed], tools=TOOLS, tool_choice="required", max_tokens=48, temperature=1.0, seed=seed
+        )
         assert_valid_call(response.choices[0])
     auto = get_llm()("Hello", tools=TOOLS, max_tokens=48, temperature=1.0, seed=0)
     message = auto.choices[0].message
@@ -185,14 +231,17 @@ def test_random_weights_give_valid_calls_on_mlx(tiny_model_path):
 # -- the plan: what is refused, what the grammar admits --------------------------------------------
 
 
-@pytest.mark.parametrize("parameters, problem", [
-    ({"type": "object", "properties": {"a": {"oneOf": [{"type": "string"}, {"type": "integer"}]}}}, "'oneOf'"),
-    ({"type": "object", "properties": {"a": {"type": "array", "uniqueItems": True}}}, "'uniqueItems'"),
-    ({"type": "object", "properties": {"a": {"not": {"type": "string"}}}}, "'not'"),
-    ({"type": "object", "allOf": [{"required": ["a"]}, {"required": ["b"]}]}, "allOf with several"),
-    ({"type": "object", "properties": {"a": {"type": "number", "multipleOf": 0.5}}}, "multipleOf"),
-    ({"type": "object", "properties": {"a": {"type": "string", "pattern": "^(?!x)a+$"}}}, "lookaround"),
-])
+@pytest.mark.parametrize(
+    "parameters, problem",
+    [
+        ({"type": "object", "properties": {"a": {"oneOf": [{"type": "string"}, {"type": "integer"}]}}}, "'oneOf'"),
+        ({"type": "object", "properties": {"a": {"type": "array", "uniqueItems": True}}}, "'uniqueItems'"),
+        ({"type": "object", "properties": {"a": {"not": {"type": "string"}}}}, "'not'"),
+        ({"type": "object", "allOf": [{"required": ["a"]}, {"required": ["b"]}]}, "allOf with several"),
+        ({"type": "object", "properties": {"a": {"type": "number", "multipleOf": 0.5}}}, "multipleOf"),
+        ({"type": "object", "properties": {"a": {"type": "string", "pattern": "^(?!x)a+$"}}}, "lookaround"),
+    ],
+)
 def test_a_keyword_the_grammar_cannot_enforce_is_refused_before_anything_runs(parameters, problem):
     tool = {"type": "function", "function": {"name": "f", "parameters": parameters}}
     with pytest.raises(InvalidRequest, match=problem) as caught:
@@ -201,18 +250,38 @@ def test_a_keyword_the_grammar_cannot_enforce_is_refused_before_anything_runs(pa
 
 
 def test_the_same_refusal_reaches_the_caller_through_a_role(local_role):
-    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"not": {}}}}}}
+    tool = {
+        "type": "function",
+        "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"not": {}}}}},
+    }
     with pytest.raises(InvalidRequest, match="cannot enforce"):
         get_llm()("hi", tools=[tool], tool_choice="required", max_tokens=8)
 
 
 def test_references_inside_a_tools_parameters_still_resolve(local_role):
-    tool = {"type": "function", "function": {"name": "point", "parameters": {
-        "type": "object", "properties": {"at": {"$ref": "#/$defs/xy"}}, "required": ["at"],
-        "$defs": {"xy": {"type": "object", "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}},
-                         "required": ["x", "y"]}}}}}
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "point",
+            "parameters": {
+                "type": "object",
+                "properties": {"at": {"$ref": "#/$defs/xy"}},
+                "required": ["at"],
+                "$defs": {
+                    "xy": {
+                        "type": "object",
+                        "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}},
+                        "required": ["x", "y"],
+                    }
+                },
+            },
+        },
+    }
     plan = tool_plan([tool], "required")
-    assert plan.schema["anyOf"][0]["properties"]["arguments"]["properties"]["at"]["$ref"] == "#/anyOf/0/properties/arguments/$defs/xy"
+    assert (
+        plan.schema["anyOf"][0]["properties"]["arguments"]["properties"]["at"]["$ref"]
+        == "#/anyOf/0/properties/arguments/$defs/xy"
+    )
     response = get_llm()("Point at 1, 2", tools=[tool], tool_choice="required", max_tokens=40, temperature=1.0, seed=1)
     arguments = json.loads(response.choices[0].message.tool_calls[0].function.arguments)
     jsonschema.validate(arguments, tool["function"]["parameters"])
@@ -245,12 +314,20 @@ def test_history_is_written_for_templates_without_tool_roles():
     plan = tool_plan(TOOLS, "required")
     messages = [
         {"role": "system", "content": "Be brief."},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
-            "name": "add", "arguments": '{"a": 1, "b": 2}'}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}
+            ],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": "3"},
     ]
     rendered = local_messages(messages, plan)
-    assert rendered[0]["content"].startswith("Be brief.\n\nYou can call these tools:") and "get_weather" in rendered[0]["content"]
+    assert (
+        rendered[0]["content"].startswith("Be brief.\n\nYou can call these tools:")
+        and "get_weather" in rendered[0]["content"]
+    )
     assert json.loads(rendered[1]["content"]) == {"name": "add", "arguments": {"a": 1, "b": 2}}
     assert rendered[2] == {"role": "user", "content": "Result of c1: 3"}
     assert local_messages([{"role": "user", "content": "hi"}], plan)[0]["role"] == "system"

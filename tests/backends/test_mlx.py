@@ -34,7 +34,11 @@ def test_mlx_greedy_is_deterministic(mlx_role):
 
 PERSON = {
     "type": "object",
-    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}}},
+    "properties": {
+        "name": {"type": "string"},
+        "age": {"type": "integer"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+    },
     "required": ["name", "age", "tags"],
 }
 
@@ -53,8 +57,14 @@ def test_mlx_constrained_answers_are_valid_json_for_the_schema_20_of_20(mlx_role
 
     budget = shortest_person_tokens(mlx_role) + 4  # room for the shortest answer, and little more
     for seed in range(20):  # random weights, sampled: only the grammar makes these valid
-        response = get_llm()(f"person {seed}", response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}},
-                             constrained=True, max_tokens=budget, temperature=0.9, seed=seed)
+        response = get_llm()(
+            f"person {seed}",
+            response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}},
+            constrained=True,
+            max_tokens=budget,
+            temperature=0.9,
+            seed=seed,
+        )
         jsonschema.validate(json.loads(response.text), PERSON)
         assert response.parsed == json.loads(response.text)
 

@@ -40,7 +40,9 @@ def test_it_answers_a_factual_question(smollm2):
     assert "Paris" in answer
 
 
-@pytest.mark.parametrize("country, capital", [("France", "Paris"), ("Japan", "Tokyo"), ("Germany", "Berlin"), ("Russia", "Moscow")])
+@pytest.mark.parametrize(
+    "country, capital", [("France", "Paris"), ("Japan", "Tokyo"), ("Germany", "Berlin"), ("Russia", "Moscow")]
+)
 def test_constrained_json_is_valid_and_right(smollm2, country, capital):
     value = llm_json(f"What is the capital of {country}?", CAPITAL, max_tokens=60, constrained=True)
     assert set(value) == {"country", "capital"}
@@ -48,8 +50,14 @@ def test_constrained_json_is_valid_and_right(smollm2, country, capital):
 
 
 def test_extraction_with_the_seed_schema(smollm2):
-    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}, "required": ["name", "age"]}
-    assert llm_json("Extract the person's name and age from: John is 30 years old.", schema, max_tokens=40, constrained=True) == {"name": "John", "age": 30}
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+    }
+    assert llm_json(
+        "Extract the person's name and age from: John is 30 years old.", schema, max_tokens=40, constrained=True
+    ) == {"name": "John", "age": 30}
 
 
 def test_a_batch_of_questions_matches_one_by_one(smollm2):

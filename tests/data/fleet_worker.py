@@ -18,8 +18,14 @@ from myopto import get_llm, set_role_config
 from myopto.recording import unrecorded_counts
 
 spec = json.loads(sys.argv[1])
-set_role_config("executor", backend="CustomLLM", model=spec.get("model", "fleet-model"), base_url=spec["base_url"],
-                api_key="sk-fleet-secret-key-0123456789", **spec.get("role", {}))
+set_role_config(
+    "executor",
+    backend="CustomLLM",
+    model=spec.get("model", "fleet-model"),
+    base_url=spec["base_url"],
+    api_key="sk-fleet-secret-key-0123456789",
+    **spec.get("role", {}),
+)
 llm = get_llm()
 answers, cached, errors = {}, {}, {}
 

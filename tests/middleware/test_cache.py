@@ -22,7 +22,16 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def cached(server, tmp_path):
     directory = tmp_path / "exp-cache"
-    set_role_config("executor", backend="CustomLLM", model="m1", base_url=server.url, api_key="sk-SECRET-123", cache="on", cache_dir=str(directory), retries=0)
+    set_role_config(
+        "executor",
+        backend="CustomLLM",
+        model="m1",
+        base_url=server.url,
+        api_key="sk-SECRET-123",
+        cache="on",
+        cache_dir=str(directory),
+        retries=0,
+    )
     return server, directory
 
 
@@ -39,7 +48,14 @@ def test_a_repeated_call_is_served_from_the_cache(cached):
 
 @pytest.mark.parametrize(
     "change",
-    [{"model": "m2"}, {"messages": "other"}, {"temperature": 0.7}, {"response_format": SCHEMA}, {"sample": 1}, {"max_tokens": 9}],
+    [
+        {"model": "m2"},
+        {"messages": "other"},
+        {"temperature": 0.7},
+        {"response_format": SCHEMA},
+        {"sample": 1},
+        {"max_tokens": 9},
+    ],
 )
 def test_what_decides_the_answer_changes_the_key(cached, change):
     server, _ = cached
@@ -219,7 +235,9 @@ def run_experiment(tmp_path, url, directory, calls, mode="on", **popen):
     script = tmp_path / "experiment.py"
     script.write_text(EXPERIMENT)
     env = {**os.environ, "URL": url, "DIR": str(directory), "CALLS": str(calls), "MYOPTO_CACHE": mode}
-    return subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    return subprocess.Popen(
+        [sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen
+    )
 
 
 def test_a_rerun_in_a_new_process_replays_offline_with_identical_outputs(tmp_path):
@@ -273,7 +291,10 @@ def test_four_processes_writing_one_directory_lose_and_corrupt_nothing(tmp_path)
     directory = tmp_path / "shared"
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
-    processes = [subprocess.Popen([sys.executable, str(script), str(w), str(directory)], stderr=subprocess.PIPE, text=True) for w in range(4)]
+    processes = [
+        subprocess.Popen([sys.executable, str(script), str(w), str(directory)], stderr=subprocess.PIPE, text=True)
+        for w in range(4)
+    ]
     for process in processes:
         assert process.wait(timeout=300) == 0, process.stderr.read()
     store = DiskStore(directory)

@@ -25,8 +25,16 @@ WRONG_SHAPES = [
 @pytest.fixture
 def role(server, tmp_path):
     directory = tmp_path / "cache"
-    set_role_config("executor", backend="CustomLLM", model="m1", base_url=server.url, api_key="sk-x", cache="on",
-                    cache_dir=str(directory), retries=0)
+    set_role_config(
+        "executor",
+        backend="CustomLLM",
+        model="m1",
+        base_url=server.url,
+        api_key="sk-x",
+        cache="on",
+        cache_dir=str(directory),
+        retries=0,
+    )
     return server, directory
 
 
@@ -35,8 +43,11 @@ def key_of_prompt(prompt):
 
 
 def damage_warnings(caplog):
-    return [r for r in caplog.records
-            if r.name == "myopto.cache" and r.levelno == logging.WARNING and "damaged" in r.getMessage()]
+    return [
+        r
+        for r in caplog.records
+        if r.name == "myopto.cache" and r.levelno == logging.WARNING and "damaged" in r.getMessage()
+    ]
 
 
 @pytest.mark.parametrize("record", WRONG_SHAPES)
@@ -91,8 +102,9 @@ def damage_row(directory, key, text):
     assert changed == 1
 
 
-@pytest.mark.parametrize("text", ['{"version": 1, "response": {"te', "[1, 2]",
-                                  '{"version": 1, "response": {"txt": 1}}'])
+@pytest.mark.parametrize(
+    "text", ['{"version": 1, "response": {"te', "[1, 2]", '{"version": 1, "response": {"txt": 1}}']
+)
 def test_a_row_damaged_on_disk_is_a_reported_miss_then_replaced(role, text, caplog):
     server, directory = role
     key = key_of_prompt("hello")
@@ -111,8 +123,16 @@ def test_a_row_damaged_on_disk_is_a_reported_miss_then_replaced(role, text, capl
 def test_a_damaged_record_in_redis_does_not_hold_the_lease_back_and_is_replaced(server, redis_server, caplog):
     import redis as redis_py
 
-    set_role_config("executor", backend="CustomLLM", model="m1", base_url=server.url, api_key="sk-x", cache="on",
-                    cache_url=redis_server.url, retries=0)
+    set_role_config(
+        "executor",
+        backend="CustomLLM",
+        model="m1",
+        base_url=server.url,
+        api_key="sk-x",
+        cache="on",
+        cache_url=redis_server.url,
+        retries=0,
+    )
     prompt = "a prompt only this test asks"  # the process-wide store's memory outlives a flushall
     record_key = f"myopto:cache:{{{key_of_prompt(prompt)}}}"
     client = redis_py.Redis.from_url(redis_server.url, decode_responses=True)

@@ -77,7 +77,6 @@ def test_a_disk_that_fills_up_after_the_send_still_returns_the_answer_and_report
     assert len(errors) == 3 and all("could not be recorded in the cache" in e for e in errors), errors
 
 
-
 READ_ONLY = """
 import json, os
 from myopto import get_llm, set_role_config
@@ -98,8 +97,16 @@ print(json.dumps(out))
 @needs_mounts
 def test_a_read_only_cache_serves_replay_and_refuses_to_record_before_sending(server, tmp_path):
     directory = tmp_path / "shared-dataset"
-    set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, api_key="sk-x", cache="on",
-                    cache_dir=str(directory), retries=0)
+    set_role_config(
+        "executor",
+        backend="CustomLLM",
+        model="m",
+        base_url=server.url,
+        api_key="sk-x",
+        cache="on",
+        cache_dir=str(directory),
+        retries=0,
+    )
     get_llm()("recorded")
     disk_store(directory).close()  # as a finished run leaves it: everything in cache.db
     out = run_child(READ_ONLY, directory, read_only=[directory], env={"URL": server.url})
@@ -119,8 +126,16 @@ def test_redis_dying_while_a_call_is_in_flight_returns_the_answer_and_reports_it
     from myopto.testing import RedisServer
 
     with RedisServer() as redis:
-        set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, api_key="sk-x", cache="on",
-                        cache_url=redis.url, retries=0)
+        set_role_config(
+            "executor",
+            backend="CustomLLM",
+            model="m",
+            base_url=server.url,
+            api_key="sk-x",
+            cache="on",
+            cache_url=redis.url,
+            retries=0,
+        )
         get_llm()("warm up")  # the store is open and answering
         server.latency = 1.0
         before = unrecorded_counts().get("cache", 0)
@@ -135,8 +150,10 @@ def test_redis_dying_while_a_call_is_in_flight_returns_the_answer_and_reports_it
             thread.join(timeout=60)
         assert results and results[0].text == "echo: paid for" and not results[0].cached
         assert unrecorded_counts().get("cache", 0) == before + 1
-        assert any("could not be recorded in the cache" in r.getMessage() and "CacheUnavailable" in r.getMessage()
-                   for r in caplog.records)
+        assert any(
+            "could not be recorded in the cache" in r.getMessage() and "CacheUnavailable" in r.getMessage()
+            for r in caplog.records
+        )
         server.latency = 0.0
         with pytest.raises(CacheUnavailable):  # with the store gone, a new call is refused before it is sent
             get_llm()("never sent")
@@ -149,8 +166,16 @@ async def test_redis_dying_during_an_async_call_returns_the_answer(server):
     from myopto.testing import RedisServer
 
     with RedisServer() as redis:
-        set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, api_key="sk-x", cache="on",
-                        cache_url=redis.url, retries=0)
+        set_role_config(
+            "executor",
+            backend="CustomLLM",
+            model="m",
+            base_url=server.url,
+            api_key="sk-x",
+            cache="on",
+            cache_url=redis.url,
+            retries=0,
+        )
         await get_llm().acall("warm up")
         server.latency = 1.0
         before = unrecorded_counts().get("cache", 0)

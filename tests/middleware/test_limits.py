@@ -29,8 +29,14 @@ PRICING = {"input": 0.0, "output": 5000.0}  # $0.01 a call
 
 
 def custom(server, **options):
-    set_role_config("executor", backend="CustomLLM", model="test-model", base_url=server.url,
-                    api_key="sk-limits-key-000000", **{"retries": 0, **options})
+    set_role_config(
+        "executor",
+        backend="CustomLLM",
+        model="test-model",
+        base_url=server.url,
+        api_key="sk-limits-key-000000",
+        **{"retries": 0, **options},
+    )
 
 
 @pytest.mark.parametrize("make", [LocalLimiter, "redis"])
@@ -149,8 +155,9 @@ def test_a_budget_on_a_model_without_a_price_is_a_config_error(server):
 
 
 def test_a_budget_on_a_model_the_price_map_knows_needs_no_pricing(server):
-    set_role_config("executor", backend="CustomLLM", model="gpt-4o-mini", base_url=server.url, api_key="sk-x",
-                    max_cost_usd=1.0)
+    set_role_config(
+        "executor", backend="CustomLLM", model="gpt-4o-mini", base_url=server.url, api_key="sk-x", max_cost_usd=1.0
+    )
     assert get_llm()("hello").cost > 0
 
 
@@ -219,8 +226,14 @@ def test_a_limiter_takes_any_pause_length_without_breaking(make, seconds, reques
 
 def two_endpoints(server, other, **options):
     for role, where in (("a", server), ("b", other)):
-        set_role_config(role, backend="CustomLLM", model="test-model", base_url=where.url,
-                        api_key="sk-limits-key-000000", **{"retries": 0, **options})
+        set_role_config(
+            role,
+            backend="CustomLLM",
+            model="test-model",
+            base_url=where.url,
+            api_key="sk-limits-key-000000",
+            **{"retries": 0, **options},
+        )
 
 
 @pytest.mark.parametrize("shared", [False, True])
@@ -248,10 +261,12 @@ def test_a_year_long_retry_after_pauses_one_endpoint_for_at_most_the_cap(server,
 
 
 @pytest.mark.parametrize("shared", [False, True])
-@pytest.mark.parametrize("retry_after, pauses", [(math.inf, True), (1e300, True), (31536000, True),
-                                                 (math.nan, False), (-5, False)])
-def test_absurd_retry_after_values_pause_at_most_max_pause_seconds(server, redis_server, monkeypatch, shared,
-                                                                   retry_after, pauses):
+@pytest.mark.parametrize(
+    "retry_after, pauses", [(math.inf, True), (1e300, True), (31536000, True), (math.nan, False), (-5, False)]
+)
+def test_absurd_retry_after_values_pause_at_most_max_pause_seconds(
+    server, redis_server, monkeypatch, shared, retry_after, pauses
+):
     if shared:
         monkeypatch.setenv("MYOPTO_LIMITS_URL", redis_server.url)
     monkeypatch.setenv("MYOPTO_MAX_PAUSE_SECONDS", "0.5")
@@ -313,8 +328,9 @@ def wait_for_request(server, count=1, timeout=30.0):
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])
-def test_redis_killed_while_the_model_answers_returns_the_paid_answer_and_reports_it(server, monkeypatch, caplog,
-                                                                                  asynchronous):
+def test_redis_killed_while_the_model_answers_returns_the_paid_answer_and_reports_it(
+    server, monkeypatch, caplog, asynchronous
+):
     reset_unrecorded()
     with RedisServer() as doomed:
         monkeypatch.setenv("MYOPTO_LIMITS_URL", doomed.url)

@@ -26,7 +26,9 @@ def custom(server, **options):
 
 
 def litellm_role(server, **options):
-    set_role_config("executor", backend="LiteLLM", model="openai/gpt-4o-mini", base_url=server.url, api_key="k", **options)
+    set_role_config(
+        "executor", backend="LiteLLM", model="openai/gpt-4o-mini", base_url=server.url, api_key="k", **options
+    )
 
 
 FAST = {"retries": 10, "retry_backoff": 0.001, "timeout": 1.0}  # a normal answer takes ms, a "delay" fault 2 s
@@ -62,7 +64,9 @@ async def test_500_async_calls_through_litellm_with_20_percent_faults_all_succee
 
 
 @pytest.mark.parametrize("role", [custom, litellm_role])
-@pytest.mark.parametrize("status, kind", [(401, AuthenticationFailed), (403, AuthenticationFailed), (400, BadRequest), (404, BadRequest)])
+@pytest.mark.parametrize(
+    "status, kind", [(401, AuthenticationFailed), (403, AuthenticationFailed), (400, BadRequest), (404, BadRequest)]
+)
 def test_client_errors_fail_at_once_after_one_request(server, role, status, kind):
     role(server, **FAST)
     server.fail(status, times=5)
@@ -156,11 +160,22 @@ def test_retry_describes_itself():
     assert Retry(retries=2, deadline=9).describe() == "retry (up to 2 retries within 9 s, transient errors only)"
 
 
-@pytest.mark.parametrize("option, value", [
-    ("retry_backoff", math.nan), ("retry_backoff", math.inf), ("retry_backoff", -0.5), ("retry_backoff", "0.5"),
-    ("retry_max_wait", math.nan), ("retry_max_wait", math.inf), ("retry_max_wait", -1),
-    ("deadline", math.nan), ("deadline", math.inf), ("deadline", -1), ("deadline", True),
-])
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("retry_backoff", math.nan),
+        ("retry_backoff", math.inf),
+        ("retry_backoff", -0.5),
+        ("retry_backoff", "0.5"),
+        ("retry_max_wait", math.nan),
+        ("retry_max_wait", math.inf),
+        ("retry_max_wait", -1),
+        ("deadline", math.nan),
+        ("deadline", math.inf),
+        ("deadline", -1),
+        ("deadline", True),
+    ],
+)
 def test_non_finite_or_negative_retry_bounds_are_config_errors_that_name_the_option(server, option, value):
     with pytest.raises(ConfigError, match=f"{option} must be a finite number of seconds") as error:
         custom(server, **{option: value})

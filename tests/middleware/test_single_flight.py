@@ -16,8 +16,16 @@ from myopto import AuthenticationFailed, BackendTimeout, Response, ServerError, 
 
 @pytest.fixture
 def cached(server, tmp_path):
-    set_role_config("executor", backend="CustomLLM", model="m1", base_url=server.url, api_key="sk-x", cache="on",
-                    cache_dir=str(tmp_path / "cache"), retries=0)
+    set_role_config(
+        "executor",
+        backend="CustomLLM",
+        model="m1",
+        base_url=server.url,
+        api_key="sk-x",
+        cache="on",
+        cache_dir=str(tmp_path / "cache"),
+        retries=0,
+    )
     return server
 
 
@@ -83,8 +91,13 @@ with FakeOpenAIServer(latency=1.0) as server:
 def test_a_sync_call_inside_a_coroutine_never_waits_on_its_own_loops_flight(tmp_path):
     script = tmp_path / "sync_in_loop.py"
     script.write_text(SYNC_INSIDE_A_COROUTINE)
-    process = subprocess.Popen([sys.executable, str(script), str(tmp_path / "cache")], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "MYOPTO_CACHE": "on"})
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "cache")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "MYOPTO_CACHE": "on"},
+    )
     try:
         out, err = process.communicate(timeout=45)
     except subprocess.TimeoutExpired:
@@ -144,6 +157,7 @@ async def test_a_sync_call_in_a_worker_thread_still_follows_an_async_flight(cach
 
 
 # -- a leader's own options are its own ------------------------------------------------------------
+
 
 async def test_a_leader_cancelled_by_its_own_wait_for_does_not_cancel_60_followers(cached):
     cached.latency = 1.0
@@ -242,6 +256,7 @@ def test_an_error_no_option_changes_is_shared_and_sent_once(cached):
 
 # -- a follower waits on its own clock -------------------------------------------------------------
 
+
 @pytest.mark.parametrize("limit", [{"timeout": 0.3}, {"deadline": 0.3}])
 def test_a_follower_times_out_on_its_own_clock_behind_a_slow_leader(cached, limit):
     cached.latency = 2.0
@@ -290,8 +305,16 @@ def test_a_caller_waiting_on_another_workers_lease_stops_at_its_own_timeout(serv
     # two roles: two cache middlewares, so the second waits on the store's lease, as another
     # process would
     for role in ("executor", "optimizer"):
-        set_role_config(role, backend="CustomLLM", model="m1", base_url=server.url, api_key="sk-x", cache="on",
-                        cache_url=redis_server.url, retries=0)
+        set_role_config(
+            role,
+            backend="CustomLLM",
+            model="m1",
+            base_url=server.url,
+            api_key="sk-x",
+            cache="on",
+            cache_url=redis_server.url,
+            retries=0,
+        )
     server.latency = 2.0
     prompt = f"a lease only this test takes ({asynchronous})"
     leader_results = []

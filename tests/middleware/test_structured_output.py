@@ -44,7 +44,11 @@ def test_json_object_instruction_reaches_a_backend_without_json_mode(prompt_role
 def test_instruction_is_appended_as_a_user_message_when_there_is_none():
     backend = EchoBackend(answer=lambda r: '{"city": "Rome"}', json_schema=False, json_object=False)
     pipeline = Pipeline(backend, [StructuredOutput()])
-    request = Request(model="m", messages=[{"role": "system", "content": "only system"}], response_format=normalize_response_format(SCHEMA))
+    request = Request(
+        model="m",
+        messages=[{"role": "system", "content": "only system"}],
+        response_format=normalize_response_format(SCHEMA),
+    )
     assert pipeline(request).parsed == {"city": "Rome"}
     sent = backend.requests[0].messages_list()
     assert sent[-1]["role"] == "user" and "JSON schema" in sent[-1]["content"]
@@ -57,7 +61,9 @@ def test_capability_decides_not_the_backend_name():
     )
     assert native.requests[0].response_format is None  # json_object not supported natively: instruction
     Pipeline(native, [StructuredOutput(json_schema=True, json_object=False)])(
-        Request(model="m", messages=[{"role": "user", "content": "a"}], response_format=normalize_response_format(SCHEMA))
+        Request(
+            model="m", messages=[{"role": "user", "content": "a"}], response_format=normalize_response_format(SCHEMA)
+        )
     )
     assert native.requests[1].response_format["type"] == "json_schema"
 
@@ -148,11 +154,21 @@ def test_a_json_null_for_a_schema_that_does_not_allow_it_is_reasked(prompt_role)
 
 
 def test_each_of_n_choices_is_validated_and_only_the_failing_ones_are_asked_again(prompt_role):
-    prompt_role.reply('{"city": "Paris"}', '{"town": "Lyon"}', "no json here", '{"city": "Nice"}',
-                      '{"city": "Lyon"}', '{"city": "Lille"}')
+    prompt_role.reply(
+        '{"city": "Paris"}',
+        '{"town": "Lyon"}',
+        "no json here",
+        '{"city": "Nice"}',
+        '{"city": "Lyon"}',
+        '{"city": "Lille"}',
+    )
     response = get_llm()("French cities?", response_format=SCHEMA, n=4)
     assert [choice.message.parsed for choice in response.choices] == [
-        {"city": "Paris"}, {"city": "Lyon"}, {"city": "Lille"}, {"city": "Nice"}]
+        {"city": "Paris"},
+        {"city": "Lyon"},
+        {"city": "Lille"},
+        {"city": "Nice"},
+    ]
     assert response.parsed == {"city": "Paris"} and [c.index for c in response.choices] == [0, 1, 2, 3]
     first, reask_1, reask_2 = prompt_role.requests
     assert first.body["n"] == 4

@@ -21,13 +21,18 @@ from myopto import BadRequest, get_llm, set_role_config
 KEY = "sk-tracing-secret-0123456789"
 
 
-
-
 @pytest.fixture
 def spans(_exporter, server):
     _exporter.clear()
-    set_role_config("executor", backend="CustomLLM", model="test-model", base_url=server.url, api_key=KEY,
-                    retries=2, retry_backoff=0.001)
+    set_role_config(
+        "executor",
+        backend="CustomLLM",
+        model="test-model",
+        base_url=server.url,
+        api_key=KEY,
+        retries=2,
+        retry_backoff=0.001,
+    )
     return _exporter
 
 
@@ -60,7 +65,9 @@ def test_a_call_is_one_client_span_with_the_genai_attributes(spans, server):
         "server.port": server.port,
         "myopto.role": "executor",
         "myopto.backend": "CustomLLM",
-        "myopto.request_key": get_llm().request("hello there", temperature=0.2, max_tokens=50, top_p=0.9, seed=7).fingerprint(),
+        "myopto.request_key": get_llm()
+        .request("hello there", temperature=0.2, max_tokens=50, top_p=0.9, seed=7)
+        .fingerprint(),
         "myopto.run": "exp-7",
         "myopto.run.tags.lr": 0.1,
         "myopto.choices": 1,
@@ -88,8 +95,10 @@ def test_each_retried_attempt_is_an_event_with_its_status_and_wait(spans, server
     get_llm()("try again")
     (span,) = chat_spans(spans)
     events = [event for event in span.events if event.name == "myopto.retry"]
-    assert [(e.attributes["myopto.attempt"], e.attributes["error.type"], e.attributes["http.response.status_code"]) for e in events] == [
-        (1, "RateLimited", 429), (2, "ServerError", 503)]
+    assert [
+        (e.attributes["myopto.attempt"], e.attributes["error.type"], e.attributes["http.response.status_code"])
+        for e in events
+    ] == [(1, "RateLimited", 429), (2, "ServerError", 503)]
     assert events[0].attributes["myopto.retry.wait_s"] == pytest.approx(0.05)
     assert span.attributes["myopto.attempts"] == 3
 
@@ -142,9 +151,13 @@ def test_messages_only_when_asked_and_masked(spans, server, monkeypatch):
     (loud,) = chat_spans(spans)
     sent = json.loads(loud.attributes["gen_ai.input.messages"])
     answer = json.loads(loud.attributes["gen_ai.output.messages"])
-    assert sent == [{"role": "system", "parts": [{"type": "text", "content": "be brief"}]},
-                    {"role": "user", "parts": [{"type": "text", "content": "my key is ***"}]}]
-    assert answer == [{"role": "assistant", "parts": [{"type": "text", "content": "echo: my key is ***"}], "finish_reason": "stop"}]
+    assert sent == [
+        {"role": "system", "parts": [{"type": "text", "content": "be brief"}]},
+        {"role": "user", "parts": [{"type": "text", "content": "my key is ***"}]},
+    ]
+    assert answer == [
+        {"role": "assistant", "parts": [{"type": "text", "content": "echo: my key is ***"}], "finish_reason": "stop"}
+    ]
 
 
 def test_calls_nest_under_the_callers_span_in_threads_of_batch(spans):
@@ -192,8 +205,9 @@ def test_configure_tracing_masks_the_collectors_credentials(spans):
     from myopto.logs import redact
 
     token, query_key = f"pk-lf-{uuid.uuid4().hex}", f"qk-{uuid.uuid4().hex}"
-    myopto.configure_tracing(endpoint=f"http://127.0.0.1:9/otlp?api_key={query_key}",
-                             headers={"Authorization": f"Basic {token}"})
+    myopto.configure_tracing(
+        endpoint=f"http://127.0.0.1:9/otlp?api_key={query_key}", headers={"Authorization": f"Basic {token}"}
+    )
     assert redact(f"exporting with {token} to ...?api_key={query_key}") == "exporting with *** to ...?api_key=***"
 
 

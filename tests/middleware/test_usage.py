@@ -4,13 +4,13 @@ import pytest
 
 from myopto import (
     BackendError,
+    configure_usage,
     get_cost_by_role,
     get_llm,
     get_tokens_by_role,
     get_total_cost,
     get_usage_summary,
     print_usage_summary,
-    configure_usage,
     reset_usage,
     set_role_config,
 )
@@ -114,7 +114,14 @@ def test_usage_is_exact_under_32_threads_by_role_and_model(server):
 
 
 def test_cached_calls_count_as_cached_with_the_saving(server, tmp_path):
-    set_role_config("executor", backend="CustomLLM", model="gpt-4o-mini", base_url=server.url, cache="on", cache_dir=str(tmp_path / "c"))
+    set_role_config(
+        "executor",
+        backend="CustomLLM",
+        model="gpt-4o-mini",
+        base_url=server.url,
+        cache="on",
+        cache_dir=str(tmp_path / "c"),
+    )
     first = get_llm()("price me")
     get_llm()("price me")
     row = get_usage_summary()["by_role"]["executor"]
@@ -134,7 +141,9 @@ def test_a_customllm_model_named_like_a_known_one_uses_the_price_map(server):
 
 
 def test_user_pricing_per_role(server):
-    set_role_config("executor", backend="CustomLLM", model="my-finetune", base_url=server.url, pricing={"input": 1.0, "output": 2.0})
+    set_role_config(
+        "executor", backend="CustomLLM", model="my-finetune", base_url=server.url, pricing={"input": 1.0, "output": 2.0}
+    )
     response = get_llm()("a b c d")  # 4 prompt tokens, 5 completion
     assert response.cost == pytest.approx((4 * 1.0 + 5 * 2.0) / 1e6)
     assert get_usage_summary()["cost_known"] is True
@@ -149,8 +158,15 @@ def test_bad_pricing_is_a_config_error(server):
 
 @pytest.fixture
 def priced_cache(server, tmp_path):
-    set_role_config("executor", backend="CustomLLM", model="gpt-4o-mini", base_url=server.url, cache="on",
-                    cache_dir=str(tmp_path / "c"), retries=0)
+    set_role_config(
+        "executor",
+        backend="CustomLLM",
+        model="gpt-4o-mini",
+        base_url=server.url,
+        cache="on",
+        cache_dir=str(tmp_path / "c"),
+        retries=0,
+    )
     server.latency = 0.3
     return server
 
@@ -192,7 +208,13 @@ def test_the_summary_counts_prompt_tokens_served_from_the_providers_cache(server
     from myopto.testing.server import Answer
 
     set_role_config("executor", backend="CustomLLM", model="gpt-4o-mini", base_url=server.url, retries=0)
-    server.reply(Answer(content="a b", reasoning_content="hmm", usage={"prompt_tokens": 5000, "prompt_tokens_details": {"cached_tokens": 4096}}))
+    server.reply(
+        Answer(
+            content="a b",
+            reasoning_content="hmm",
+            usage={"prompt_tokens": 5000, "prompt_tokens_details": {"cached_tokens": 4096}},
+        )
+    )
     get_llm()("x")
     row = get_usage_summary()["by_role"]["executor"]
     assert (row["prompt_tokens"], row["cached_tokens"], row["reasoning_tokens"]) == (5000, 4096, 1)
@@ -206,9 +228,17 @@ def test_the_summary_counts_prompt_tokens_served_from_the_providers_cache(server
 def test_role_pricing_with_a_cached_input_price_prices_cached_tokens_at_it(server):
     from myopto.testing.server import Answer
 
-    set_role_config("executor", backend="CustomLLM", model="my-finetune", base_url=server.url, retries=0,
-                    pricing={"input": 1.0, "output": 2.0, "cached_input": 0.1})
-    server.reply(Answer(content="ten words " * 5, usage={"prompt_tokens": 1000, "prompt_tokens_details": {"cached_tokens": 800}}))
+    set_role_config(
+        "executor",
+        backend="CustomLLM",
+        model="my-finetune",
+        base_url=server.url,
+        retries=0,
+        pricing={"input": 1.0, "output": 2.0, "cached_input": 0.1},
+    )
+    server.reply(
+        Answer(content="ten words " * 5, usage={"prompt_tokens": 1000, "prompt_tokens_details": {"cached_tokens": 800}})
+    )
     response = get_llm()("x")
     assert response.cost == pytest.approx((200 * 1.0 + 800 * 0.1 + 10 * 2.0) / 1e6)
     assert get_usage_summary()["by_role"]["executor"]["cost"] == pytest.approx(response.cost)

@@ -53,8 +53,10 @@ DAMAGE = {
     "a list": ("[]", "a JSON array, not a record object"),
     "no response": ('{"version": 1, "request": {}}', "no 'response' object"),
     "text not a string": ('{"version": 1, "response": {"text": null}}', "'response.text' is null"),
-    "usage as strings": ('{"version": 1, "response": {"text": "a", "usage": {"total_tokens": "12"}}}',
-                         "not a whole number"),
+    "usage as strings": (
+        '{"version": 1, "response": {"text": "a", "usage": {"total_tokens": "12"}}}',
+        "not a whole number",
+    ),
 }
 
 
@@ -62,7 +64,10 @@ def damage_entry(directory, key, value):
     import sqlite3
 
     with sqlite3.connect(directory / "cache.db") as db:
-        assert db.execute("UPDATE Cache SET value = ?, mode = 1, filename = NULL WHERE key = ?", (value, key)).rowcount == 1
+        assert (
+            db.execute("UPDATE Cache SET value = ?, mode = 1, filename = NULL WHERE key = ?", (value, key)).rowcount
+            == 1
+        )
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
@@ -72,8 +77,9 @@ def test_a_damaged_entry_is_a_damaged_cache_entry_error_never_a_raw_one(tmp_path
 
     value, problem = DAMAGE[damage]
     directory = tmp_path / "c"
-    set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, cache="on",
-                    cache_dir=str(directory), retries=0)
+    set_role_config(
+        "executor", backend="CustomLLM", model="m", base_url=server.url, cache="on", cache_dir=str(directory), retries=0
+    )
     get_llm()("hello")
     (key,) = [key for key, _ in DiskStore(directory).items()]
     disk_store(directory).memory.clear()
@@ -97,8 +103,9 @@ def test_an_export_goes_past_damaged_entries_finishes_the_file_and_says_how_many
     from myopto.cli import main
 
     directory = tmp_path / "c"
-    set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, cache="on",
-                    cache_dir=str(directory), retries=0)
+    set_role_config(
+        "executor", backend="CustomLLM", model="m", base_url=server.url, cache="on", cache_dir=str(directory), retries=0
+    )
     for prompt in ("a", "b", "c", "d"):
         get_llm()(prompt)
     keys = {record["request"]["messages"][0]["content"]: key for key, record in DiskStore(directory).items()}

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from myopto import CacheUnavailable, get_llm, set_role_config
-from myopto.errors import DamagedCacheEntry
 from myopto.cli import main
+from myopto.errors import DamagedCacheEntry
 from myopto.recording import reset_unrecorded, unrecorded_counts
 from myopto.stores.disk import DiskStore, UnsafeCacheEntry, disk_store
 
@@ -26,8 +26,16 @@ def record_folder(server, tmp_path: Path, prompts=PROMPTS, size: int = 40_000) -
     """A folder recorded by a real role (answers of `size` characters: over 32 KB diskcache keeps
     them in files named in cache.db), closed and handed over as a copy."""
     source = tmp_path / "theirs"
-    set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, api_key="sk-x",
-                    cache="on", cache_dir=str(source), retries=0)
+    set_role_config(
+        "executor",
+        backend="CustomLLM",
+        model="m",
+        base_url=server.url,
+        api_key="sk-x",
+        cache="on",
+        cache_dir=str(source),
+        retries=0,
+    )
     for prompt in prompts:
         server.reply(prompt.upper() * (size // len(prompt)))
         get_llm()(prompt)

@@ -39,8 +39,16 @@ def handed_over(server, tmp_path: Path, prompts=("alpha", "beta", "gamma")) -> P
 
 
 def use(server, folder: Path) -> None:
-    set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, api_key="sk-x",
-                    cache="on", cache_dir=str(folder), retries=0)
+    set_role_config(
+        "executor",
+        backend="CustomLLM",
+        model="m",
+        base_url=server.url,
+        api_key="sk-x",
+        cache="on",
+        cache_dir=str(folder),
+        retries=0,
+    )
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

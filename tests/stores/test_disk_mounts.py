@@ -44,8 +44,16 @@ def child(code: str, directory, server, **mounts) -> dict:
 
 
 def record(server, directory) -> None:
-    set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, api_key="sk-x",
-                    cache="on", cache_dir=str(directory), retries=0)
+    set_role_config(
+        "executor",
+        backend="CustomLLM",
+        model="m",
+        base_url=server.url,
+        api_key="sk-x",
+        cache="on",
+        cache_dir=str(directory),
+        retries=0,
+    )
     for prompt in ("one", "two"):
         get_llm()(prompt)
     server.reply("B" * 40_000)  # kept in a value file, not in cache.db
@@ -54,7 +62,9 @@ def record(server, directory) -> None:
 
 
 def listing(directory) -> dict[str, bytes]:
-    return {str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob("*")) if path.is_file()}
+    return {
+        str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob("*")) if path.is_file()
+    }
 
 
 REPLAY_READ_ONLY = """
@@ -141,8 +151,10 @@ def test_a_full_disk_still_serves_what_is_cached_and_a_failed_write_names_the_fo
     assert out["unrecorded"] == {"cache": 1}  # and the lost record was reported
     assert out["hits"] == ["echo: one", "echo: two", "echo: big "]
     for write in ("set", "set_big"):
-        assert f"could not store an answer in the cache directory {disk / 'cache'}: the disk holding it is full" \
-            in out[write], out[write]
+        assert (
+            f"could not store an answer in the cache directory {disk / 'cache'}: the disk holding it is full"
+            in out[write]
+        ), out[write]
     fresh = out["fresh"]
     assert isinstance(fresh, dict), fresh
     assert fresh["hits"] == ["echo: one", "echo: two"] and fresh["writable"] is False
@@ -153,7 +165,11 @@ def test_a_full_disk_still_serves_what_is_cached_and_a_failed_write_names_the_fo
 def test_an_empty_read_only_folder_is_refused_with_what_to_fix(server, tmp_path):
     directory = tmp_path / "empty"
     directory.mkdir()
-    out = child('out["open"] = refused(lambda: DiskStore(DIR))\nprint(json.dumps(out))', directory, server,
-                read_only=[directory])
+    out = child(
+        'out["open"] = refused(lambda: DiskStore(DIR))\nprint(json.dumps(out))',
+        directory,
+        server,
+        read_only=[directory],
+    )
     assert "cannot be written" in out["open"] and "holds no cache.db" in out["open"]
     assert list(directory.iterdir()) == []

@@ -41,8 +41,16 @@ def refused(call):
 
 
 def use(server, folder: Path) -> None:
-    set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, api_key="sk-x",
-                    cache="on", cache_dir=str(folder), retries=0)
+    set_role_config(
+        "executor",
+        backend="CustomLLM",
+        model="m",
+        base_url=server.url,
+        api_key="sk-x",
+        cache="on",
+        cache_dir=str(folder),
+        retries=0,
+    )
 
 
 def handed_over(server, tmp_path: Path, prompts=("seed",)) -> Path:
@@ -79,8 +87,13 @@ def child(code: str, folder: Path, server, *, read_only: bool = False) -> dict:
         if read_only:
             done = run_mounted(CHILD + code, read_only=[folder], env=env, timeout=30)
         else:
-            done = subprocess.run([sys.executable, "-c", CHILD + code], capture_output=True, text=True,
-                                  timeout=30, env={**os.environ, **env})
+            done = subprocess.run(
+                [sys.executable, "-c", CHILD + code],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env={**os.environ, **env},
+            )
     except subprocess.TimeoutExpired:
         pytest.fail("hung: the foreign cache.db's own SQL ran")
     assert done.returncode == 0, done.stderr
@@ -90,9 +103,12 @@ def child(code: str, folder: Path, server, *, read_only: bool = False) -> dict:
 @pytest.mark.parametrize("mode", ["on", "replay"])
 def test_a_trigger_that_rewrites_new_answers_is_refused_before_sending(server, tmp_path, mode):
     folder = handed_over(server, tmp_path)
-    edit(folder, """CREATE TRIGGER poison AFTER INSERT ON Cache BEGIN
+    edit(
+        folder,
+        """CREATE TRIGGER poison AFTER INSERT ON Cache BEGIN
         UPDATE Cache SET value = json_set(value, '$.response.text', 'ATTACKER ANSWER') WHERE rowid = NEW.rowid;
-        END;""")
+        END;""",
+    )
     before = stored(folder)
     with pytest.raises(CacheUnavailable, match="a trigger 'poison' on Cache") as refused:
         get_llm()("what is 2+2 (never cached)", cache=mode)
@@ -104,12 +120,18 @@ def test_a_trigger_that_rewrites_new_answers_is_refused_before_sending(server, t
 
 def test_a_trigger_that_hangs_every_write_is_refused_at_once(server, tmp_path):
     folder = handed_over(server, tmp_path)
-    edit(folder, f"CREATE TRIGGER stall AFTER INSERT ON Cache BEGIN "
-                 f"SELECT count(*) FROM ({ENDLESS} SELECT x FROM r); END;")
-    out = child("""
+    edit(
+        folder,
+        f"CREATE TRIGGER stall AFTER INSERT ON Cache BEGIN SELECT count(*) FROM ({ENDLESS} SELECT x FROM r); END;",
+    )
+    out = child(
+        """
 out["call"] = refused(lambda: get_llm()("a new prompt"))
 print(json.dumps(out))
-""", folder, server)
+""",
+        folder,
+        server,
+    )
     assert "a trigger 'stall' on Cache" in out["call"]
     assert server.request_count == 0
 
@@ -148,10 +170,14 @@ def test_on_a_read_only_mount_an_endless_view_is_refused_too(server, tmp_path):
 def test_a_settings_table_that_is_an_endless_view_is_refused_not_followed(server, tmp_path):
     folder = handed_over(server, tmp_path)
     edit(folder, f"DROP TABLE Settings; CREATE VIEW Settings AS {ENDLESS} SELECT 'count' AS key, x AS value FROM r;")
-    out = child("""
+    out = child(
+        """
 out["open"] = refused(lambda: DiskStore(DIR))
 print(json.dumps(out))
-""", folder, server)
+""",
+        folder,
+        server,
+    )
     assert "a view 'Settings'" in out["open"]
 
 
@@ -172,13 +198,18 @@ def test_a_trigger_kept_only_in_the_write_ahead_log_is_seen(server, tmp_path):
         DiskStore(copy)
 
 
-@pytest.mark.parametrize("script, named", [
-    ("CREATE TABLE notes (x);", "a table 'notes'"),
-    ("CREATE INDEX Cache_size ON Cache (size);", "an index 'Cache_size' on Cache"),
-    ("DROP TRIGGER Settings_count_insert; CREATE TRIGGER Settings_count_insert AFTER INSERT ON Cache "
-     "FOR EACH ROW BEGIN UPDATE Settings SET value = value + 1 WHERE key = 'count'; UPDATE Cache SET value = 'x'; END;",
-     "a trigger 'Settings_count_insert' on Cache unlike diskcache's own"),
-])
+@pytest.mark.parametrize(
+    "script, named",
+    [
+        ("CREATE TABLE notes (x);", "a table 'notes'"),
+        ("CREATE INDEX Cache_size ON Cache (size);", "an index 'Cache_size' on Cache"),
+        (
+            "DROP TRIGGER Settings_count_insert; CREATE TRIGGER Settings_count_insert AFTER INSERT ON Cache "
+            "FOR EACH ROW BEGIN UPDATE Settings SET value = value + 1 WHERE key = 'count'; UPDATE Cache SET value = 'x'; END;",
+            "a trigger 'Settings_count_insert' on Cache unlike diskcache's own",
+        ),
+    ],
+)
 def test_anything_diskcache_does_not_create_is_refused_and_named(server, tmp_path, script, named):
     folder = handed_over(server, tmp_path)
     edit(folder, script)
@@ -197,13 +228,16 @@ def test_a_pragma_setting_that_is_not_a_number_or_a_word_is_refused(server, tmp_
     assert server.request_count == 0
 
 
-@pytest.mark.parametrize("options", [
-    {"eviction_policy": "none"},
-    {"eviction_policy": "least-recently-stored"},
-    {"eviction_policy": "least-recently-used"},
-    {"eviction_policy": "least-frequently-used"},
-    {"tag_index": True},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"eviction_policy": "none"},
+        {"eviction_policy": "least-recently-stored"},
+        {"eviction_policy": "least-recently-used"},
+        {"eviction_policy": "least-frequently-used"},
+        {"tag_index": True},
+    ],
+)
 def test_a_folder_written_by_diskcache_itself_is_opened(tmp_path, options):
     import diskcache
 
@@ -221,6 +255,5 @@ def test_diskcache_schema_written_with_other_spacing_is_still_its_own(tmp_path):
     store = DiskStore(tmp_path / "cache")
     store.set("k" * 64, RECORD)
     store.close()
-    edit(tmp_path / "cache", "DROP INDEX Cache_expire_time;"
-                             "CREATE INDEX Cache_expire_time ON Cache(\n  expire_time\n);")
+    edit(tmp_path / "cache", "DROP INDEX Cache_expire_time;CREATE INDEX Cache_expire_time ON Cache(\n  expire_time\n);")
     assert DiskStore(tmp_path / "cache").get("k" * 64) == RECORD

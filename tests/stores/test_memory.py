@@ -94,8 +94,23 @@ def test_decode_record_names_the_key_the_store_and_what_is_wrong(text, problem):
 
 
 def test_decode_record_reads_what_the_cache_writes():
-    record = {"version": 1, "created": 1.5, "run": None, "role": "executor", "request": {"model": "m"},
-              "response": {"text": "hi", "model": "m", "usage": {"prompt_tokens": 1, "completion_tokens": 2,
-                           "total_tokens": 3}, "cost": None, "parsed": None, "cached": False, "latency": 0.1,
-                           "finish_reason": "stop", "id": "chatcmpl-1", "created": 5}}
+    record = {
+        "version": 1,
+        "created": 1.5,
+        "run": None,
+        "role": "executor",
+        "request": {"model": "m"},
+        "response": {
+            "text": "hi",
+            "model": "m",
+            "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+            "cost": None,
+            "parsed": None,
+            "cached": False,
+            "latency": 0.1,
+            "finish_reason": "stop",
+            "id": "chatcmpl-1",
+            "created": 5,
+        },
+    }
     assert decode_record(json.dumps(record), key="k", location="here") == record

@@ -24,8 +24,16 @@ SECRET = "sk-redis-test-secret-0123456789"
 
 
 def redis_role(server, url, **options):
-    set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, api_key=SECRET,
-                    cache_url=url, retries=0, **options)
+    set_role_config(
+        "executor",
+        backend="CustomLLM",
+        model="m",
+        base_url=server.url,
+        api_key=SECRET,
+        cache_url=url,
+        retries=0,
+        **options,
+    )
 
 
 def raw(redis_server):
@@ -40,10 +48,17 @@ def test_answers_are_cached_in_redis_as_the_same_json_records_as_on_disk(server,
     assert server.request_count == 1 and not first.cached and again.cached and again.text == first.text
     keys = raw(redis_server).keys("myopto:cache:*")
     assert len(keys) == 1
-    key = keys[0][len("myopto:cache:{"):-1]
+    key = keys[0][len("myopto:cache:{") : -1]
     clear_role_config()
-    set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, api_key=SECRET,
-                    cache_dir=str(tmp_path / "disk"), retries=0)
+    set_role_config(
+        "executor",
+        backend="CustomLLM",
+        model="m",
+        base_url=server.url,
+        api_key=SECRET,
+        cache_dir=str(tmp_path / "disk"),
+        retries=0,
+    )
     get_llm()("hello")
     disk = dict(DiskStore(tmp_path / "disk").items())
     assert list(disk) == [key]  # the same key in both stores
@@ -71,23 +86,40 @@ def test_replay_in_a_new_process_with_the_backend_gone_and_after_a_restart_with_
     env = {**os.environ, "MYOPTO_CACHE_URL": redis_server.url, "MYOPTO_CACHE_DIR": str(tmp_path / "unused")}
     with FakeOpenAIServer() as live:
         env["URL"] = live.url
-        first = subprocess.run([sys.executable, str(script)], env={**env, "MYOPTO_CACHE": "on"},
-                               capture_output=True, text=True, timeout=120)
+        first = subprocess.run(
+            [sys.executable, str(script)],
+            env={**env, "MYOPTO_CACHE": "on"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert first.returncode == 0, first.stderr
         assert live.request_count == 5
     # the server is gone: a new process with a fresh disk dir replays everything from Redis
-    replay = subprocess.run([sys.executable, str(script)], env={**env, "MYOPTO_CACHE": "replay"},
-                            capture_output=True, text=True, timeout=120)
+    replay = subprocess.run(
+        [sys.executable, str(script)],
+        env={**env, "MYOPTO_CACHE": "replay"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert replay.returncode == 0, replay.stderr
     assert replay.stdout == first.stdout
     redis_server.restart()  # SIGTERM and start again: the AOF holds the answers
-    again = subprocess.run([sys.executable, str(script)], env={**env, "MYOPTO_CACHE": "replay"},
-                           capture_output=True, text=True, timeout=120)
+    again = subprocess.run(
+        [sys.executable, str(script)],
+        env={**env, "MYOPTO_CACHE": "replay"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert again.returncode == 0, again.stderr
     assert again.stdout == first.stdout
 
 
-def test_export_from_redis_import_into_disk_replays_the_same_answers(server, redis_server, tmp_path, monkeypatch, capsys):
+def test_export_from_redis_import_into_disk_replays_the_same_answers(
+    server, redis_server, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setenv("MYOPTO_CACHE", "on")
     redis_role(server, redis_server.url)
     answers = [get_llm()(f"item {i}").text for i in range(4)]
@@ -96,8 +128,15 @@ def test_export_from_redis_import_into_disk_replays_the_same_answers(server, red
     assert len(export.read_text().splitlines()) == 4
     assert main(["cache", "import", str(export), "--dir", str(tmp_path / "home")]) == 0
     clear_role_config()
-    set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, api_key=SECRET,
-                    cache_dir=str(tmp_path / "home"), retries=0)
+    set_role_config(
+        "executor",
+        backend="CustomLLM",
+        model="m",
+        base_url=server.url,
+        api_key=SECRET,
+        cache_dir=str(tmp_path / "home"),
+        retries=0,
+    )
     before = server.request_count
     assert [get_llm()(f"item {i}", cache="replay").text for i in range(4)] == answers
     assert server.request_count == before
@@ -155,12 +194,15 @@ def test_redis_down_fails_within_seconds_with_cache_unavailable_and_sends_nothin
     assert error.value.location == f"redis://:***@127.0.0.1:{redis_server.port}/0"
 
 
-@pytest.mark.parametrize("url, problem", [
-    ("http://127.0.0.1:6379/0", "scheme 'http'"),
-    ("redis://127.0.0.1:6379/zero", "must be a number"),
-    ("redis://:6379/0", "names no host"),
-    ("unix://", "no socket path"),
-])
+@pytest.mark.parametrize(
+    "url, problem",
+    [
+        ("http://127.0.0.1:6379/0", "scheme 'http'"),
+        ("redis://127.0.0.1:6379/zero", "must be a number"),
+        ("redis://:6379/0", "names no host"),
+        ("unix://", "no socket path"),
+    ],
+)
 def test_a_malformed_url_is_refused_at_configuration(server, url, problem):
     with pytest.raises(ConfigError, match=problem):
         set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, cache_url=url)
@@ -315,7 +357,7 @@ def test_a_damaged_record_raises_damaged_cache_entry_and_an_export_can_go_past_i
     store = RedisStore(redis_server.url, namespace="damaged")
     store.set("good", {"response": {"text": "fine"}})
     client = raw(redis_server)
-    client.set("damaged:cache:{not-json}", "{\"response\": ")
+    client.set("damaged:cache:{not-json}", '{"response": ')
     client.set("damaged:cache:{a-list}", "[1, 2]")
     client.set("damaged:cache:{no-text}", json.dumps({"response": {"text": None}}))
     with pytest.raises(DamagedCacheEntry) as error:
