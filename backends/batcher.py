@@ -6,7 +6,7 @@ import concurrent.futures
 import queue
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
 Item = TypeVar("Item")
@@ -19,12 +19,13 @@ class Batcher(Generic[Item, Result]):
     A worker thread takes the first waiting item, waits up to `max_wait` seconds for more (up to
     `max_batch_size`), splits them by `key(item)` (only items with equal keys share a batch), and
     runs each group. While a batch runs, new items queue up and form the next one. Each caller
-    gets its own result or its own exception.
+    gets its own result or its own exception (`run` may give an exception as one item's result:
+    that caller alone gets it).
     """
 
     def __init__(
         self,
-        run: Callable[[list[Item]], list[Result]],
+        run: Callable[[list[Item]], Sequence[Result | BaseException]],
         *,
         max_batch_size: int = 8,
         max_wait: float = 0.002,
@@ -71,7 +72,7 @@ class Batcher(Generic[Item, Result]):
             for entry in pending:
                 try:
                     group_key = self.key(entry[0])
-                except Exception as error:  # a bad item fails alone
+                except Exception as error:  # noqa: BLE001 - a bad item fails alone, whatever its key raised
                     entry[1].set_exception(error)
                     continue
                 groups.setdefault(group_key, []).append(entry)
@@ -82,11 +83,11 @@ class Batcher(Generic[Item, Result]):
         self.batch_sizes.append(len(group))
         try:
             results = self.run([item for item, _ in group])
-        except BaseException as error:  # every caller of the batch sees the failure
+        except BaseException as error:  # noqa: BLE001 - every caller of the batch sees the failure
             for _, future in group:
                 future.set_exception(error)
             return
-        for (_, future), result in zip(group, results):
+        for (_, future), result in zip(group, results, strict=False):
             if isinstance(result, BaseException):
                 future.set_exception(result)
             else:

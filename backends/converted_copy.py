@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from myopto.backends.model_files import file_sha256  # remembered per file version: the cache key hashed it already
+from .model_files import file_sha256  # remembered per file version: the cache key hashed it already
 
 _MANIFEST = "myopto-converted.json"
 _log = logging.getLogger("myopto.local")

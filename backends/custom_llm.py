@@ -1,5 +1,5 @@
 """`CustomLLM`: any OpenAI-compatible server (vLLM, llama.cpp, a LiteLLM proxy, OpenAI itself)
-through the official `openai` SDK."""
+through the official `openai` SDK, plain or streamed."""
 
 from __future__ import annotations
 
@@ -7,14 +7,20 @@ import asyncio
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from myopto.backends.base import BaseBackend, completion_response, endpoint_url, headers_key, sdk_failure
 from myopto.pricing import cost_from_map
 from myopto.request import Request
-from myopto.response import Response
+from myopto.response import Response, Usage
 from myopto.settings import openai_base_url
+
+from .base import BaseBackend
+from .completion import completion_response
+from .endpoints import endpoint_url, headers_key
+from .sdk_errors import sdk_failure
+from .stream_reading import aread_stream, read_stream
 
 PLACEHOLDER_KEY = "sk-no-key-required"
 OPENAI_API_URL = "https://api.openai.com/v1"  # the openai SDK's own default
@@ -30,12 +36,18 @@ class CustomLLM(BaseBackend):
     With no `base_url`, the SDK's own resolution is done here, once: `OPENAI_BASE_URL`, else the
     OpenAI API. The client is built with that URL, so the SDK never consults the environment on
     its own and `endpoint()` (in the cache key) is where requests really go.
+
+    A streamed call (`request.sink`) asks the server to stream with the usage in its last chunk
+    (`stream_options.include_usage`) and reads it with `stream_reading`, its chunks as the SDK
+    decodes them from the events (plain JSON: typed models would cost more than the rest of the
+    chunk's way to the caller, only to be read into `Chunk`s).
     """
 
     kind: ClassVar[str] = "CustomLLM"
     supports_json_schema: ClassVar[bool] = True
     supports_json_object: ClassVar[bool] = True
     reports_cost: ClassVar[bool] = True
+    supports_streaming: ClassVar[bool] = True
     option_names: ClassVar[frozenset[str]] = frozenset(
         {"base_url", "api_key", "timeout", "max_retries", "extra_headers", "organization"}
     )
@@ -126,17 +138,26 @@ class CustomLLM(BaseBackend):
             arguments["response_format"] = response_format
         if request.timeout is not None:
             arguments["timeout"] = request.timeout
+        if request.sink is not None:
+            arguments["stream"] = True
+            arguments["stream_options"] = {**(params.get("stream_options") or {}), "include_usage": True}
         return arguments
 
     def complete(self, request: Request) -> Response:
         start = time.perf_counter()
         try:
-            raw = self._sync_client().chat.completions.create(**self._arguments(request))
+            completions = self._sync_client().chat.completions
+            if request.sink is None:
+                raw = completions.create(**self._arguments(request))
+            else:
+                raw = _json_chunks(completions.with_raw_response.create(**self._arguments(request)), False)
         except Exception as error:
             failure = sdk_failure(error, self.kind, request)
             if failure is None:  # our own code's error, not the provider's
                 raise
         else:
+            if request.sink is not None:
+                return read_stream(raw, request, self.kind, self._endpoint, start, self._price(request))
             return self._response(raw, request, time.perf_counter() - start)
         # raised here, not in the except block: the SDK's exception (which may quote the key
         # back) is neither the cause nor the context of what the caller sees
@@ -145,30 +166,42 @@ class CustomLLM(BaseBackend):
     async def acomplete(self, request: Request) -> Response:
         start = time.perf_counter()
         try:
-            raw = await self._aclient().chat.completions.create(**self._arguments(request))
+            completions = self._aclient().chat.completions
+            if request.sink is None:
+                raw = await completions.create(**self._arguments(request))
+            else:
+                raw = _json_chunks(await completions.with_raw_response.create(**self._arguments(request)), True)
         except Exception as error:
             failure = sdk_failure(error, self.kind, request)
             if failure is None:  # our own code's error, not the provider's
                 raise
         else:
+            if request.sink is not None:
+                return await aread_stream(raw, request, self.kind, self._endpoint, start, self._price(request))
             return self._response(raw, request, time.perf_counter() - start)
         # raised here, not in the except block: the SDK's exception (which may quote the key
         # back) is neither the cause nor the context of what the caller sees
         raise failure
 
     def _response(self, raw: Any, request: Request, latency: float) -> Response:
+        return completion_response(raw, request, latency, self.kind, self._price(request))
+
+    @staticmethod
+    def _price(request: Request) -> Callable[[Usage], float | None]:
         # priced by model name from LiteLLM's map, token class by token class as LiteLLM prices
         # them (cached prompt tokens at the cache-read price); None (unknown) for models it does not list
-        return completion_response(
-            raw,
-            request,
-            latency,
-            self.kind,
-            lambda tokens: cost_from_map(
-                request.model,
-                tokens.prompt_tokens,
-                tokens.completion_tokens,
-                cached_tokens=tokens.cached_tokens,
-                reasoning_tokens=tokens.reasoning_tokens,
-            ),
+        return lambda tokens: cost_from_map(
+            request.model,
+            tokens.prompt_tokens,
+            tokens.completion_tokens,
+            cached_tokens=tokens.cached_tokens,
+            reasoning_tokens=tokens.reasoning_tokens,
         )
+
+
+def _json_chunks(raw_response: Any, asynchronous: bool) -> Any:
+    """The SDK's stream of a `with_raw_response` call, yielding each chunk as the JSON it came as:
+    the SDK still decodes the events, stops at `[DONE]` and raises an error event as `APIError`."""
+    import openai
+
+    return raw_response.parse(to=openai.AsyncStream[object] if asynchronous else openai.Stream[object])

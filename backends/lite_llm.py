@@ -7,16 +7,21 @@ import math
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from myopto.backends.base import BaseBackend, completion_response, endpoint_url, headers_key, sdk_failure
 from myopto.errors import ConfigError
 from myopto.logs import is_secret_name, redact
 from myopto.price_map import litellm_cost
 from myopto.request import Request, is_json_data, key_numbers
-from myopto.response import Response
+from myopto.response import Response, Usage
 from myopto.settings import provider_endpoint_settings
+
+from .base import BaseBackend
+from .completion import completion_response
+from .endpoints import endpoint_url, headers_key
+from .sdk_errors import sdk_failure
+from .stream_reading import aread_stream, read_stream
 
 _import_lock = threading.Lock()
 _litellm: Any = None
@@ -97,12 +102,17 @@ class LiteLLM(BaseBackend):
     provider fields, ...), minus credentials and keywords that only change how a call is made;
     and the headers sent (`extra_headers`, `extra`'s `headers` / `extra_headers`) but
     credentials (`headers_key`), on which a proxy may route.
+
+    A streamed call (`request.sink`) asks for the usage in the last chunk
+    (`stream_options.include_usage`; LiteLLM counts it where the provider does not) and reads the
+    stream with `stream_reading`; it is priced as a plain call is, from the same usage.
     """
 
     kind: ClassVar[str] = "LiteLLM"
     supports_json_schema: ClassVar[bool] = True
     supports_json_object: ClassVar[bool] = True
     reports_cost: ClassVar[bool] = True
+    supports_streaming: ClassVar[bool] = True
     option_names: ClassVar[frozenset[str]] = frozenset(
         {"base_url", "api_key", "api_version", "timeout", "max_retries", "extra_headers", "extra"}
     )
@@ -207,12 +217,15 @@ class LiteLLM(BaseBackend):
             "timeout": _steady(request.timeout if request.timeout is not None else self.timeout),
         }
         arguments.update({key: value for key, value in optional.items() if value is not None})
+        if request.sink is not None:
+            arguments["stream"] = True
+            arguments["stream_options"] = {**(arguments.get("stream_options") or {}), "include_usage": True}
         return arguments
 
     def provider_name(self, model: str) -> str:
         try:
-            provider = import_litellm().get_llm_provider(model)[1]
-        except Exception:  # a model LiteLLM cannot place: the span says so rather than failing
+            provider: str = import_litellm().get_llm_provider(model)[1]
+        except Exception:  # noqa: BLE001 - a model LiteLLM cannot place: the span says so rather than failing
             return "unknown"
         return _GENAI_PROVIDERS.get(provider, provider)
 
@@ -229,6 +242,9 @@ class LiteLLM(BaseBackend):
             if failure is None:  # our own code's error, not the provider's
                 raise
         else:
+            if request.sink is not None:
+                endpoint = self.endpoint_for(request.model)
+                return read_stream(raw, request, self.kind, endpoint, start, self._price(litellm, request))
             return self._response(litellm, raw, request, time.perf_counter() - start)
         # raised here, not in the except block: the SDK's exception (which may quote the key
         # back) is neither the cause nor the context of what the caller sees
@@ -244,6 +260,9 @@ class LiteLLM(BaseBackend):
             if failure is None:  # our own code's error, not the provider's
                 raise
         else:
+            if request.sink is not None:
+                endpoint = self.endpoint_for(request.model)
+                return await aread_stream(raw, request, self.kind, endpoint, start, self._price(litellm, request))
             return self._response(litellm, raw, request, time.perf_counter() - start)
         # raised here, not in the except block: the SDK's exception (which may quote the key
         # back) is neither the cause nor the context of what the caller sees
@@ -255,6 +274,16 @@ class LiteLLM(BaseBackend):
         return completion_response(
             raw, request, latency, self.kind, lambda tokens: litellm_cost(litellm, raw, request.model)
         )
+
+    @staticmethod
+    def _price(litellm: Any, request: Request) -> Callable[[Usage], float | None]:
+        """A streamed call's pricing: LiteLLM's, as for a plain call, of an answer with its usage."""
+
+        def price(tokens: Usage) -> float | None:
+            answer = litellm.ModelResponse(model=request.model, usage=litellm.Usage(**tokens.model_dump()))
+            return litellm_cost(litellm, answer, request.model)
+
+        return price
 
 
 def _without_credentials(value: Any) -> Any:

@@ -10,132 +10,29 @@ included) and re-asks; a schema constrained decoding cannot honour is refused be
 
 The cache key names what the model is (`LocalSLM.endpoint_for`): the engine, the dtype it runs
 in, and the sha256 of the model's files, worked out once per model and process.
-A closed engine leaves the registry: the next call loads a fresh one.
+Engines are loaded and shared through `engine_registry`: a closed engine leaves it, and the next
+call loads a fresh one. `local_calls` turns a request into the engine's generations and their
+results into a `Response`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
-import functools
-import threading
 import time
-from collections import Counter
 from typing import Any, ClassVar
 
-from myopto.backends.base import BaseBackend
-from myopto.backends.generation import Generation
-from myopto.backends.local_tools import local_messages, tool_plan
-from myopto.backends.model_files import identity, locate
-from myopto.errors import BackendTimeout, ConfigError
-from myopto.output_format import schema_of
+from myopto.errors import BackendTimeout, ConfigError, StreamClosed
 from myopto.request import Request
-from myopto.response import Choice, Message, Response, Usage
+from myopto.response import Response
 
-ENGINES = ("auto", "llama.cpp", "transformers", "mlx")
-
-_engines: dict[tuple[Any, ...], Any] = {}
-_engine_locks: dict[tuple[Any, ...], threading.Lock] = {}
-_registry_lock = threading.Lock()
-LOADS: Counter[str] = Counter()  # model loads per model name in this process
-# LocalSLM endpoints (cache-key identities) per (model, engine choice, device, dtype), worked out
-# on a model's first call; forgotten when an engine of the model loads or closes.
-_endpoints: dict[tuple[Any, ...], str] = {}
-
-
-def choose_engine(model: str, engine: str = "auto", *, use_mlx: bool = False) -> str:
-    """Which engine runs `model`: an explicit choice, else MLX for `use_mlx=True`, llama.cpp for
-    a GGUF file (the embedded model included) when llama-cpp-python is installed, else transformers."""
-    if use_mlx:
-        return "mlx"
-    return engine if engine != "auto" else _auto_engine(model)
-
-
-@functools.lru_cache(maxsize=256)
-def _auto_engine(model: str) -> str:
-    """Decided once per model and process (it looks on disk and for an installed package):
-    every call to a role asks, and the answer is the engine the model was loaded on."""
-    from myopto.backends import llama_cpp_engine
-
-    if llama_cpp_engine.available() and locate(model, prefer_gguf=True).gguf_file:
-        return "llama.cpp"
-    return "transformers"
-
-
-def engine_for(
-    model: str,
-    *,
-    engine: str = "auto",
-    use_mlx: bool = False,
-    device: str | None = None,
-    torch_dtype: str | None = None,
-    trust_remote_code: bool = False,
-    max_batch_size: int = 8,
-    batch_wait: float = 0.01,
-    n_ctx: int | None = None,
-    n_threads: int | None = None,
-    prompt_cache: bool = True,
-) -> Any:
-    """The loaded engine for a model, loading it on first use (once, even under concurrent first calls)."""
-    name = choose_engine(model, engine, use_mlx=use_mlx)
-    if name == "llama.cpp":
-        key: tuple[Any, ...] = (name, model, max_batch_size, n_ctx, n_threads, bool(prompt_cache))
-    else:
-        key = (name, model, device or "auto", torch_dtype or "auto", trust_remote_code)
-    loaded = _engines.get(key)
-    if loaded is not None and not getattr(loaded, "closed", False):
-        return loaded
-    with _registry_lock:
-        lock = _engine_locks.setdefault(key, threading.Lock())
-    with lock:
-        loaded = _engines.get(key)
-        if loaded is None or getattr(loaded, "closed", False):
-            if name == "llama.cpp":
-                from myopto.backends.llama_cpp_engine import LlamaCppEngine
-
-                loaded = LlamaCppEngine(
-                    locate(model, prefer_gguf=True),
-                    max_batch_size=max_batch_size,
-                    n_ctx=n_ctx,
-                    n_threads=n_threads,
-                    prompt_cache=bool(prompt_cache),
-                )
-            elif name == "mlx":
-                from myopto.backends.mlx_engine import MlxEngine
-
-                loaded = MlxEngine(locate(model))
-            else:
-                from myopto.backends.transformers_engine import TransformersEngine
-
-                loaded = TransformersEngine(
-                    locate(model),
-                    device=device,
-                    torch_dtype=torch_dtype,
-                    trust_remote_code=trust_remote_code,
-                    max_batch_size=max_batch_size,
-                    batch_wait=batch_wait,
-                )
-            LOADS[model] += 1
-            _engines[key] = loaded
-            _forget_endpoints(model)  # worked out again from the files just loaded
-            if hasattr(loaded, "on_close"):
-                loaded.on_close(functools.partial(_forget_engine, key, loaded, model))
-    return loaded
-
-
-def _forget_engine(key: tuple[Any, ...], engine: Any, model: str) -> None:
-    """A closed engine frees its slot: the next call loads the model again (and keys it again)."""
-    with _registry_lock:
-        if _engines.get(key) is engine:
-            del _engines[key]
-    _forget_endpoints(model)
-
-
-def _forget_endpoints(model: str) -> None:
-    with _registry_lock:
-        for stale in [k for k in _endpoints if k[0] == model]:
-            _endpoints.pop(stale, None)
+from .base import BaseBackend
+from .engine_registry import ENGINES, known_endpoint, remember_endpoint
+from .engine_registry import LOADS as LOADS
+from .engine_registry import choose_engine as choose_engine
+from .engine_registry import engine_for as engine_for
+from .local_calls import LocalStream, local_response, request_generations
+from .model_files import identity, locate
 
 
 class LocalSLM(BaseBackend):
@@ -150,16 +47,29 @@ class LocalSLM(BaseBackend):
     `batch_wait` (seconds to wait for more concurrent requests, 0.01). For llama.cpp: `n_ctx`
     (tokens per sequence, default the model's training context up to 4096) and `n_threads`
     (default every core this process may use) and `prompt_cache` (True: a prompt that begins
-    with 256 or more tokens an earlier one began with decodes only the rest). For both: `max_batch_size` (8), how many requests decode together.
+    with 256 or more tokens an earlier one began with decodes only the rest). For both:
+    `max_batch_size` (8), how many requests decode together.
     The parameter `constrained=True` (role default or per call) turns on grammar-constrained
     JSON; a schema it cannot honour, or whose shortest answer needs more tokens than max_tokens,
     is an `InvalidRequest` before anything is decoded. Decoding is greedy unless temperature > 0;
     max_tokens / max_new_tokens default to 256. On llama.cpp a call's `timeout` is honoured and a
     caller that leaves costs no further decoding. Cost is 0.
+
+    Streams on every engine (`llm.stream(...)`): each token's text reaches the caller as it is
+    decoded (llama.cpp: from the engine's step, while other callers keep decoding in the same
+    batch; transformers: after each step of the batch's `generate`; MLX: each step mlx-lm
+    yields), held back only while it may begin a stop string. Constrained JSON streams too, the
+    closer's tokens last. A tool call streams as one tool-call delta once decoded (its JSON is
+    not streamed as text); under tool_choice="auto" a text answer streams as text. Closing the
+    stream ends its sequences at once (llama.cpp: their slots are free at the next step; the
+    other engines: at their next token). The chunks' texts always add up to the answer's: if a
+    constrained answer cut off by max_tokens is replaced by the schema's shortest answer (when
+    the closer cannot close it), the stream fails with `StreamBroken` instead.
     """
 
     kind: ClassVar[str] = "LocalSLM"
     supports_batching: ClassVar[bool] = True
+    supports_streaming: ClassVar[bool] = True
     reports_cost: ClassVar[bool] = True
     option_names: ClassVar[frozenset[str]] = frozenset(
         {
@@ -224,12 +134,11 @@ class LocalSLM(BaseBackend):
         the process (the files are hashed then) and again after its engine loads or closes;
         other calls read it from memory."""
         key = (model, self.engine_name, self.device, self.torch_dtype)
-        endpoint = _endpoints.get(key)
+        endpoint = known_endpoint(key)
         if endpoint is None:
             endpoint = self._identify(model)
             if not endpoint.endswith("model=unavailable"):
-                with _registry_lock:
-                    _endpoints[key] = endpoint
+                remember_endpoint(key, endpoint)
         return endpoint
 
     def _identify(self, model: str) -> str:
@@ -238,7 +147,7 @@ class LocalSLM(BaseBackend):
             name = choose_engine(model, self.engine_name)
             source = locate(model, prefer_gguf=name == "llama.cpp")
             if name == "transformers":
-                from myopto.backends.transformers_engine import pick_device, pick_dtype
+                from .transformers_engine import pick_device, pick_dtype
 
                 device = pick_device(self.device)
                 runs_as = f"dtype={str(pick_dtype(self.torch_dtype, device)).removeprefix('torch.')};device={device}"
@@ -266,29 +175,39 @@ class LocalSLM(BaseBackend):
     def complete(self, request: Request) -> Response:
         """On llama.cpp the request's `timeout` is honoured: a caller that stops waiting
         cancels its request, which then costs no more decoding steps (none, if it had not started).
-        `n` > 1 decodes n sequences of the prompt together, in one batch."""
+        `n` > 1 decodes n sequences of the prompt together, in one batch. A request with a
+        `sink` streams (`LocalStream`)."""
         engine = self.engine(request.model)
         start = time.perf_counter()
-        generations = self._generations(engine, request)
+        stream = LocalStream(request) if request.sink is not None else None
+        generations = request_generations(engine, request, stream.on_text if stream else None)
         submit = getattr(engine, "submit", None)
         if submit is None:
             if len(generations) == 1:
-                return self._response(request, [engine.generate(generations[0])], start)
-            # concurrent callers of the engine are gathered into one batch (its batcher)
-            with concurrent.futures.ThreadPoolExecutor(len(generations), thread_name_prefix="myopto-n") as pool:
-                return self._response(request, list(pool.map(engine.generate, generations)), start)
+                results = [engine.generate(generations[0])]
+            else:  # concurrent callers of the engine are gathered into one batch (its batcher)
+                with concurrent.futures.ThreadPoolExecutor(len(generations), thread_name_prefix="myopto-n") as pool:
+                    results = list(pool.map(engine.generate, generations))
+            return _answer(request, results, start, stream)
         futures: list[concurrent.futures.Future[Any]] = []
         try:
             for generation in generations:
                 futures.append(submit(generation))
+            if stream is not None:  # the caller's close stops every sequence at once
+                request.sink.on_close(lambda: _cancel(futures))
             results = [future.result(timeout=_left(request, start)) for future in futures]
         except concurrent.futures.TimeoutError:
             _cancel(futures)
             raise self._timeout(request) from None
+        except concurrent.futures.CancelledError:
+            _cancel(futures)
+            if stream is not None and stream.closed:
+                raise StreamClosed(text=stream.text_of(0)) from None
+            raise
         except BaseException:  # interrupted, or refused: nobody waits for the answers any more
             _cancel(futures)
             raise
-        return self._response(request, results, start)
+        return _answer(request, results, start, stream)
 
     async def acomplete(self, request: Request) -> Response:
         """On llama.cpp the answer is awaited without holding a thread while it decodes, so
@@ -300,23 +219,36 @@ class LocalSLM(BaseBackend):
         if submit is None:
             return await super().acomplete(request)
         start = time.perf_counter()
+        stream = LocalStream(request) if request.sink is not None else None
         count = request.params.get("n") or 1
         futures: list[concurrent.futures.Future[Any]] = [concurrent.futures.Future() for _ in range(count)]
 
         def queue_all() -> None:
-            for generation, future in zip(self._generations(engine, request), futures):
+            for generation, future in zip(
+                request_generations(engine, request, stream.on_text if stream else None), futures, strict=True
+            ):
                 submit(generation, future)
 
+        if stream is not None:  # the caller's close stops every sequence, queued or not
+            request.sink.on_close(lambda: _cancel(futures))
         try:
             await asyncio.to_thread(queue_all)
         except BaseException:
             _cancel(futures)  # the worker thread then leaves them unqueued
             raise
+        gathered = asyncio.gather(*map(asyncio.wrap_future, futures))
+        gathered.add_done_callback(_retrieved)  # a stream closed mid-way fails it after its waiter left
         try:  # cancelling the awaited wrappers cancels the requests' futures too
-            results = await asyncio.wait_for(asyncio.gather(*map(asyncio.wrap_future, futures)), _left(request, start))
+            results = await asyncio.wait_for(gathered, _left(request, start))
         except asyncio.TimeoutError:
             raise self._timeout(request) from None
-        return self._response(request, list(results), start)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            cancelling = getattr(task, "cancelling", lambda: 0)()  # Python 3.11+: this task itself was cancelled
+            if stream is not None and stream.closed and not cancelling:
+                raise StreamClosed(text=stream.text_of(0)) from None
+            raise
+        return _answer(request, list(results), start, stream)
 
     @staticmethod
     def _timeout(request: Request) -> BackendTimeout:
@@ -325,68 +257,6 @@ class LocalSLM(BaseBackend):
             retryable=True,
             role=request.role,
             model=request.model,
-        )
-
-    def _generations(self, engine: Any, request: Request) -> list[Generation]:
-        """The request's `n` sequences (1 unless `n` says more). With a `seed`, sequence i is
-        seeded `seed + i`, so the n answers differ and each is reproducible; greedy decoding
-        (temperature 0) gives n identical answers, as servers do."""
-        generation = self._generation(engine, request)
-        count = request.params.get("n") or 1
-        if generation.seed is None:
-            return [generation] * count
-        return [dataclasses.replace(generation, seed=generation.seed + index) for index in range(count)]
-
-    def _generation(self, engine: Any, request: Request) -> Generation:
-        params = request.params_dict()
-        tools = tool_plan(params.get("tools"), params.get("tool_choice"))
-        response_format = request.response_format_dict()
-        constrained = bool(params.get("constrained")) and response_format is not None
-        schema = (schema_of(response_format) or {}) if constrained else None
-        if tools is not None:  # a call decoded under the tools' grammar (or, with "auto", text)
-            constrained, schema = True, tools.schema
-        budget = params.get("max_new_tokens") or params.get("max_tokens") or params.get("max_completion_tokens") or 256
-        if tools is not None:
-            tools.check_fits(engine.text_ids, int(budget))
-        return Generation(
-            prompt_ids=engine.prompt_ids(local_messages(request.messages_list(), tools)),
-            max_new_tokens=int(budget),
-            temperature=float(params.get("temperature") or 0.0),
-            top_p=params.get("top_p"),
-            top_k=params.get("top_k"),
-            repetition_penalty=params.get("repetition_penalty"),
-            seed=params.get("seed"),
-            stop=tuple(params.get("stop") or ()),
-            json_schema=schema,
-            constrained=constrained,
-            free_text=tools is not None and tools.free_text,
-        )
-
-    @staticmethod
-    def _response(request: Request, results: list[Any], start: float) -> Response:
-        """One choice per decoded sequence (a tool call when the tools' grammar decoded one); the
-        prompt is counted once, as providers count it."""
-        params = request.params_dict()
-        tools = tool_plan(params.get("tools"), params.get("tool_choice"))
-        choices = []
-        for index, result in enumerate(results):
-            message, finish_reason = (
-                tools.read(result.text, index) if tools is not None else (Message(content=result.text), None)
-            )
-            if (
-                finish_reason is None or result.finish_reason != "stop"
-            ):  # a call cut off by its budget (then closed) says so
-                finish_reason = result.finish_reason
-            choices.append(Choice(message=message, index=index, finish_reason=finish_reason))
-        first = results[0]
-        return Response(
-            text=choices[0].message.content or "",
-            model=request.model,
-            usage=Usage.of(first.prompt_tokens, sum(result.completion_tokens for result in results)),
-            cost=0.0,
-            latency=time.perf_counter() - start,
-            finish_reason=choices[0].finish_reason,
-            choices=tuple(choices),
         )
 
     @classmethod
@@ -399,7 +269,17 @@ class LocalSLM(BaseBackend):
             if self.engine_name == "auto"
             else f"{self.engine_name} engine"
         )
-        return f"{self.kind} [{engine}, batching, JSON by prompt or grammar, cost 0]"
+        return f"{self.kind} [{engine}, batching, streaming, JSON by prompt or grammar, cost 0]"
+
+
+def _answer(request: Request, results: list[Any], start: float, stream: LocalStream | None) -> Response:
+    response = local_response(request, results, start)
+    return response if stream is None else stream.finish(response)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _left(request: Request, start: float) -> float | None:

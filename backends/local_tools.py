@@ -22,11 +22,12 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from myopto.backends.json_grammar import shortest_json
 from myopto.errors import InvalidRequest, MalformedResponse
 from myopto.output_format import validation_error
 from myopto.parsing import content_text
 from myopto.response import Function, Message, ToolCall
+
+from .json_shortest import shortest_json
 
 # Keywords the grammar ignores (checked after decoding for response_format, refused for tools,
 # which have no re-ask): the README's "checked after decoding" row.
@@ -84,7 +85,7 @@ class ToolPlan:
         except ValueError:  # cut off by a stop string: text, not a call
             return Message(content=text), None
         name = call.get("name") if isinstance(call, dict) else None
-        if name not in self.parameters:
+        if not isinstance(name, str) or name not in self.parameters:
             return Message(content=text), None
         arguments = call.get("arguments", {})
         _check_arguments(name, arguments, self.parameters[name])

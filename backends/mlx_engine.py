@@ -4,17 +4,21 @@ backend of `mlx[cpu]` on Linux.
 `constrained=True` works here as on the transformers engine, with the same xgrammar grammars
 and the same closer (`JsonConstraint`): an mlx-lm logits processor hands each step's logits to
 the constraint and takes the masked ones back, and an answer cut off by the token budget is
-closed into valid JSON for the schema."""
+closed into valid JSON for the schema.
+
+A streamed request (`Generation.on_text`) gets the text of each step mlx-lm yields as it comes;
+a callback that raises (`StreamClosed`) ends the generation with that error."""
 
 from __future__ import annotations
 
 import threading
 from typing import Any
 
-from myopto.backends.generation import Generated, Generation, cut_at_stop, plain_prompt, text_messages
-from myopto.backends.json_grammar import GrammarCache, JsonConstraint, LazyGrammars, constrained_plan
-from myopto.backends.model_files import ModelSource
 from myopto.errors import BackendUnavailable
+
+from .generation import Generated, Generation, StreamedText, cut_at_stop, plain_prompt, text_messages
+from .json_grammar import GrammarCache, JsonConstraint, LazyGrammars, constrained_plan
+from .model_files import ModelSource
 
 
 class MlxEngine:
@@ -32,13 +36,16 @@ class MlxEngine:
             ) from error
         if source.gguf_file:
             raise BackendUnavailable(
-                f"MLX loads model folders (safetensors), not GGUF files like {source.gguf_file!r}; use_mlx=False loads it with transformers"
+                f"MLX loads model folders (safetensors), not GGUF files like {source.gguf_file!r}; "
+                "use_mlx=False loads it with transformers"
             )
         self.mx = mx
         self.mlx_lm = mlx_lm
         self.make_sampler = make_sampler
         self.source = source
-        self.model, self.tokenizer = mlx_lm.load(source.path)
+        loaded = mlx_lm.load(source.path)  # (model, tokenizer): its config only when asked for
+        self.model = loaded[0]
+        self.tokenizer: Any = loaded[1]  # mlx_lm's wrapper: it hands untyped calls on to the Hugging Face tokenizer
         self._lock = threading.Lock()
         self._grammars = LazyGrammars(self._build_grammars)
 
@@ -105,6 +112,11 @@ class MlxEngine:
             constraint = JsonConstraint(self.grammars, [plan], [generation.max_new_tokens], len(generation.prompt_ids))
             processors.append(self._mlx_processor(constraint))
         text, tokens, last = "", [], None
+        stream = (
+            StreamedText(generation.on_text, () if constraint else generation.stop)
+            if generation.on_text is not None
+            else None
+        )
         with self._lock:
             if generation.seed is not None:
                 self.mx.random.seed(generation.seed)
@@ -119,6 +131,8 @@ class MlxEngine:
                 text += step.text
                 tokens.append(int(step.token))
                 last = step
+                if stream is not None:
+                    stream.add_text(step.text)  # StreamClosed when its caller stopped reading
                 if generation.stop and not constraint and any(s in text for s in generation.stop):
                     break
         finish = getattr(last, "finish_reason", None) or "stop"

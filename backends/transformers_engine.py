@@ -1,5 +1,9 @@
 """The transformers engine of LocalSLM: loads a model once per process, renders chat prompts,
-and runs batches of requests through one padded `generate`."""
+and runs batches of requests through one padded `generate`.
+
+A streamed request (`Generation.on_text`) gets each token's text as its row decodes it (from a
+stopping criterion, called by `generate` after every step); a callback that raises
+(`StreamClosed`) stops that row and fails that request alone, the other rows go on."""
 
 from __future__ import annotations
 
@@ -7,11 +11,12 @@ import logging
 import threading
 from typing import Any
 
-from myopto.backends.batcher import Batcher
-from myopto.backends.generation import Generated, Generation, cut_at_stop, plain_prompt, text_messages
-from myopto.backends.json_grammar import GrammarCache, JsonConstraint, LazyGrammars, constrained_plan
-from myopto.backends.model_files import ModelSource
 from myopto.errors import BackendUnavailable
+
+from .batcher import Batcher
+from .generation import Generated, Generation, StreamedText, cut_at_stop, plain_prompt, text_messages
+from .json_grammar import GrammarCache, JsonConstraint, LazyGrammars, constrained_plan
+from .model_files import ModelSource
 
 _log = logging.getLogger("myopto.local")
 
@@ -92,8 +97,9 @@ class TransformersEngine:
             )
         from pathlib import Path
 
-        from myopto.backends.converted_copy import ConvertedCopy
         from myopto.settings import model_dir
+
+        from .converted_copy import ConvertedCopy
 
         copy = ConvertedCopy(Path(source.path) / source.gguf_file, model_dir())
         if copy.ready():
@@ -102,7 +108,7 @@ class TransformersEngine:
                 return tokenizers.from_pretrained(folder, **kwargs), models.from_pretrained(
                     folder, dtype=self.dtype, **kwargs
                 )
-            except Exception as error:  # whole by its manifest, yet unloadable: rebuild it
+            except Exception as error:  # noqa: BLE001 - whole by its manifest, yet unloadable: rebuild it
                 _log.warning(
                     "the converted copy in %s cannot be loaded (%s); converting the GGUF file again", copy.folder, error
                 )
@@ -160,7 +166,10 @@ class TransformersEngine:
             )
         return self.batcher.submit(generation)
 
-    def run_batch(self, batch: list[Generation]) -> list[Generated]:
+    def _decode(self, tokens: list[int]) -> str:
+        return str(self.tokenizer.decode(tokens, skip_special_tokens=True))
+
+    def run_batch(self, batch: list[Generation]) -> list[Generated | BaseException]:
         torch = self.torch
         pad = self.tokenizer.pad_token_id
         width = max(len(g.prompt_ids) for g in batch)
@@ -188,6 +197,10 @@ class TransformersEngine:
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
         stopping = _RowBudget(budgets, width, self.stop_ids)
+        streams = [
+            StreamedText(g.on_text, () if g.constrained else g.stop, self._decode) if g.on_text else None for g in batch
+        ]
+        streaming = _RowStream(streams, budgets, width, self.stop_ids) if any(streams) else None
         with self._generate_lock, torch.inference_mode():
             if first.seed is not None and first.temperature > 0:
                 torch.manual_seed(first.seed)
@@ -198,11 +211,14 @@ class TransformersEngine:
                 pad_token_id=pad,
                 eos_token_id=sorted(self.stop_ids) or None,
                 logits_processor=LogitsProcessorList([constraint] if constraint else []),
-                stopping_criteria=StoppingCriteriaList([stopping]),
+                stopping_criteria=StoppingCriteriaList([stopping] if streaming is None else [stopping, streaming]),
                 **options,
             )
-        results = []
+        results: list[Generated | BaseException] = []
         for row, g in enumerate(batch):
+            if streaming is not None and row in streaming.errors:
+                results.append(streaming.errors[row])  # its stream's caller stopped reading
+                continue
             tokens = output[row, width:].tolist()[: g.max_new_tokens]
             ended = next((i for i, t in enumerate(tokens) if t in self.stop_ids), None)
             if ended is not None:
@@ -234,5 +250,40 @@ class _RowBudget:
         generated = input_ids.shape[1] - self.prompt_length
         done = [generated >= budget for budget in self.budgets]
         last = input_ids[:, -1].tolist()
-        done = [d or (generated > 0 and token in self.stop_ids) for d, token in zip(done, last)]
+        done = [d or (generated > 0 and token in self.stop_ids) for d, token in zip(done, last, strict=False)]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class _RowStream:
+    """Hands each streamed row's newest token to its `StreamedText` after every step (a stopping
+    criterion, so `generate` calls it then), until the row ends; stops a row whose callback
+    raised, keeping the error for its caller."""
+
+    def __init__(
+        self, streams: list[StreamedText | None], budgets: list[int], prompt_length: int, stop_ids: set[int]
+    ) -> None:
+        self.streams = streams
+        self.budgets = budgets
+        self.prompt_length = prompt_length
+        self.stop_ids = stop_ids
+        self.ended = [stream is None for stream in streams]
+        self.errors: dict[int, BaseException] = {}
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        generated = input_ids.shape[1] - self.prompt_length
+        last = input_ids[:, -1].tolist()
+        for row, stream in enumerate(self.streams):
+            if self.ended[row] or stream is None:
+                continue
+            if last[row] in self.stop_ids or generated > self.budgets[row]:
+                self.ended[row] = True
+                continue
+            try:
+                stream.add_token(int(last[row]))
+            except Exception as error:  # noqa: BLE001 - the row's caller gets it; the other rows go on
+                self.errors[row] = error
+                self.ended[row] = True
+        stopped = [row in self.errors for row in range(len(self.streams))]
+        return torch.tensor(stopped, dtype=torch.bool, device=input_ids.device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import platform
 import statistics
@@ -9,6 +10,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
+
+# The one prompt the in-process workloads send.
+MESSAGES: list[Any] = [{"role": "user", "content": "hello benchmark"}]
 
 
 @dataclasses.dataclass
@@ -66,7 +71,8 @@ def ratio_to(row: Row, anchor: Row) -> Row:
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
         cpu = model
     except (OSError, StopIteration):
         pass
@@ -78,7 +84,10 @@ def machine() -> str:
         memory = f", {pages / 2**30:.0f} GiB"
     except (ValueError, OSError, AttributeError):
         pass
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}){memory}, Python {platform.python_version()}"
+    return (
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}){memory}, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def versions(names: list[str]) -> str:
@@ -86,10 +95,8 @@ def versions(names: list[str]) -> str:
 
     found = []
     for name in names:
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             found.append(f"{name} {version(name)}")
-        except PackageNotFoundError:
-            pass
     return ", ".join(found)
 
 
@@ -107,7 +114,7 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def run_python(code: str, env: dict | None = None) -> float:
+def run_python(code: str, env: dict[str, str] | None = None) -> float:
     """Seconds to run `python -c code` in a fresh interpreter (a cold import)."""
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)

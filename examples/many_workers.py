@@ -28,7 +28,7 @@ def worker(number: int, base_url: str, redis_url: str, results: multiprocessing.
     set_role_config("optimizer", backend="CustomLLM", model="opt", base_url=base_url, api_key="sk-example", rpm=RPM)
     prompts = random.Random(number).sample(SHARED, len(SHARED)) + [f"Worker {number}'s own idea {i}." for i in range(5)]
     answers = get_llm("optimizer").batch(prompts, max_concurrency=4, return_exceptions=False)
-    results.put((number, {prompt: answer.text for prompt, answer in zip(prompts, answers)}))
+    results.put((number, {prompt: answer.text for prompt, answer in zip(prompts, answers, strict=True)}))
 
 
 def main() -> None:

@@ -80,7 +80,7 @@ def main() -> None:
         print(f"Hello! -> {response.choices[0].message.content!r}  ({took})\n")
 
         print("Three questions, sent together (a local model answers them in one batch):")
-        for question, answer in zip(QUESTIONS, llm.batch(QUESTIONS, max_tokens=24)):
+        for question, answer in zip(QUESTIONS, llm.batch(QUESTIONS, max_tokens=24), strict=True):
             print(f"  Q: {question}\n  A: {answer.text if not isinstance(answer, Exception) else answer!r}")
 
         question = "What is the capital of Japan?"

@@ -110,18 +110,6 @@ class Limits(Middleware):
                     budget=budget,
                 )
 
-    def _cost(self, response: Response) -> float:
-        if self.pricing is not None:
-            usage = response.usage
-            # cached prompt tokens at the role's cached_input price, as the provider bills them
-            return cost_from_pricing(
-                self.pricing,
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                cached_tokens=usage.prompt_tokens_details.cached_tokens,
-            )
-        return response.cost or 0.0
-
     def _settle(
         self, request: Request, response: Response, estimate: int, budgets: tuple[tuple[str, float], ...]
     ) -> None:
@@ -131,25 +119,11 @@ class Limits(Middleware):
             if self.tpm:
                 self.limiter.adjust(request.model, self.tpm, response.usage.total_tokens - estimate)
             if budgets:
-                cost = self._cost(response)
+                cost = _cost(response, self.pricing)
                 for scope, _ in budgets:
                     self.limiter.spend(scope, cost)
         except Exception as error:  # noqa: BLE001 - whatever failed, the paid answer goes back
             report_unrecorded("limits", error, role=request.role, model=request.model)
-
-    @staticmethod
-    def _held_back(request: Request, wait: float) -> None:
-        """A wait longer than the request's time left (retry clips it to the deadline) is not
-        slept: the request fails as rate limited, unsent, and retry decides what comes next."""
-        if request.timeout is not None and wait > request.timeout:
-            raise RateLimited(
-                f"model {request.model!r} is held back {wait:.2f} s by its rate limit or a provider's "
-                f"Retry-After, longer than the {request.timeout:.2f} s left; nothing was sent",
-                retryable=True,
-                retry_after=wait,
-                role=request.role,
-                model=request.model,
-            )
 
     def _pause_on(self, request: Request, error: RateLimited) -> None:
         """Pause the endpoint's model for the 429's Retry-After, capped at `max_pause`. Never
@@ -182,7 +156,7 @@ class Limits(Middleware):
         estimate = estimate_tokens(request) if self.tpm else 0
         wait = self.limiter.reserve(request.model, self.rpm, self.tpm, estimate, request.endpoint)
         while wait > 0:  # a pause that began while this caller slept holds it back too
-            self._held_back(request, wait)
+            _held_back(request, wait)
             time.sleep(wait)
             wait = self.limiter.paused_for(request.model, request.endpoint)
         try:
@@ -207,7 +181,7 @@ class Limits(Middleware):
         estimate = estimate_tokens(request) if self.tpm else 0
         wait = await self._io(self.limiter.reserve, request.model, self.rpm, self.tpm, estimate, request.endpoint)
         while wait > 0:
-            self._held_back(request, wait)
+            _held_back(request, wait)
             await asyncio.sleep(wait)
             wait = await self._io(self.limiter.paused_for, request.model, request.endpoint)
         try:
@@ -226,3 +200,31 @@ class Limits(Middleware):
         ]
         shown = ", ".join(part for part in parts if part) or "run budgets and 429 pauses only"
         return f"{self.name} ({shown}; state in {self.limiter.location})"
+
+
+def _cost(response: Response, pricing: Mapping[str, float] | None) -> float:
+    """What a paid answer cost: from the role's `pricing` when it has one, else as the backend reported it."""
+    if pricing is not None:
+        usage = response.usage
+        # cached prompt tokens at the role's cached_input price, as the provider bills them
+        return cost_from_pricing(
+            pricing,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            cached_tokens=usage.prompt_tokens_details.cached_tokens,
+        )
+    return response.cost or 0.0
+
+
+def _held_back(request: Request, wait: float) -> None:
+    """A wait longer than the request's time left (retry clips it to the deadline) is not
+    slept: the request fails as rate limited, unsent, and retry decides what comes next."""
+    if request.timeout is not None and wait > request.timeout:
+        raise RateLimited(
+            f"model {request.model!r} is held back {wait:.2f} s by its rate limit or a provider's "
+            f"Retry-After, longer than the {request.timeout:.2f} s left; nothing was sent",
+            retryable=True,
+            retry_after=wait,
+            role=request.role,
+            model=request.model,
+        )

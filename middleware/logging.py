@@ -80,7 +80,7 @@ def _write(log: CallLog, request: Request, response: Response | None, error: Exc
     """Write the call's line; a line that cannot be written is reported, never raised."""
     try:
         _write_line(log, request, response, error, latency)
-    except Exception as failure:  # the call's outcome is already decided: the log must not change it
+    except Exception as failure:  # noqa: BLE001 - the call's outcome is already decided: the log must not change it
         if response is not None:
             report_unrecorded("log", failure, role=request.role, model=request.model, key=request.fingerprint())
         else:
@@ -104,6 +104,10 @@ def _write_line(
         "request_key": request.fingerprint()[:16],
         "latency_s": round(latency, 6),
     }
+    sink = request.sink
+    if sink is not None:  # a streamed call: when its first chunk came, and how many (0: served at once)
+        first = sink.time_to_first_chunk
+        fields.update(stream=True, chunks=sink.chunks, first_chunk_s=None if first is None else round(first, 6))
     if response is not None:
         fields.update(_answer_fields(response))
     else:
@@ -128,8 +132,8 @@ def _write_line(
                     {"choice": index, "id": call.id, "name": call.function.name, "arguments": call.function.arguments}
                     for index, call in calls
                 ]
-        elif getattr(error, "response", None) is not None:
-            fields["answer"] = getattr(error.response, "text", None)
+        elif (failed := getattr(error, "response", None)) is not None:
+            fields["answer"] = getattr(failed, "text", None)
     log.write(**{key: value for key, value in fields.items() if value is not None or key in ("cost", "run")})
 
 

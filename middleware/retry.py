@@ -23,7 +23,7 @@ from typing import Any
 
 import tenacity
 
-from myopto.errors import BackendError, ConfigError
+from myopto.errors import BackendError, ConfigError, StreamBroken
 from myopto.limiter import capped_wait, pause_cap
 from myopto.pipeline import AsyncHandler, Handler, Middleware
 from myopto.request import Request
@@ -107,12 +107,14 @@ class Retry(Middleware):
             delay = asked if asked is not None else computed
             return max(0.0, min(delay, state.start_time + deadline - time.monotonic()))
 
-        def out_of_time(state: tenacity.RetryCallState) -> bool:
-            # stop when the next wait would reach the deadline: no attempt starts after it
-            return time.monotonic() + wait(state) >= state.start_time + deadline - 1e-3
+        attempts_spent = tenacity.stop_after_attempt(retries + 1)
+
+        def stop(state: tenacity.RetryCallState) -> bool:
+            # also when the next wait would reach the deadline: no attempt starts after it
+            return attempts_spent(state) or time.monotonic() + wait(state) >= state.start_time + deadline - 1e-3
 
         return retrier(
-            stop=tenacity.stop_after_attempt(retries + 1) | out_of_time,
+            stop=stop,
             wait=wait,
             before_sleep=_note_retry,
             retry=tenacity.retry_if_exception(lambda e: isinstance(e, BackendError) and e.retryable),
@@ -136,7 +138,21 @@ class Retry(Middleware):
         return request
 
     def _first_failed(self, request: Request, error: BackendError) -> bool:
-        """Whether a failed first attempt goes on to tenacity (retryable, and retries allowed)."""
+        """Whether a failed first attempt goes on to tenacity (retryable, and retries allowed).
+        A stream that failed after its first chunk reached the caller is never retried: it is a
+        `StreamBroken` carrying the text the caller saw."""
+        sink = request.sink
+        if sink is not None and sink.started:
+            error.attempts = 1
+            if isinstance(error, StreamBroken):
+                return False
+            text = "".join(sink.text_parts)
+            raise StreamBroken(
+                f"the stream failed after {sink.chunks} chunks: {error}",
+                text=text,
+                role=request.role,
+                model=request.model,
+            ) from error
         if error.retryable and request.metadata.get("retries", self.retries) > 0:
             return True
         error.attempts = 1

@@ -89,7 +89,7 @@ class StructuredOutput(Middleware):
     def __call__(self, request: Request, call_next: Handler) -> Response:
         shaped = self.process_request(request)
         response = call_next(shaped)
-        for _ in range(self.reasks):
+        for _ in range(self._reasks(request)):
             response, failed = self._check(request, response)
             if not failed:
                 return response
@@ -100,13 +100,18 @@ class StructuredOutput(Middleware):
     async def acall(self, request: Request, call_next: AsyncHandler) -> Response:
         shaped = self.process_request(request)
         response = await call_next(shaped)
-        for _ in range(self.reasks):
+        for _ in range(self._reasks(request)):
             response, failed = self._check(request, response)
             if not failed:
                 return response
             for index, error in failed.items():
                 response = _added(response, index, await call_next(_reask(shaped, response.choices[index], error)))
         return self.parse(request, response)
+
+    def _reasks(self, request: Request) -> int:
+        """Re-asks allowed: none for a streamed call (the caller has the text as it came; the
+        JSON is parsed and validated at the end, and a failure raises `SchemaError` with it)."""
+        return 0 if request.sink is not None else self.reasks
 
     def parse(self, request: Request, response: Response) -> Response:
         """Fill `parsed` for a JSON request (each choice's `message.parsed`; `response.parsed` is

@@ -116,7 +116,7 @@ class Tracing(Middleware):
         if provider is None:
             try:
                 provider = self.provider_name(model) or "unknown"
-            except Exception:  # naming the provider must never fail a call
+            except Exception:  # noqa: BLE001 - naming the provider must never fail a call
                 provider = "unknown"
             self._providers[model] = provider
         return provider
@@ -161,7 +161,7 @@ class Tracing(Middleware):
         return attributes
 
     @staticmethod
-    def _finish(span: Any, response: Response) -> None:
+    def _finish(span: Any, response: Response, sink: Any = None) -> None:
         usage = response.usage
         choices = response.choices
         attributes: dict[str, Any] = {
@@ -182,6 +182,11 @@ class Tracing(Middleware):
             attributes["myopto.tool_calls"] = names
         if response.cost is not None:
             attributes["myopto.cost_usd"] = response.cost
+        if sink is not None:  # a streamed call: one span for the whole stream
+            attributes["gen_ai.request.stream"] = True
+            attributes["myopto.stream.chunks"] = sink.chunks
+            if sink.time_to_first_chunk is not None:  # GenAI's name for the time to the first token
+                attributes["gen_ai.server.time_to_first_token"] = sink.time_to_first_chunk
         if messages_wanted():
             answers = [_output_message(choice) for choice in choices]
             attributes["gen_ai.output.messages"] = json.dumps(redact(answers), ensure_ascii=False)
@@ -227,7 +232,7 @@ class Tracing(Middleware):
             except Exception as error:
                 self._fail(span, error)
                 raise
-            self._finish(span, response)
+            self._finish(span, response, request.sink)
             return response
 
     async def acall(self, request: Request, call_next: AsyncHandler) -> Response:
@@ -240,7 +245,7 @@ class Tracing(Middleware):
             except Exception as error:
                 self._fail(span, error)
                 raise
-            self._finish(span, response)
+            self._finish(span, response, request.sink)
             return response
 
     def describe(self) -> str:

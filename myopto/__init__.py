@@ -5,6 +5,7 @@ Every call is a `Request` that runs down a chain of middleware to a backend and 
 or transformers: backends import their dependencies on first use.
 """
 
+from myopto.chunks import Chunk
 from myopto.errors import (
     AuthenticationFailed,
     BackendError,
@@ -23,6 +24,8 @@ from myopto.errors import (
     RateLimited,
     SchemaError,
     ServerError,
+    StreamBroken,
+    StreamClosed,
     StructuredOutputError,
 )
 from myopto.logs import configure_logging
@@ -31,6 +34,7 @@ from myopto.request import Request
 from myopto.response import Response, Usage
 from myopto.router import RoleConfig
 from myopto.runs import current_run, run
+from myopto.streaming import AsyncStream, Stream
 from myopto.tracing import configure_tracing, flush_tracing
 from myopto.utils import *  # noqa: F403 - the Trace-compatible API, re-exported
 from myopto.utils import __all__ as _utils_all
@@ -38,6 +42,7 @@ from myopto.utils import __all__ as _utils_all
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncStream",
     "AuthenticationFailed",
     "BackendError",
     "BackendTimeout",
@@ -46,6 +51,7 @@ __all__ = [
     "BudgetExceeded",
     "CacheMiss",
     "CacheUnavailable",
+    "Chunk",
     "ConfigError",
     "ConnectionFailed",
     "DamagedCacheEntry",
@@ -61,6 +67,9 @@ __all__ = [
     "RoleConfig",
     "SchemaError",
     "ServerError",
+    "Stream",
+    "StreamBroken",
+    "StreamClosed",
     "StructuredOutputError",
     "Usage",
     "__version__",

@@ -149,7 +149,7 @@ def read_line(line: bytes | str) -> tuple[str, dict[str, Any]]:
         problem = "JSON nested too deep to read"
     if problem is not None:
         raise InvalidRequest(problem)
-    return key, entry  # type: ignore[return-value]
+    return key, entry
 
 
 def import_problem(key: Any, record: dict[str, Any]) -> str | None:

@@ -12,10 +12,7 @@ from myopto.response import Response
 
 
 def _messages(prompt: Any, system: str | None) -> list[dict[str, Any]]:
-    if isinstance(prompt, str):
-        messages = [{"role": "user", "content": prompt}]
-    else:
-        messages = list(prompt)
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     if system is not None:
         messages = [{"role": "system", "content": system}, *messages]
     return messages
@@ -33,14 +30,16 @@ def llm_text(
     `prompt` is a string (sent as the user message) or a list of chat messages; `system` adds a
     system message; other keywords are generation parameters (temperature, max_tokens, ...).
     """
-    return _llm(role, llm)(_messages(prompt, system), **params).text
+    response: Response = _llm(role, llm)(_messages(prompt, system), **params)
+    return response.text
 
 
 async def allm_text(
     prompt: Any, role: str = "executor", *, system: str | None = None, llm: RoleLLM | None = None, **params: Any
 ) -> str:
     """Async twin of `llm_text`."""
-    return (await _llm(role, llm).acall(_messages(prompt, system), **params)).text
+    response: Response = await _llm(role, llm).acall(_messages(prompt, system), **params)
+    return response.text
 
 
 def llm_json(

@@ -17,7 +17,7 @@ def roles_report(roles: Sequence[str] | None = None) -> str:
     for role in roles or ROUTER.roles():
         try:
             resolved, pipeline = ROUTER.chain(role)
-        except Exception as error:  # a role that cannot be built is reported, not fatal
+        except Exception as error:  # noqa: BLE001 - a role that cannot be built, however, is reported
             blocks.append(f"{role}\n  error: {error}")
             continue
         chain = "\n".join("  " + line for line in pipeline.describe().splitlines())
@@ -119,20 +119,20 @@ def _import(store: Any, arguments: argparse.Namespace) -> int:
 
 
 def _logs_command(arguments: argparse.Namespace) -> int:
-    from myopto import logs
+    from myopto import log_reader
 
     if arguments.logs_command == "summary":
-        rows = logs.summarize(logs.read_log(arguments.file))
+        rows = log_reader.summarize(log_reader.read_log(arguments.file))
         if arguments.json:
             print(json.dumps(rows, indent=2))
         elif sys.stdout.isatty() and _rich_table(rows):
             pass
         else:
-            print(logs.format_summary(rows))
+            print(log_reader.format_summary(rows))
         return 0
     if arguments.logs_command == "show":
-        records = logs.select(
-            logs.read_log(arguments.file),
+        records = log_reader.select(
+            log_reader.read_log(arguments.file),
             run=arguments.run,
             role=arguments.role,
             errors=arguments.errors,
@@ -143,24 +143,26 @@ def _logs_command(arguments: argparse.Namespace) -> int:
             for record in records:
                 print(json.dumps(record, ensure_ascii=False))
         else:
-            print("\n\n".join(logs.format_call(record) for record in records))
+            print("\n\n".join(log_reader.format_call(record) for record in records))
         return 0
     try:
-        for record in logs.follow(arguments.file, lines=arguments.lines, seconds=arguments.seconds):
-            print(json.dumps(record, ensure_ascii=False) if arguments.json else logs.format_call(record), flush=True)
+        for record in log_reader.follow(arguments.file, lines=arguments.lines, seconds=arguments.seconds):
+            print(
+                json.dumps(record, ensure_ascii=False) if arguments.json else log_reader.format_call(record), flush=True
+            )
     except KeyboardInterrupt:
         pass
     return 0
 
 
-def _rich_table(rows: list[dict]) -> bool:
+def _rich_table(rows: list[dict[str, Any]]) -> bool:
     """Print the summary with rich when it is installed (terminals only); False when it is not."""
     try:
         from rich.console import Console
         from rich.table import Table
     except ImportError:
         return False
-    from myopto.logs import SUMMARY_HEADERS, summary_cells
+    from myopto.log_reader import SUMMARY_HEADERS, summary_cells
 
     table = Table(*SUMMARY_HEADERS)
     for cells in summary_cells(rows):

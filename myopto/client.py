@@ -13,7 +13,7 @@ import concurrent.futures
 import contextvars
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 from myopto.errors import InvalidRequest
 from myopto.middleware.cache import MODES as CACHE_MODES
@@ -21,10 +21,13 @@ from myopto.output_format import normalize_response_format
 from myopto.params import check_params
 from myopto.pipeline import Pipeline
 from myopto.request import Request, check_messages, is_json_data
+from myopto.resolution import ResolvedRole
 from myopto.response import Response
-from myopto.router import ROUTER, ResolvedRole, RoleConfig, Router, check_role, overrides_from
+from myopto.role_config import RoleConfig, check_role
+from myopto.router import ROUTER, Router, overrides_from
 from myopto.runs import current_run
 from myopto.settings import Environment, read_environment
+from myopto.streaming import AsyncStream, Stream
 
 
 class RoleLLM:
@@ -100,54 +103,12 @@ class RoleLLM:
     ) -> Request:
         """The `Request` a call with these arguments would send down the chain (checked, not sent)."""
         metadata = _call_metadata(metadata, cache, sample, retries, deadline)
-        return self._request(self._chain(), messages, response_format, model, timeout, metadata, params)
+        return _build_request(self.role, self._chain(), messages, response_format, model, timeout, metadata, params)
 
-    def _request(
-        self,
-        chain: tuple[ResolvedRole, Pipeline],
-        messages: Any,
-        response_format: Any,
-        model: str | None,
-        timeout: float | None,
-        metadata: Mapping[str, Any] | None,
-        params: dict[str, Any],
-    ) -> Request:
-        resolved, pipeline = chain
-        if messages is None:
-            raise InvalidRequest("no messages given: call llm(messages=[{'role': 'user', 'content': ...}])")
-        if isinstance(messages, str):
-            messages = [{"role": "user", "content": messages}]
-        if timeout is not None and not _positive_seconds(timeout):
-            raise InvalidRequest(f"timeout must be a positive, finite number of seconds, got {timeout!r}")
-        if metadata is not None and not isinstance(metadata, Mapping):
-            raise InvalidRequest(f"metadata must be a dict, got {type(metadata).__name__}")
-        if metadata:  # the run and its tags are recorded with the answer: they must be storable
-            run = metadata.get("run")
-            if run is not None and not isinstance(run, str):
-                raise InvalidRequest(f"metadata['run'] must be a run name (a string), got {run!r:.80}")
-            if not is_json_data(metadata.get("tags")):
-                raise InvalidRequest(f"metadata['tags'] must be JSON data, got {metadata.get('tags')!r:.80}")
-        active = current_run()
-        if active is not None and "run" not in (metadata or {}):
-            metadata = {**(metadata or {}), "run": active.name, "tags": dict(active.tags)}
-            if active.budgets:
-                metadata["budgets"] = active.budgets
-        if model is not None and not (isinstance(model, str) and model.strip()):
-            raise InvalidRequest(f"model must be a non-empty string such as 'gpt-4o-mini', got {model!r:.80}")
-        model = str(model) if isinstance(model, ModelName) else (model or resolved.model)  # the name, not the callable
-        return Request(
-            model=model,
-            messages=check_messages(messages),
-            params={**resolved.params, **check_params(params)},
-            response_format=normalize_response_format(response_format),
-            role=self.role,
-            backend=resolved.backend,
-            endpoint=pipeline.backend.endpoint_for(model),
-            # the role's timeout travels with the request, so retry can clip it to its deadline
-            timeout=timeout if timeout is not None else resolved.options.get("timeout"),
-            metadata=metadata or {},
-        )
-
+    @overload
+    def __call__(self, messages: Any = None, *, stream: Literal[False] = False, **options: Any) -> Response: ...
+    @overload
+    def __call__(self, messages: Any = None, *, stream: Literal[True], **options: Any) -> Stream: ...
     def __call__(
         self,
         messages: Any = None,
@@ -160,25 +121,43 @@ class RoleLLM:
         sample: Any = None,
         retries: int | None = None,
         deadline: float | None = None,
+        stream: bool = False,
         **params: Any,
-    ) -> Response:
+    ) -> Response | Stream:
         metadata = _call_metadata(metadata, cache, sample, retries, deadline)
         chain = self._chain()
-        request = self._request(chain, messages, response_format, model, timeout, metadata, params)
-        return chain[1](request)
+        request = _build_request(self.role, chain, messages, response_format, model, timeout, metadata, params)
+        return Stream(chain[1], request) if stream else chain[1](request)
+
+    def stream(self, messages: Any = None, **options: Any) -> Stream:
+        """The call as a stream: iterate it for chunks as they come (`chunk.choices[0].delta.content`);
+        `.response` is the assembled `Response`. Takes what a call takes; `llm(..., stream=True)`
+        is the same."""
+        return Stream(self._chain()[1], self.request(messages, **options))
+
+    def astream(self, messages: Any = None, **options: Any) -> AsyncStream:
+        """Async twin of `stream` (call it inside a running event loop): `async for chunk in ...`."""
+        return AsyncStream(self._chain()[1].acall, self.request(messages, **options))
 
     def create(self, **config: Any) -> Response:
         """Trace's `AbstractModel.create(**config)`: the same call as `llm(**config)`.
 
         `config` holds what an OpenAI chat completion takes (`messages`, `model`, `n`,
-        `temperature`, `max_tokens`, `response_format`, ...) and myopto's per-call options.
+        `temperature`, `max_tokens`, `response_format`, ...) and myopto's per-call options; with
+        `stream=True` it returns a `Stream`, as the OpenAI SDK's `create` does.
         """
-        return self(**config)
+        response: Response = self(**config)
+        return response
 
     async def acreate(self, **config: Any) -> Response:
         """Async twin of `create`."""
-        return await self.acall(**config)
+        response: Response = await self.acall(**config)
+        return response
 
+    @overload
+    async def acall(self, messages: Any = None, *, stream: Literal[False] = False, **options: Any) -> Response: ...
+    @overload
+    async def acall(self, messages: Any = None, *, stream: Literal[True], **options: Any) -> AsyncStream: ...
     async def acall(
         self,
         messages: Any = None,
@@ -191,13 +170,14 @@ class RoleLLM:
         sample: Any = None,
         retries: int | None = None,
         deadline: float | None = None,
+        stream: bool = False,
         **params: Any,
-    ) -> Response:
+    ) -> Response | AsyncStream:
         """Async twin of calling the object."""
         metadata = _call_metadata(metadata, cache, sample, retries, deadline)
         chain = self._chain()
-        request = self._request(chain, messages, response_format, model, timeout, metadata, params)
-        return await chain[1].acall(request)
+        request = _build_request(self.role, chain, messages, response_format, model, timeout, metadata, params)
+        return AsyncStream(chain[1].acall, request) if stream else await chain[1].acall(request)
 
     def batch(
         self,
@@ -216,30 +196,7 @@ class RoleLLM:
         calls finished). `progress=True` shows a tqdm bar when tqdm is installed. Keyword
         arguments apply to every call.
         """
-        if max_concurrency < 1:
-            raise InvalidRequest("max_concurrency must be at least 1")
-        items = list(messages_list)
-        results: list[Any] = [None] * len(items)
-        bar = _progress_bar(len(items)) if progress else None
-        with concurrent.futures.ThreadPoolExecutor(max_workers=min(max_concurrency, max(len(items), 1))) as pool:
-            # each call runs in a copy of the caller's context, so an active `myopto.run` tags it
-            futures = {
-                pool.submit(contextvars.copy_context().run, self, item, **kwargs): index
-                for index, item in enumerate(items)
-            }
-            for future in concurrent.futures.as_completed(futures):
-                index = futures[future]
-                error = future.exception()
-                results[index] = error if error is not None else future.result()
-                if bar is not None:
-                    bar.update(1)
-        if bar is not None:
-            bar.close()
-        if not return_exceptions:
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
-        return results
+        return _run_batch(self, messages_list, max_concurrency, progress, return_exceptions, kwargs)
 
     def __copy__(self) -> RoleLLM:
         # the role, its overrides (immutable) and its router are shared; the chain is looked up again
@@ -261,7 +218,7 @@ class RoleLLM:
     def __repr__(self) -> str:
         try:
             resolved = self._chain()[0]
-        except Exception as error:  # repr must not raise
+        except Exception as error:  # noqa: BLE001 - repr must not raise: it shows why the role is unresolved
             return f"<RoleLLM role={self.role!r} (unresolved: {error})>"
         return f"<RoleLLM role={self.role!r} backend={resolved.backend} model={resolved.model!r}>"
 
@@ -283,7 +240,8 @@ class ModelName(str):
     def __call__(self, *args: Any, **kwargs: Any) -> Response:
         if self._llm is None:
             raise TypeError(f"the model name {str(self)!r} is not attached to a role")
-        return self._llm(*args, **kwargs)
+        response: Response = self._llm(*args, **kwargs)
+        return response
 
     def __reduce__(self) -> Any:
         return str, (str(self),)  # a copy or a pickle is the plain name
@@ -326,9 +284,97 @@ def _check_call_options(options: Mapping[str, Any]) -> None:
         raise InvalidRequest(f"deadline must be a positive, finite number of seconds, got {deadline!r}")
     if "sample" in options and not is_json_data(options["sample"]):
         raise InvalidRequest(
-            f"sample must be JSON data (a number, a string, or lists and dicts of them), got {options['sample']!r:.80}: "
-            "it is part of the cache key"
+            "sample must be JSON data (a number, a string, or lists and dicts of them), "
+            f"got {options['sample']!r:.80}: it is part of the cache key"
         )
+
+
+def _build_request(
+    role: str,
+    chain: tuple[ResolvedRole, Pipeline],
+    messages: Any,
+    response_format: Any,
+    model: str | None,
+    timeout: float | None,
+    metadata: Mapping[str, Any] | None,
+    params: dict[str, Any],
+) -> Request:
+    """The checked `Request` of one call of `role` down `chain`, from the call's arguments."""
+    resolved, pipeline = chain
+    if messages is None:
+        raise InvalidRequest("no messages given: call llm(messages=[{'role': 'user', 'content': ...}])")
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    if timeout is not None and not _positive_seconds(timeout):
+        raise InvalidRequest(f"timeout must be a positive, finite number of seconds, got {timeout!r}")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise InvalidRequest(f"metadata must be a dict, got {type(metadata).__name__}")
+    if metadata:  # the run and its tags are recorded with the answer: they must be storable
+        run = metadata.get("run")
+        if run is not None and not isinstance(run, str):
+            raise InvalidRequest(f"metadata['run'] must be a run name (a string), got {run!r:.80}")
+        if not is_json_data(metadata.get("tags")):
+            raise InvalidRequest(f"metadata['tags'] must be JSON data, got {metadata.get('tags')!r:.80}")
+    active = current_run()
+    if active is not None and "run" not in (metadata or {}):
+        metadata = {**(metadata or {}), "run": active.name, "tags": dict(active.tags)}
+        if active.budgets:
+            metadata["budgets"] = active.budgets
+    if model is not None and not (isinstance(model, str) and model.strip()):
+        raise InvalidRequest(f"model must be a non-empty string such as 'gpt-4o-mini', got {model!r:.80}")
+    model = str(model) if isinstance(model, ModelName) else (model or resolved.model)  # the name, not the callable
+    return Request(
+        model=model,
+        messages=check_messages(messages),
+        params={**resolved.params, **check_params(params)},
+        response_format=normalize_response_format(response_format),
+        role=role,
+        backend=resolved.backend,
+        endpoint=pipeline.backend.endpoint_for(model),
+        # the role's timeout travels with the request, so retry can clip it to its deadline
+        timeout=timeout if timeout is not None else resolved.options.get("timeout"),
+        metadata=metadata or {},
+    )
+
+
+def _run_batch(
+    llm: RoleLLM,
+    messages_list: Sequence[Any],
+    max_concurrency: int,
+    progress: bool,
+    return_exceptions: bool,
+    kwargs: Mapping[str, Any],
+) -> list[Any]:
+    """`RoleLLM.batch`: one call of `llm` per item on a thread pool, results in input order."""
+    if max_concurrency < 1:
+        raise InvalidRequest("max_concurrency must be at least 1")
+    items = list(messages_list)
+    results: list[Any] = [None] * len(items)
+    bar = _progress_bar(len(items)) if progress else None
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(max_concurrency, max(len(items), 1))) as pool:
+        # each call runs in a copy of the caller's context, so an active `myopto.run` tags it
+        futures = {
+            pool.submit(_call_in_context, contextvars.copy_context(), llm, item, kwargs): index
+            for index, item in enumerate(items)
+        }
+        for future in concurrent.futures.as_completed(futures):
+            index = futures[future]
+            error = future.exception()
+            results[index] = error if error is not None else future.result()
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    if not return_exceptions:
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+    return results
+
+
+def _call_in_context(context: contextvars.Context, llm: RoleLLM, messages: Any, kwargs: Mapping[str, Any]) -> Response:
+    """`llm(messages, **kwargs)` run in `context`: a copy of the caller's, taken when the call was submitted."""
+    return context.run(llm, messages, **kwargs)
 
 
 def _positive_seconds(value: Any) -> bool:

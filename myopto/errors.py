@@ -31,7 +31,7 @@ class BackendError(MyoptoError):
     `status_code` is the HTTP status when there was one; `retryable` says whether the same request
     may succeed later; `retry_after` is the delay in seconds the server asked for; `role`,
     `model` and `attempts` say which call failed after how many tries. The `__cause__` is a
-    masked copy of the SDK's exception (`myopto.backends.base.ProviderError`: its `sdk_type`,
+    masked copy of the SDK's exception (`myopto.backends.sdk_errors.ProviderError`: its `sdk_type`,
     `status_code` and masked message); the SDK's own exception is never chained, because
     providers quote API keys back. Subclasses name the kind of failure.
     """
@@ -167,3 +167,24 @@ class DamagedCacheEntry(MyoptoError):
         super().__init__(message)
         self.key = key
         self.location = location
+
+
+class StreamClosed(MyoptoError):
+    """The caller of a stream stopped reading it (`close()`, a `break`, a cancelled task).
+
+    Raised inside the chain at the stream's next chunk, so the backend closes the provider's
+    stream (the HTTP connection, or the local engine's sequence) at once; an answer whose stream
+    was closed is never cached. `text` is what had been streamed."""
+
+    def __init__(self, message: str = "the stream was closed by its caller", *, text: str = "") -> None:
+        super().__init__(message)
+        self.text = text
+
+
+class StreamBroken(BackendError):
+    """A stream failed after some of it had reached the caller, so it is not retried (the caller
+    has seen part of an answer). `text` is the part that was streamed; `__cause__` the failure."""
+
+    def __init__(self, message: str, *, text: str = "", **details: Any) -> None:
+        super().__init__(message, **details)
+        self.text = text

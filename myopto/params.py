@@ -44,7 +44,8 @@ def _number(name: str, value: Any, low: float, high: float | None) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidRequest(f"{name} must be a number, got {value!r}")
     # NaN compares false with everything, so the range check alone would let it through
-    if not math.isfinite(value) or value < low or (high is not None and value > high):
+    # `numbers.Real` promises `<` and `<=`, not `>`
+    if not math.isfinite(value) or value < low or (high is not None and not value <= high):
         upper = f" and {high}" if high is not None else ""
         raise InvalidRequest(f"{name} must be between {low}{upper}, got {value!r}")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Protocol, runtime_checkable
 
 from myopto.errors import ConfigError
@@ -33,8 +33,12 @@ class Backend(Protocol):
 
     async def acomplete(self, request: Request) -> Response: ...
 
+    def endpoint_for(self, model: str) -> str | None:
+        """Where a call for `model` goes and what the model is: a request's `endpoint`."""
+        ...
 
-def _run_coroutine(coroutine: Awaitable[Response]) -> Response:
+
+def _run_coroutine(coroutine: Coroutine[Any, Any, Response]) -> Response:
     """Run a coroutine to completion from sync code, also when this thread already runs a loop."""
     try:
         asyncio.get_running_loop()
@@ -80,9 +84,14 @@ async def _sync_in_async(function: Callable[..., Response], request: Request, ca
     loop = asyncio.get_running_loop()
 
     def blocking_next(next_request: Request) -> Response:
-        return asyncio.run_coroutine_threadsafe(call_next(next_request), loop).result()
+        return asyncio.run_coroutine_threadsafe(_awaited(call_next(next_request)), loop).result()
 
     return await asyncio.to_thread(function, request, blocking_next)
+
+
+async def _awaited(awaitable: Awaitable[Response]) -> Response:
+    """`awaitable` as a coroutine, which is what `run_coroutine_threadsafe` takes."""
+    return await awaitable
 
 
 class FunctionMiddleware(Middleware):
@@ -90,14 +99,16 @@ class FunctionMiddleware(Middleware):
 
     def __init__(self, function: Callable[..., Any], name: str | None = None) -> None:
         self.function = function
-        self.name = name or getattr(function, "name", None) or getattr(function, "__name__", "middleware")
-        self.is_async = inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
-            getattr(function, "__call__", None)
-        )
+        own_name: str = getattr(function, "name", "") or getattr(function, "__name__", "middleware")
+        self.name = name or own_name
+        # an object whose `__call__` is an `async def` is async too
+        call = getattr(function, "__call__", None)  # noqa: B004 - reads the method; callability is not the question
+        self.is_async = inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(call)
 
     def __call__(self, request: Request, call_next: Handler) -> Response:
         if not self.is_async:
-            return self.function(request, call_next)
+            response: Response = self.function(request, call_next)
+            return response
 
         async def async_next(next_request: Request) -> Response:
             return await asyncio.to_thread(call_next, next_request)
@@ -106,7 +117,8 @@ class FunctionMiddleware(Middleware):
 
     async def acall(self, request: Request, call_next: AsyncHandler) -> Response:
         if self.is_async:
-            return await self.function(request, call_next)
+            response: Response = await self.function(request, call_next)
+            return response
         return await _sync_in_async(self.function, request, call_next)
 
 

@@ -102,7 +102,7 @@ def litellm_cost(litellm: Any, raw: Any, model: str) -> float | None:
                 completion_response=raw, model=model, requested_model_info_override=dict(entry)
             )
         return float(cost)
-    except Exception:  # LiteLLM raises a variety of errors for answers it cannot price
+    except Exception:  # noqa: BLE001 - LiteLLM raises a variety of errors for answers it cannot price
         return None
 
 

@@ -13,7 +13,7 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from myopto.errors import ConfigError
 
@@ -31,9 +31,10 @@ def price_map() -> dict[str, Any]:
         return {}
     path = Path(next(iter(spec.submodule_search_locations))) / _MAP_FILE
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        prices: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    return prices
 
 
 _PRICING_KEYS = ("input", "output", "cached_input")
@@ -125,7 +126,10 @@ def _thresholds(model: str) -> tuple[tuple[float, str], ...]:
     return tuple(sorted(found))
 
 
-def _rate_or(entry: Mapping[str, Any], key: str, default: float | None) -> float | None:
+_Default = TypeVar("_Default", bound=float | None)
+
+
+def _rate_or(entry: Mapping[str, Any], key: str, default: _Default) -> float | _Default:
     rate = _rate(entry, key)
     return default if rate is None else rate
 

@@ -25,7 +25,7 @@ def report_unrecorded(
 
     `error` is why; the caller's call goes on. Counted under `what`.
     """
-    from myopto.logs import redact
+    from myopto.redaction import redact
 
     with _lock:
         _counts[what] += 1

@@ -124,6 +124,7 @@ class RedisConnection:
             "client_name": "myopto",
         }
         scheme, _, rest = self.url.partition("://")
+        client: redis.Redis | redis.RedisCluster
         if scheme.endswith("+cluster"):
             client = redis.RedisCluster.from_url(scheme.removesuffix("+cluster") + "://" + rest, **options)
         else:

@@ -215,6 +215,9 @@ class Request:
     endpoint: str | None = None
     timeout: float | None = None
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=lambda: _EMPTY)
+    # Where a streamed call's chunks go (`myopto.streaming.StreamSink`), None for a plain call.
+    # Not part of the key: a streamed and a plain call of the same request share one answer.
+    sink: Any = dataclasses.field(default=None, repr=False, compare=False)
     # fingerprint() computed once per request (a replace() makes a new request and a new key)
     _key: str | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
@@ -236,11 +239,13 @@ class Request:
 
     def messages_list(self) -> list[dict[str, Any]]:
         """The messages as plain dicts, as SDKs want them."""
-        return _plain(self.messages)
+        messages: list[dict[str, Any]] = _plain(self.messages)
+        return messages
 
     def params_dict(self) -> dict[str, Any]:
         """The generation parameters as a plain dict."""
-        return _plain(self.params)
+        params: dict[str, Any] = _plain(self.params)
+        return params
 
     def response_format_dict(self) -> dict[str, Any] | None:
         """The requested response format as a plain dict, or None."""

@@ -6,7 +6,8 @@ and usage with its token classes (cached prompt tokens, reasoning tokens). `to_d
 of it as plain JSON (what the cache stores) and `from_dict()` rebuilds an equal response, also
 from records written before these fields existed. The parts are immutable (tuples, frozen
 dataclasses): one cached response object serves every later hit in a process, so no caller can
-change what the next one gets.
+change what the next one gets. `Usage` and its details are here; a choice and what it holds
+(message, tool calls, logprobs) are `myopto.choice`.
 """
 
 from __future__ import annotations
@@ -17,30 +18,18 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-
-class _ItemAccess:
-    """Lets `obj["field"]` read `obj.field`, as LiteLLM's ModelResponse allows."""
-
-    __slots__ = ()
-
-    def __getitem__(self, key: str) -> Any:
-        try:
-            return getattr(self, key)
-        except AttributeError:
-            raise KeyError(key) from None
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return getattr(self, key, default)
-
-
-def _fields(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """`data` as keyword arguments of `cls`; a name `cls` does not have is a `ValueError`."""
-    if not isinstance(data, Mapping):
-        raise TypeError(f"{where} is a {type(data).__name__}, not an object")
-    unknown = set(data) - {field.name for field in dataclasses.fields(cls)}
-    if unknown:
-        raise ValueError(f"{where} has fields it does not have: {', '.join(sorted(map(repr, unknown)))}")
-    return dict(data)
+# The parts of a choice, read from here by `backends/`, `middleware/`, `myopto.stores` and the
+# tests since before they had a module of their own.
+from myopto.choice import Choice as Choice
+from myopto.choice import ChoiceLogprobs as ChoiceLogprobs
+from myopto.choice import Function as Function
+from myopto.choice import Message as Message
+from myopto.choice import TokenLogprob as TokenLogprob
+from myopto.choice import ToolCall as ToolCall
+from myopto.choice import TopLogprob as TopLogprob
+from myopto.choice import choices_of as choices_of
+from myopto.chunks import Chunk, chunks_of
+from myopto.openai_objects import ItemAccess, fields_of
 
 
 def _count(value: Any, where: str) -> int:
@@ -53,7 +42,7 @@ def _count(value: Any, where: str) -> int:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class PromptTokensDetails(_ItemAccess):
+class PromptTokensDetails(ItemAccess):
     """What the prompt tokens hold: `cached_tokens` were served from the provider's prompt cache
     (billed at its cache-read price)."""
 
@@ -64,7 +53,7 @@ class PromptTokensDetails(_ItemAccess):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class CompletionTokensDetails(_ItemAccess):
+class CompletionTokensDetails(ItemAccess):
     """What the completion tokens hold: `reasoning_tokens` the model spent thinking (part of
     `completion_tokens`, as OpenAI counts them)."""
 
@@ -79,7 +68,7 @@ _NO_REASONING = CompletionTokensDetails()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Usage(_ItemAccess):
+class Usage(ItemAccess):
     """Token counts of one call (all its choices), named as in the OpenAI API.
 
     `prompt_tokens_details.cached_tokens` and `completion_tokens_details.reasoning_tokens` are 0
@@ -93,16 +82,16 @@ class Usage(_ItemAccess):
     completion_tokens_details: CompletionTokensDetails = _NO_REASONING
 
     def __post_init__(self) -> None:
-        if not isinstance(self.prompt_tokens_details, PromptTokensDetails):
-            details = PromptTokensDetails(
-                **_fields(PromptTokensDetails, self.prompt_tokens_details, "usage.prompt_tokens_details")
+        prompt: Any = self.prompt_tokens_details  # a stored record gives dicts
+        completion: Any = self.completion_tokens_details
+        if not isinstance(prompt, PromptTokensDetails):
+            prompt = PromptTokensDetails(**fields_of(PromptTokensDetails, prompt, "usage.prompt_tokens_details"))
+            object.__setattr__(self, "prompt_tokens_details", prompt)
+        if not isinstance(completion, CompletionTokensDetails):
+            completion = CompletionTokensDetails(
+                **fields_of(CompletionTokensDetails, completion, "usage.completion_tokens_details")
             )
-            object.__setattr__(self, "prompt_tokens_details", details)
-        if not isinstance(self.completion_tokens_details, CompletionTokensDetails):
-            details = CompletionTokensDetails(
-                **_fields(CompletionTokensDetails, self.completion_tokens_details, "usage.completion_tokens_details")
-            )
-            object.__setattr__(self, "completion_tokens_details", details)
+            object.__setattr__(self, "completion_tokens_details", completion)
 
     @classmethod
     def of(
@@ -167,233 +156,7 @@ class Usage(_ItemAccess):
         }
 
 
-# -- tool calls -----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Function(_ItemAccess):
-    """The function a tool call names, and its arguments as the JSON text the model wrote."""
-
-    name: str
-    arguments: str = ""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not isinstance(self.arguments, str):
-            raise TypeError(
-                f"a tool call's function name and arguments are text, got {self.name!r}, {self.arguments!r:.80}"
-            )
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ToolCall(_ItemAccess):
-    """One tool call of a message, in OpenAI's shape: `id`, `type` and `function` (name, arguments)."""
-
-    id: str
-    function: Function
-    type: str = "function"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.function, Function):
-            object.__setattr__(self, "function", Function(**_fields(Function, self.function, "tool_call.function")))
-        if not isinstance(self.id, str) or not isinstance(self.type, str):
-            raise TypeError(f"a tool call's id and type are text, got {self.id!r}, {self.type!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "type": self.type,
-            "function": {"name": self.function.name, "arguments": self.function.arguments},
-        }
-
-
-# -- logprobs -------------------------------------------------------------------------------
-
-
-def _logprob(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"a logprob is a number, got {value!r}")
-    return value
-
-
-def _bytes(value: Any) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    if not isinstance(value, (list, tuple)) or not all(type(item) is int and 0 <= item < 256 for item in value):
-        raise TypeError(f"a token's bytes are a list of byte values, got {value!r:.80}")
-    return tuple(value)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TopLogprob(_ItemAccess):
-    """One of the most likely tokens at a position, with its log probability."""
-
-    token: str
-    logprob: float
-    bytes: tuple[int, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.token, str):
-            raise TypeError(f"a token is text, got {self.token!r}")
-        _logprob(self.logprob)
-        object.__setattr__(self, "bytes", _bytes(self.bytes))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"token": self.token, "logprob": self.logprob, "bytes": None if self.bytes is None else list(self.bytes)}
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TokenLogprob(_ItemAccess):
-    """A token of the answer, its log probability and (when asked) the top alternatives."""
-
-    token: str
-    logprob: float
-    bytes: tuple[int, ...] | None = None
-    top_logprobs: tuple[TopLogprob, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.token, str):
-            raise TypeError(f"a token is text, got {self.token!r}")
-        _logprob(self.logprob)
-        object.__setattr__(self, "bytes", _bytes(self.bytes))
-        top = self.top_logprobs if self.top_logprobs is not None else ()
-        object.__setattr__(
-            self,
-            "top_logprobs",
-            tuple(
-                item if isinstance(item, TopLogprob) else TopLogprob(**_fields(TopLogprob, item, "top_logprobs[]"))
-                for item in top
-            ),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "token": self.token,
-            "logprob": self.logprob,
-            "bytes": None if self.bytes is None else list(self.bytes),
-            "top_logprobs": [item.to_dict() for item in self.top_logprobs],
-        }
-
-
-def _tokens(value: Any, where: str) -> tuple[TokenLogprob, ...] | None:
-    if value is None:
-        return None
-    if not isinstance(value, (list, tuple)):
-        raise TypeError(f"{where} is a {type(value).__name__}, not a list")
-    return tuple(
-        item if isinstance(item, TokenLogprob) else TokenLogprob(**_fields(TokenLogprob, item, f"{where}[]"))
-        for item in value
-    )
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ChoiceLogprobs(_ItemAccess):
-    """The log probabilities of a choice's tokens (`content`), and of a refusal's."""
-
-    content: tuple[TokenLogprob, ...] | None = None
-    refusal: tuple[TokenLogprob, ...] | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "content", _tokens(self.content, "logprobs.content"))
-        object.__setattr__(self, "refusal", _tokens(self.refusal, "logprobs.refusal"))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "content": None if self.content is None else [item.to_dict() for item in self.content],
-            "refusal": None if self.refusal is None else [item.to_dict() for item in self.refusal],
-        }
-
-
-# -- choices --------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Message(_ItemAccess):
-    """The assistant message of a choice: its text (`content`, None for a message made only of
-    tool calls), `tool_calls`, `reasoning_content` (the provider's thinking, where it gives it)
-    and `parsed` (the JSON value of a structured-output answer, as in OpenAI's `parse()`)."""
-
-    content: str | None
-    role: str = "assistant"
-    tool_calls: tuple[ToolCall, ...] | None = None
-    reasoning_content: str | None = None
-    parsed: Any = None
-
-    def __post_init__(self) -> None:
-        if self.content is not None and not isinstance(self.content, str):
-            raise TypeError(f"a message's content is text, got {type(self.content).__name__}")
-        if not isinstance(self.role, str):
-            raise TypeError(f"a message's role is text, got {self.role!r}")
-        if self.reasoning_content is not None and not isinstance(self.reasoning_content, str):
-            raise TypeError(f"reasoning_content is text, got {type(self.reasoning_content).__name__}")
-        calls = self.tool_calls
-        if calls is not None:
-            if not isinstance(calls, (list, tuple)):
-                raise TypeError(f"tool_calls is a {type(calls).__name__}, not a list")
-            object.__setattr__(
-                self,
-                "tool_calls",
-                tuple(
-                    call if isinstance(call, ToolCall) else ToolCall(**_fields(ToolCall, call, "tool_calls[]"))
-                    for call in calls
-                )
-                or None,
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        """As stored and dumped: role and content, the rest only when present."""
-        data: dict[str, Any] = {"role": self.role, "content": self.content}
-        if self.tool_calls:
-            data["tool_calls"] = [call.to_dict() for call in self.tool_calls]
-        if self.reasoning_content is not None:
-            data["reasoning_content"] = self.reasoning_content
-        if self.parsed is not None:
-            data["parsed"] = self.parsed
-        return data
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Choice(_ItemAccess):
-    """One choice of a completion: its message, index, finish reason and logprobs."""
-
-    message: Message
-    index: int = 0
-    finish_reason: str | None = "stop"
-    logprobs: ChoiceLogprobs | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.message, Message):
-            object.__setattr__(self, "message", Message(**_fields(Message, self.message, "choice.message")))
-        if self.logprobs is not None and not isinstance(self.logprobs, ChoiceLogprobs):
-            object.__setattr__(
-                self, "logprobs", ChoiceLogprobs(**_fields(ChoiceLogprobs, self.logprobs, "choice.logprobs"))
-            )
-        if type(self.index) is not int or self.index < 0:
-            raise TypeError(f"a choice's index is a whole number, got {self.index!r}")
-        if self.finish_reason is not None and not isinstance(self.finish_reason, str):
-            raise TypeError(f"a choice's finish_reason is text, got {self.finish_reason!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """As stored: logprobs only when present."""
-        data: dict[str, Any] = {
-            "index": self.index,
-            "message": self.message.to_dict(),
-            "finish_reason": self.finish_reason,
-        }
-        if self.logprobs is not None:
-            data["logprobs"] = self.logprobs.to_dict()
-        return data
-
-    def model_dump(self) -> dict[str, Any]:
-        """As OpenAI's choice object (`logprobs` always present)."""
-        return {**self.to_dict(), "logprobs": None if self.logprobs is None else self.logprobs.to_dict()}
-
-
-def choices_of(value: Any) -> tuple[Choice, ...]:
-    """Choices given as `Choice` objects or as stored dicts, as a tuple of `Choice`; a shape
-    that is not a choice raises `TypeError` or `ValueError` saying what is wrong."""
-    if not isinstance(value, (list, tuple)):
-        raise TypeError(f"choices is a {type(value).__name__}, not a list")
-    return tuple(item if isinstance(item, Choice) else Choice(**_fields(Choice, item, "choices[]")) for item in value)
+# -- the response ---------------------------------------------------------------------------
 
 
 def new_response_id() -> str:
@@ -402,7 +165,7 @@ def new_response_id() -> str:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Response(_ItemAccess):
+class Response(ItemAccess):
     """The answer to one call.
 
     `text` is the answer (the first choice's content, '' when it has none), `parsed` the JSON
@@ -412,7 +175,8 @@ class Response(_ItemAccess):
     `choices` holds every choice (more than one when `n` was asked), each with its message
     (content, tool calls, reasoning, parsed value), finish reason and logprobs; left out, it is
     the one choice `text` and `finish_reason` describe.
-    `raw` is the provider's own object: never cached, never logged, not compared.
+    `stream` holds the chunks of a streamed answer (cached with it, so a hit streams them again;
+    not compared). `raw` is the provider's own object: never cached, never logged, not compared.
     It reads like an OpenAI chat completion: `response.choices[0].message.content`,
     `response.choices[0].message.tool_calls[0].function.name`, `response.usage.prompt_tokens`,
     `response["choices"][0]["message"]["content"]`.
@@ -430,18 +194,22 @@ class Response(_ItemAccess):
     id: str = dataclasses.field(default_factory=new_response_id)
     created: int = dataclasses.field(default_factory=lambda: int(time.time()))
     choices: tuple[Choice, ...] = ()
+    stream: tuple[Chunk, ...] = dataclasses.field(default=(), repr=False, compare=False)
     raw: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     object = "chat.completion"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.usage, Usage):  # a stored record's dict
-            object.__setattr__(self, "usage", Usage(**_fields(Usage, self.usage, "usage")))
+        usage: Any = self.usage
+        if not isinstance(usage, Usage):  # a stored record's dict
+            object.__setattr__(self, "usage", Usage(**fields_of(Usage, usage, "usage")))
         if not self.choices:
             message = Message(content=self.text, parsed=self.parsed)
             object.__setattr__(self, "choices", (Choice(message=message, finish_reason=self.finish_reason),))
         elif type(self.choices) is not tuple or not all(type(choice) is Choice for choice in self.choices):
             object.__setattr__(self, "choices", choices_of(self.choices))
+        if self.stream and (type(self.stream) is not tuple or not all(type(c) is Chunk for c in self.stream)):
+            object.__setattr__(self, "stream", chunks_of(self.stream))
 
     @property
     def content(self) -> str:
@@ -502,13 +270,15 @@ class Response(_ItemAccess):
         }
         if not self._is_plain():
             data["choices"] = [choice.to_dict() for choice in self.choices]
+        if self.stream:  # a streamed answer: its chunks, so that a hit streams them again
+            data["stream"] = [chunk.to_dict() for chunk in self.stream]
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Response:
         """The inverse of `to_dict()`; also reads records written before `choices` and the
         usage details existed."""
-        return cls(**_fields(cls, data, "response"))
+        return cls(**fields_of(cls, data, "response"))
 
     def model_dump(self) -> dict[str, Any]:
         """The response as an OpenAI chat-completion dict, for code written against the OpenAI SDK."""

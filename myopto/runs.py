@@ -1,6 +1,7 @@
 """Runs: `with myopto.run("exp-42", lr=0.1):` tags every call, log line, usage record and cache
-entry made inside it; `max_cost_usd=` gives it a budget (see `myopto.middleware.limits`). Held in a contextvar, so threads started with `contextvars.copy_context()`,
-`asyncio` tasks, and `llm.batch` inherit it."""
+entry made inside it; `max_cost_usd=` gives it a budget (see `myopto.middleware.limits`). Held
+in a contextvar, so threads started with `contextvars.copy_context()`, `asyncio` tasks, and
+`llm.batch` inherit it."""
 
 from __future__ import annotations
 

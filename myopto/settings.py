@@ -7,13 +7,13 @@
 | `TRACE_LITELLM_MODEL` | LiteLLM's default model | `gpt-4o` |
 | `TRACE_LOCALSLM_MODEL` | LocalSLM's default model | `Qwen/Qwen2-0.5B-Instruct` |
 | `TRACE_CUSTOMLLM_URL` | CustomLLM's base URL | `OPENAI_BASE_URL`, else the OpenAI API |
-| `OPENAI_BASE_URL` | the `openai` SDK's own: CustomLLM's base URL when `TRACE_CUSTOMLLM_URL` is unset | `https://api.openai.com/v1` |
-| `<PROVIDER>_API_BASE`, `<PROVIDER>_BASE_URL`, `<PROVIDER>_API_VERSION` | LiteLLM's own (`OPENAI_BASE_URL`, `AZURE_API_BASE`, `AZURE_API_VERSION`, ...): read by LiteLLM; myopto reads the model's provider's to put them in the cache key | - |
+| `OPENAI_BASE_URL` | the `openai` SDK's own; CustomLLM's if `TRACE_CUSTOMLLM_URL` is unset | OpenAI's API |
+| `<PROVIDER>_API_BASE`, `<PROVIDER>_BASE_URL`, `<PROVIDER>_API_VERSION` | LiteLLM's own (see below) | - |
 | `TRACE_CUSTOMLLM_MODEL` | CustomLLM's default model | - |
 | `TRACE_CUSTOMLLM_API_KEY` | CustomLLM's API key | `OPENAI_API_KEY`, else none |
 | `MYOPTO_CACHE` | cache mode: on, off, read_only, refresh, replay | `on` |
 | `MYOPTO_CACHE_DIR` | cache directory | the platform's user cache dir + `/myopto` |
-| `MYOPTO_MODEL_DIR` | where converted copies of GGUF models are kept (fast reloads) | the user cache dir + `/myopto-models` |
+| `MYOPTO_MODEL_DIR` | converted copies of GGUF models, for fast reloads | the user cache dir + `/myopto-models` |
 | `MYOPTO_CACHE_URL` | a Redis URL (`redis://`, `rediss://`, `unix://`, `redis+cluster://`): the cache lives there | - |
 | `MYOPTO_CACHE_NAMESPACE` | prefix of every Redis key, to keep experiments or teams apart | `myopto` |
 | `MYOPTO_CACHE_LEASE_SECONDS` | life of a single-flight lease on Redis (renewed while the call runs) | `10` |
@@ -24,6 +24,10 @@
 | `HF_ENDPOINT` | Hugging Face's own: the hub's address, probed before a download | `https://huggingface.co` |
 | `MYOPTO_MAX_PAUSE_SECONDS` | the longest a 429's Retry-After may pause an endpoint's model | `300` |
 | `MYOPTO_TRACING` | `otlp`: send OpenTelemetry spans over OTLP/HTTP (`OTEL_EXPORTER_OTLP_*` say where) | off |
+
+`<PROVIDER>_API_BASE`, `<PROVIDER>_BASE_URL` and `<PROVIDER>_API_VERSION` (`OPENAI_BASE_URL`,
+`AZURE_API_BASE`, `AZURE_API_VERSION`, ...) are read by LiteLLM; myopto reads those of the model's
+provider to put them in the cache key.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Generic, TypeVar
 
 DEFAULT_BACKEND = "LiteLLM"
 DEFAULT_LITELLM_MODEL = "gpt-4o"
@@ -115,7 +119,10 @@ _RAW_GET = getattr(getattr(os.environ, "_data", None), "get", None)
 _ENCODE = getattr(os.environ, "encodekey", None)
 
 
-class _Snapshot:
+T = TypeVar("T")
+
+
+class _Snapshot(Generic[T]):
     """A fixed set of variables, parsed once and again only when one of them changed.
 
     `os.environ` re-encodes the key and decodes the value on each lookup; the raw values come
@@ -126,14 +133,14 @@ class _Snapshot:
 
     __slots__ = ("_keys", "_names", "_parse", "_raw", "_value")
 
-    def __init__(self, names: tuple[str, ...], parse: Callable[[], Any]) -> None:
+    def __init__(self, names: tuple[str, ...], parse: Callable[[], T]) -> None:
         self._names = names
         self._keys = tuple(_ENCODE(name) for name in names) if _ENCODE is not None else names
         self._parse = parse
-        self._raw: tuple[object, ...] | None = None
-        self._value: Any = None
+        self._raw: tuple[object, ...] | None = None  # None: never parsed, so `_value` is unset
+        self._value: T
 
-    def value(self) -> Any:
+    def value(self) -> T:
         if os.environ is _ENVIRON and _RAW_GET is not None and _ENCODE is not None:
             raw = tuple(map(_RAW_GET, self._keys))
         else:
@@ -144,7 +151,7 @@ class _Snapshot:
         return self._value
 
 
-_ROLE_SNAPSHOTS: dict[str, _Snapshot] = {}
+_ROLE_SNAPSHOTS: dict[str, _Snapshot[Environment]] = {}
 
 
 def read_environment(role: str) -> Environment:
@@ -167,7 +174,7 @@ def openai_base_url() -> str | None:
 
 # Providers LiteLLM may pick for a model named without a `provider/` prefix ("gpt-4o", "claude-...").
 _UNPREFIXED_PROVIDERS = ("openai", "anthropic", "gemini", "vertex_ai", "mistral", "cohere", "groq", "deepseek", "xai")
-_PROVIDER_SNAPSHOTS: dict[str | None, _Snapshot] = {}
+_PROVIDER_SNAPSHOTS: dict[str | None, _Snapshot[tuple[tuple[str, str], ...]]] = {}
 
 
 def provider_endpoint_variables(provider: str | None) -> tuple[str, ...]:
@@ -210,7 +217,12 @@ def model_dir() -> Path:
 
 def default_cache_dir() -> Path:
     """`MYOPTO_CACHE_DIR`, else the platform's user cache directory + `myopto`."""
-    configured = _get("MYOPTO_CACHE_DIR")
+    return cache_dir_from(_get("MYOPTO_CACHE_DIR"))
+
+
+def cache_dir_from(configured: str | None) -> Path:
+    """The cache directory a value of `MYOPTO_CACHE_DIR` names (an `Environment`'s `cache_dir`),
+    else, when it is None or empty, the platform's user cache directory + `myopto`."""
     if configured:
         return Path(configured).expanduser()
     if sys.platform == "win32":
@@ -248,7 +260,7 @@ def secret_values() -> list[str]:
     """Values of variables that hold credentials (`*_API_KEY`, `*_TOKEN`, `*_SECRET*`), and the
     credentials inside URLs any variable holds (a password, `?api-key=...`: `OPENAI_BASE_URL`,
     `TRACE_CUSTOMLLM_URL`, `AZURE_API_BASE`, ...), to redact."""
-    from myopto.logs import secrets_in_url  # here: logs imports this module
+    from myopto.redaction import secrets_in_url  # here: redaction imports this module
 
     found = []
     for name, value in os.environ.items():

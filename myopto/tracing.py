@@ -67,7 +67,7 @@ def span_event(name: str, attributes: Mapping[str, Any]) -> None:
         return
     span = trace.get_current_span()
     if span.is_recording():
-        from myopto.logs import redact
+        from myopto.redaction import redact
 
         span.add_event(
             name,
@@ -113,7 +113,7 @@ def configure_tracing(
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError as error:
         raise ConfigError("tracing needs OpenTelemetry: pip install 'myopto[otel]'") from error
-    from myopto.logs import register_secrets_in
+    from myopto.redaction import register_secrets_in
 
     register_secrets_in({"headers": dict(headers or {}), "endpoint": endpoint})  # a collector's token is a key too
     with _lock:

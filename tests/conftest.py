@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from testkit import LoopTicks, serve
 
 from myopto import clear_role_config, configure_usage, reset_usage
 from myopto.limiter import LOCAL
@@ -58,16 +59,15 @@ def clean_state(monkeypatch, tmp_path, _model_dir):
     yield
     clear_role_config()
     reset_usage()
+    from myopto.stores.disk import close_disk_stores
+
+    close_disk_stores(tmp_path)  # a test's cache folders are gone with it: their files are closed too
 
 
 @pytest.fixture
 def custom_role(server):
     """Point the executor at the test server through CustomLLM; returns the server."""
-    from myopto import set_role_config
-
-    set_role_config(
-        "executor", backend="CustomLLM", model="test-model", base_url=server.url, api_key="sk-test-key", retries=0
-    )
+    serve(server, model="test-model", api_key="sk-test-key", retries=0)
     return server
 
 
@@ -110,28 +110,6 @@ def redis_server(_session_redis):
     yield _session_redis
     if not _session_redis.ping():
         _session_redis.start()
-
-
-class LoopTicks:
-    """Counts the event loop's turns while entered (one every `every` seconds): a call that
-    blocked the loop lets none happen."""
-
-    def __init__(self, every: float = 0.05) -> None:
-        self.every = every
-        self.count = 0
-        self._task = None
-
-    async def __aenter__(self) -> LoopTicks:
-        self._task = asyncio.create_task(self._tick())
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        self._task.cancel()
-
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(self.every)
-            self.count += 1
 
 
 @pytest.fixture

@@ -9,12 +9,13 @@ import asyncio
 import decimal
 import fractions
 import json
-import threading
 import traceback
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+from typing import ClassVar
 
 import numpy as np
 import pytest
+from testkit import LoopbackHTTP, serve
 
 from myopto import (
     AuthenticationFailed,
@@ -81,13 +82,15 @@ MARKER = "sk-MARKER-0123456789abcdef"
 
 def _carriers(url):
     password_url = url.replace("http://", f"http://user:{MARKER}@")
+    custom = {"backend": "CustomLLM", "model": "m", "base_url": url}
+    lite = {"backend": "LiteLLM", "model": "openai/m", "base_url": url}
     return {
-        "api_key": dict(backend="CustomLLM", model="m", base_url=url, api_key=MARKER),
-        "x-api-key header": dict(backend="CustomLLM", model="m", base_url=url, extra_headers={"x-api-key": MARKER}),
-        "base_url password": dict(backend="CustomLLM", model="m", base_url=password_url),
-        "base_url ?api-key": dict(backend="CustomLLM", model="m", base_url=url + f"?api-key={MARKER}"),
-        "LiteLLM api_key": dict(backend="LiteLLM", model="openai/m", base_url=url, api_key=MARKER),
-        "LiteLLM extra api_key": dict(backend="LiteLLM", model="openai/m", base_url=url, extra={"api_key": MARKER}),
+        "api_key": {**custom, "api_key": MARKER},
+        "x-api-key header": {**custom, "extra_headers": {"x-api-key": MARKER}},
+        "base_url password": {**custom, "base_url": password_url},
+        "base_url ?api-key": {**custom, "base_url": url + f"?api-key={MARKER}"},
+        "LiteLLM api_key": {**lite, "api_key": MARKER},
+        "LiteLLM extra api_key": {**lite, "extra": {"api_key": MARKER}},
     }
 
 
@@ -130,7 +133,7 @@ def test_a_key_stays_out_of_the_chain_after_retries(server, backend, model):
 
 
 class _Answers429(BaseHTTPRequestHandler):
-    headers_to_send: dict[str, str] = {}
+    headers_to_send: ClassVar[dict[str, str]] = {}
 
     def log_message(self, *args):
         pass
@@ -149,11 +152,9 @@ class _Answers429(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def rate_limiting_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answers429)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    server = LoopbackHTTP(_Answers429)
+    yield f"http://127.0.0.1:{server.port}/v1"
+    server.close()
 
 
 @pytest.mark.parametrize("backend, model", [("CustomLLM", "m"), ("LiteLLM", "openai/m")])
@@ -191,14 +192,7 @@ def test_a_header_a_proxy_routes_on_is_part_of_the_cache_key(routing_server, bac
     monkeypatch.setenv("MYOPTO_CACHE", "on")
     answers = []
     for route in ("alpha", "beta", "alpha"):
-        set_role_config(
-            "executor",
-            backend=backend,
-            model=model,
-            base_url=routing_server.url,
-            api_key="sk-x",
-            extra_headers={"X-Route": route},
-        )
+        serve(routing_server, backend=backend, model=model, api_key="sk-x", extra_headers={"X-Route": route})
         response = get_llm()("same prompt")
         answers.append((response.text, response.cached))
     assert answers == [("route=alpha", False), ("route=beta", False), ("route=alpha", True)]
@@ -209,11 +203,10 @@ def test_a_header_a_proxy_routes_on_is_part_of_the_cache_key(routing_server, bac
 def test_credential_headers_stay_out_of_the_cache_key(routing_server, backend, model, monkeypatch):
     monkeypatch.setenv("MYOPTO_CACHE", "on")
     for secret in ("sk-first-secret-000", "sk-second-secret-111"):
-        set_role_config(
-            "executor",
+        serve(
+            routing_server,
             backend=backend,
             model=model,
-            base_url=routing_server.url,
             api_key="sk-x",
             extra_headers={
                 "x-api-key": secret,
@@ -295,16 +288,8 @@ def test_logit_bias_token_ids_given_as_ints_are_sent_as_json_sends_them(custom_r
 
 
 def test_a_budget_with_its_own_pricing_prices_cached_tokens_at_the_cached_price(server):
-    set_role_config(
-        "executor",
-        backend="CustomLLM",
-        model="test-model",
-        base_url=server.url,
-        api_key="sk-x",
-        retries=0,
-        pricing={"input": 1.0, "output": 0.0, "cached_input": 0.1},
-        max_cost_usd=0.3,
-    )
+    pricing = {"input": 1.0, "output": 0.0, "cached_input": 0.1}
+    serve(server, model="test-model", api_key="sk-x", retries=0, pricing=pricing, max_cost_usd=0.3)
     usage = {"prompt_tokens": 1_000_000, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 900_000}}
     server.reply(Answer("one", usage=usage), Answer("two", usage=usage))
     assert [get_llm()(prompt).text for prompt in ("a", "b")] == ["one", "two"]  # $0.19 each, not $1

@@ -7,10 +7,10 @@ checks that the server saw nothing when the input was the caller's fault.
 
 import json
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+from testkit import LoopbackHTTP, send_json
 
 from myopto import ConfigError, InvalidRequest, MalformedResponse, get_llm, llm_json, set_role_config
 
@@ -193,7 +193,7 @@ def test_a_pathlike_cache_dir_is_accepted(server, tmp_path, monkeypatch):
 # -- provider data ------------------------------------------------------------------------------
 
 
-class ScriptedServer:
+class ScriptedServer(LoopbackHTTP):
     """A real HTTP server that answers each chat completion with the next body a test gave it."""
 
     def __init__(self) -> None:
@@ -207,20 +207,10 @@ class ScriptedServer:
 
             def do_POST(self):
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                data = json.dumps(bodies.pop(0)).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, json.dumps(bodies.pop(0)).encode())
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(Handler)
+        self.url = f"http://127.0.0.1:{self.port}/v1"
 
 
 def completion(choice, usage=None):

@@ -6,6 +6,7 @@ answers, and spellings that mean the same on the wire share one entry.
 """
 
 import pytest
+from testkit import serve
 
 from myopto import Request, clear_role_config, get_llm, set_role_config
 from myopto.backends.base import endpoint_url
@@ -28,8 +29,9 @@ def other_server():
         yield server
 
 
-def test_customllm_without_base_url_keys_the_openai_base_url_it_sends_to(server, other_server, cache_on, monkeypatch):
-    set_role_config("executor", backend="CustomLLM", model="m", api_key="sk-k", retries=0)
+def ask_each_server(server, other_server, monkeypatch):
+    """Ask one prompt with OPENAI_BASE_URL on `server`, then on `other_server`: the second answer
+    is the other server's own, not the first one's from the cache."""
     server.reply("from A")
     other_server.reply("from B")
     monkeypatch.setenv("OPENAI_BASE_URL", server.url)
@@ -37,6 +39,11 @@ def test_customllm_without_base_url_keys_the_openai_base_url_it_sends_to(server,
     monkeypatch.setenv("OPENAI_BASE_URL", other_server.url)
     answer = get_llm()("which server?")
     assert (answer.text, answer.cached, other_server.request_count) == ("from B", False, 1)
+
+
+def test_customllm_without_base_url_keys_the_openai_base_url_it_sends_to(server, other_server, cache_on, monkeypatch):
+    set_role_config("executor", backend="CustomLLM", model="m", api_key="sk-k", retries=0)
+    ask_each_server(server, other_server, monkeypatch)
     monkeypatch.setenv("OPENAI_BASE_URL", server.url)
     again = get_llm()("which server?")
     assert (again.text, again.cached, server.request_count) == ("from A", True, 1)  # A's own entry, kept
@@ -44,13 +51,7 @@ def test_customllm_without_base_url_keys_the_openai_base_url_it_sends_to(server,
 
 def test_litellm_without_base_url_keys_the_openai_base_url_it_sends_to(server, other_server, cache_on, monkeypatch):
     set_role_config("executor", backend="LiteLLM", model="openai/gpt-4o-mini", api_key="sk-k", retries=0)
-    server.reply("from A")
-    other_server.reply("from B")
-    monkeypatch.setenv("OPENAI_BASE_URL", server.url)
-    assert get_llm()("which server?").text == "from A"
-    monkeypatch.setenv("OPENAI_BASE_URL", other_server.url)
-    answer = get_llm()("which server?")
-    assert (answer.text, answer.cached, other_server.request_count) == ("from B", False, 1)
+    ask_each_server(server, other_server, monkeypatch)
 
 
 def test_litellm_api_base_in_extra_is_in_the_key(server, other_server, cache_on):
@@ -91,7 +92,7 @@ def test_litellm_api_version_and_wire_extras_are_in_the_key_and_credentials_and_
 
 
 def test_a_trailing_slash_on_base_url_hits_the_same_entry(server, cache_on):
-    set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, retries=0)
+    serve(server, retries=0)
     assert not get_llm()("slash?").cached
     set_role_config("executor", base_url=server.url + "/")
     again = get_llm()("slash?")
@@ -101,7 +102,7 @@ def test_a_trailing_slash_on_base_url_hits_the_same_entry(server, cache_on):
 
 
 def test_equal_numbers_in_params_hit_the_same_entry(server, cache_on):
-    set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url, retries=0)
+    serve(server, retries=0)
     assert not get_llm()("zero", temperature=0).cached
     assert get_llm()("zero", temperature=0.0).cached
     assert not get_llm()("one", top_p=1.0, extra_body={"x": [2.0]}).cached

@@ -7,25 +7,13 @@ import json
 import sqlite3
 
 import pytest
+from testkit import use_cache
 
-from myopto import CacheMiss, get_llm, set_role_config
+from myopto import CacheMiss, get_llm
 from myopto.cache_transfer import import_records
 from myopto.cli import main
 from myopto.stores.disk import DiskStore, disk_store
 from myopto.testing.mounts import mounts_unavailable, run_mounted
-
-
-def use_cache(server, directory, mode="on"):
-    set_role_config(
-        "executor",
-        backend="CustomLLM",
-        model="m",
-        base_url=server.url,
-        api_key="sk-x",
-        cache=mode,
-        cache_dir=str(directory),
-        retries=0,
-    )
 
 
 def exported(server, tmp_path, prompts, name="theirs") -> list[dict]:

@@ -3,10 +3,9 @@
 import copy
 import pickle
 import re
-import subprocess
-import sys
 
 import pytest
+from testkit import modules_loaded_by, serve
 
 from myopto import InvalidRequest, get_llm, set_role_config
 from myopto.params import check_params
@@ -76,13 +75,10 @@ def test_trace_optoprime_step_takes_the_suggested_value(server, structured_outpu
 
 
 def test_import_myopto_imports_no_sdk_and_no_torch():
-    code = (
-        "import sys, myopto, myopto.utils, myopto.utils.llm, myopto.backends, myopto.middleware, myopto.testing\n"
-        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'litellm', 'openai', 'torch', 'transformers', 'mlx', 'jsonschema', 'redis', 'diskcache', 'llama_cpp', 'numpy', 'xgrammar', 'opentelemetry'})\n"
-        "print(','.join(heavy))"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == ""
+    heavy = {"litellm", "openai", "torch", "transformers", "mlx", "jsonschema", "redis", "diskcache", "llama_cpp"}
+    heavy |= {"numpy", "xgrammar", "opentelemetry"}
+    code = "import myopto, myopto.utils, myopto.utils.llm, myopto.backends, myopto.middleware, myopto.testing"
+    assert modules_loaded_by(code, heavy) == []
 
 
 # -- Trace's LLM surface: what its optimisers and `AbstractModel` users touch -------------------
@@ -167,14 +163,7 @@ def test_a_copied_llm_calls_the_same_role_with_the_same_overrides(custom_role):
             "copied-model",
             0.2,
         )
-    set_role_config(
-        "executor",
-        backend="CustomLLM",
-        model="test-model",
-        base_url=custom_role.url,
-        api_key="sk-test-key",
-        max_tokens=9,
-    )
+    serve(custom_role, model="test-model", api_key="sk-test-key", max_tokens=9)
     copy.deepcopy(llm).create(messages="hi")  # a later config reaches copies too
     assert custom_role.last_request.body["max_tokens"] == 9
 

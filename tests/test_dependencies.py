@@ -5,11 +5,11 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import tomllib
+from testkit import modules_loaded_by
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("myopto", "middleware", "backends")
@@ -65,11 +65,5 @@ def test_rich_and_tqdm_are_declared_because_the_cli_and_batch_import_them():
 def test_import_myopto_stays_light_with_every_export():
     """Every name myopto exports (the Response's parts included) comes without an SDK, a
     validator or a tracer: those load on first use."""
-    code = (
-        "import sys, myopto\n"
-        "[getattr(myopto, name) for name in myopto.__all__]\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'litellm', 'openai', 'jsonschema', 'opentelemetry',"
-        " 'redis', 'numpy', 'torch', 'transformers', 'pydantic'}))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
+    heavy = {"litellm", "openai", "jsonschema", "opentelemetry", "redis", "numpy", "torch", "transformers", "pydantic"}
+    assert modules_loaded_by("import myopto\n[getattr(myopto, name) for name in myopto.__all__]", heavy) == []

@@ -109,3 +109,16 @@ def test_trace_a_run_example_prints_the_spans_a_collector_would_get():
     assert out[3].startswith("  chat opt-model: ok, cached=True, attempts=0")
     assert out[4].startswith("  chat opt-model: ERROR BadRequest")
     assert all("run=trace-demo" in line for line in out[1:])
+
+
+def test_stream_example_streams_live_then_replays_the_same_chunks_from_the_cache():
+    from myopto.backends import llama_cpp_engine
+    from myopto.backends.model_files import embedded_gguf
+
+    if embedded_gguf() is None or not llama_cpp_engine.available():
+        pytest.skip("needs the embedded model on llama.cpp (make test installs both)")
+    out = run_example("stream.py")
+    live = next(line for line in out.splitlines() if line.startswith("live: "))
+    assert "cached=False" in live and int(live.split()[1]) > 1  # token by token, not one chunk
+    assert "cached=True" in next(line for line in out.splitlines() if line.startswith("rerun: "))
+    assert "the rerun streamed the same chunks: True" in out and "async, from the cache too: True" in out

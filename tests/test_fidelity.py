@@ -9,13 +9,13 @@ import subprocess
 import sys
 
 import pytest
+from testkit import HTTP_BACKENDS, PLAIN_ANSWER_FIELDS, use_cache
 
 from myopto import BudgetExceeded, InvalidRequest, get_llm, set_role_config
 from myopto.pricing import cost_from_map
 from myopto.testing import FakeOpenAIServer
 from myopto.testing.server import Answer
 
-BACKENDS = {"CustomLLM": "gpt-4o-mini", "LiteLLM": "openai/gpt-4o-mini"}
 TOOLS = [
     {
         "type": "function",
@@ -48,7 +48,8 @@ answers = [
     llm("the long instructions an optimiser sends every step, which the provider has cached"),
     llm("Four ideas, please", n=4, temperature=1.0),
 ]
-print(json.dumps([{"record": answer.to_dict(), "dump": answer.model_dump(), "cached": answer.cached} for answer in answers]))
+print(json.dumps([{"record": answer.to_dict(), "dump": answer.model_dump(), "cached": answer.cached}
+                  for answer in answers]))
 """
 
 
@@ -71,7 +72,7 @@ def run_experiment(tmp_path, backend, url, mode, store):
     env = {
         **os.environ,
         "BACKEND": backend,
-        "MODEL": BACKENDS[backend],
+        "MODEL": HTTP_BACKENDS[backend],
         "URL": url,
         "MYOPTO_CACHE": mode,
         "TOOLS": json.dumps(TOOLS),
@@ -88,7 +89,7 @@ def without_call_facts(record):
     return {name: value for name, value in record.items() if name not in ("cached", "latency", "attempts")}
 
 
-@pytest.mark.parametrize("backend", sorted(BACKENDS))
+@pytest.mark.parametrize("backend", sorted(HTTP_BACKENDS))
 @pytest.mark.parametrize("store", ["disk", "redis"])
 def test_every_part_of_an_answer_survives_a_replay_in_a_new_process_with_the_server_gone(
     tmp_path, request, backend, store
@@ -131,19 +132,10 @@ def test_every_part_of_an_answer_survives_a_replay_in_a_new_process_with_the_ser
         assert replayed["dump"] == live_answer["dump"]  # the OpenAI-shaped view, every field
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(params=sorted(HTTP_BACKENDS))
 def role(request, server, tmp_path):
     backend = request.param
-    set_role_config(
-        "executor",
-        backend=backend,
-        model=BACKENDS[backend],
-        base_url=server.url,
-        api_key="sk-x",
-        retries=0,
-        cache="on",
-        cache_dir=str(tmp_path / "cache"),
-    )
+    use_cache(server, tmp_path / "cache", backend=backend, model=HTTP_BACKENDS[backend])
     return backend
 
 
@@ -221,7 +213,7 @@ def test_cached_prompt_tokens_cost_the_same_on_both_backends_and_what_litellm_ch
         "completion_tokens_details": {"reasoning_tokens": 400},
     }
     costs = {}
-    for backend, model in BACKENDS.items():
+    for backend, model in HTTP_BACKENDS.items():
         set_role_config("executor", backend=backend, model=model, base_url=server.url, api_key="sk-x", retries=0)
         server.reply(Answer(content="fine", usage=usage))
         response = get_llm()("x")
@@ -265,18 +257,7 @@ def test_a_record_written_before_choices_existed_is_still_served(custom_role, tm
     first = get_llm()("hello")
     store = next(m for m in get_llm().pipeline.middleware if m.name == "cache").store
     ((key, record),) = store.items()
-    assert set(record["response"]) == {
-        "text",
-        "model",
-        "usage",
-        "cost",
-        "parsed",
-        "cached",
-        "latency",
-        "finish_reason",
-        "id",
-        "created",
-    }  # a plain answer: today's shape
+    assert set(record["response"]) == PLAIN_ANSWER_FIELDS  # a plain answer: today's shape
     old = {
         **record,
         "response": {

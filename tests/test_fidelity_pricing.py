@@ -82,5 +82,5 @@ def test_role_pricing_takes_a_cached_input_price():
     ],
 )
 def test_a_bad_cached_input_price_is_a_config_error_that_says_what_to_give(pricing):
-    with pytest.raises(ConfigError, match="cached_input|USD per million|must be a number >= 0"):
+    with pytest.raises(ConfigError, match=r"cached_input|USD per million|must be a number >= 0"):
         check_pricing(pricing)

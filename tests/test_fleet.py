@@ -120,7 +120,8 @@ def test_a_killed_lease_owner_costs_at_most_one_extra_request_and_nobody_hangs(r
 
 def gcra_violations(times: list[float], rate: float, burst: float, slack: int = 4) -> list[tuple[int, int]]:
     """Pairs (i, j) of arrivals with more requests between them than the limit allows:
-    at most `burst` + `rate` per second of the span between them (+ `slack`: a request may leave a few ms after its slot, on a busy machine tens of ms)."""
+    at most `burst` + `rate` per second of the span between them (+ `slack`: a request may leave a
+    few ms after its slot, on a busy machine tens of ms)."""
     times = sorted(times)
     return [
         (i, j)

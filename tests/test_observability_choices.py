@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from testkit import HTTP_BACKENDS, use_cache
 
 import myopto
 from myopto import configure_logging, get_llm, set_role_config
@@ -17,7 +18,6 @@ from myopto.logs import read_log
 from myopto.testing import Answer
 
 KEY = "sk-observe-secret-0123456789"
-BACKENDS = {"CustomLLM": "gpt-4o-mini", "LiteLLM": "openai/gpt-4o-mini"}
 TOOLS = [
     {
         "type": "function",
@@ -55,19 +55,10 @@ def ask(**options):
     return get_llm()("What are two plus three and six times seven", n=2, tools=TOOLS, **options)
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(params=sorted(HTTP_BACKENDS))
 def role(request, server, tmp_path):
     backend = request.param
-    set_role_config(
-        "executor",
-        backend=backend,
-        model=BACKENDS[backend],
-        base_url=server.url,
-        api_key=KEY,
-        retries=0,
-        cache="on",
-        cache_dir=str(tmp_path / "cache"),
-    )
+    use_cache(server, tmp_path / "cache", backend=backend, model=HTTP_BACKENDS[backend], api_key=KEY)
     return backend
 
 

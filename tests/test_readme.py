@@ -71,7 +71,13 @@ def check_middleware(server, out, namespace):
     ]
 
 
+def check_stream(server, out, namespace):
+    assert server.last_request.body.get("stream") is True  # streamed from the provider, not faked
+    assert namespace["response"].text and namespace["response"].text in out
+
+
 CHECKS = [
+    ("with llm.stream(messages", check_stream),
     ('llm = get_llm("executor")\nresponse', check_quick_start),
     ("json_schema={", check_json),
     ("azure/gpt-4o", check_litellm_models),

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+from testkit import PLAIN_ANSWER_FIELDS
 
 from myopto import Response, Usage
 
@@ -123,18 +124,7 @@ def test_a_full_response_round_trips_through_json_identically():
 
 def test_a_plain_answer_is_stored_in_the_shape_it_always_had():
     data = Response(text="hi", model="m", usage=Usage.of(1, 1)).to_dict()
-    assert set(data) == {
-        "text",
-        "model",
-        "usage",
-        "cost",
-        "parsed",
-        "cached",
-        "latency",
-        "finish_reason",
-        "id",
-        "created",
-    }
+    assert set(data) == PLAIN_ANSWER_FIELDS
     assert data["usage"] == {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
 
 

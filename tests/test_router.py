@@ -196,14 +196,14 @@ def test_router_is_thread_safe_under_concurrent_config_and_calls(custom_role):
             for j in range(20):
                 set_role_config(f"role{i}", backend="CustomLLM", model=f"m{i}-{j}", base_url=custom_role.url)
                 assert ROUTER.chain(f"role{i}")[0].model == f"m{i}-{j}"
-        except Exception as error:  # pragma: no cover - reported below
+        except Exception as error:  # noqa: BLE001 - any error in a thread is collected and reported below
             errors.append(error)
 
     def call():
         try:
             for _ in range(10):
                 assert get_llm("executor")("x").text == "echo: x"
-        except Exception as error:  # pragma: no cover
+        except Exception as error:  # noqa: BLE001 - any error in a thread is collected and reported below
             errors.append(error)
 
     threads = [threading.Thread(target=configure, args=(i,)) for i in range(6)] + [
@@ -215,6 +215,22 @@ def test_router_is_thread_safe_under_concurrent_config_and_calls(custom_role):
         thread.join()
     assert errors == []
     assert custom_role.request_count == 40
+
+
+def chain_names(user=(), after_structured_output=()):
+    """A role's chain, in the order a request travels, with `user` middleware in the user slot and
+    others added right after structured_output."""
+    return [
+        "logging",
+        "tracing",
+        "usage",
+        *user,
+        "structured_output",
+        *after_structured_output,
+        "cache",
+        "retry",
+        "limits",
+    ]
 
 
 def test_user_middleware_for_one_role_sees_that_role_only(server):
@@ -232,16 +248,7 @@ def test_user_middleware_for_one_role_sees_that_role_only(server):
     get_llm("optimizer")("c")
     get_llm("executor")("d")
     assert seen == ["optimizer", "optimizer"]
-    assert get_llm("optimizer").pipeline.names == [
-        "logging",
-        "tracing",
-        "usage",
-        "spy",
-        "structured_output",
-        "cache",
-        "retry",
-        "limits",
-    ]
+    assert get_llm("optimizer").pipeline.names == chain_names(user=["spy"])
 
 
 def test_add_middleware_for_all_roles_and_at_named_positions(server):
@@ -260,40 +267,12 @@ def test_add_middleware_for_all_roles_and_at_named_positions(server):
     set_role_config("optimizer", base_url=server.url)
     add_middleware(outer)
     add_middleware(inner, role="optimizer", after="structured_output")
-    assert get_llm("executor").pipeline.names == [
-        "logging",
-        "tracing",
-        "usage",
-        "outer",
-        "structured_output",
-        "cache",
-        "retry",
-        "limits",
-    ]
-    assert get_llm("optimizer").pipeline.names == [
-        "logging",
-        "tracing",
-        "usage",
-        "outer",
-        "structured_output",
-        "inner",
-        "cache",
-        "retry",
-        "limits",
-    ]
+    assert get_llm("executor").pipeline.names == chain_names(user=["outer"])
+    assert get_llm("optimizer").pipeline.names == chain_names(user=["outer"], after_structured_output=["inner"])
     get_llm("optimizer")("x", response_format={"type": "json_object"})
     assert order == ["outer", "inner:False"]
     remove_middleware("inner")
-    assert get_llm("optimizer").pipeline.names == [
-        "logging",
-        "tracing",
-        "usage",
-        "outer",
-        "structured_output",
-        "cache",
-        "retry",
-        "limits",
-    ]
+    assert get_llm("optimizer").pipeline.names == chain_names(user=["outer"])
     with pytest.raises(ConfigError):
         remove_middleware("inner")
 

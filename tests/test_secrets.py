@@ -36,48 +36,44 @@ def _with_password(url: str, secret: str) -> str:
     return url.replace("http://", f"http://user:{secret}@", 1)
 
 
+def _customllm(**options: Any) -> dict[str, Any]:
+    return {"backend": "CustomLLM", "model": "gpt-4o-mini", **options}
+
+
+def _litellm(**options: Any) -> dict[str, Any]:
+    return {"backend": "LiteLLM", "model": "openai/gpt-4o-mini", **options}
+
+
 def _key_from_environment(url: str, secret: str, env: pytest.MonkeyPatch) -> dict[str, Any]:
     env.setenv("TRACE_CUSTOMLLM_API_KEY", secret)
-    return dict(backend="CustomLLM", model="gpt-4o-mini", base_url=url)
+    return _customllm(base_url=url)
 
 
 def _url_from_environment(url: str, secret: str, env: pytest.MonkeyPatch) -> dict[str, Any]:
     env.setenv("TRACE_CUSTOMLLM_URL", f"{url}?key={secret}&p=/")
-    return dict(backend="CustomLLM", model="gpt-4o-mini")
+    return _customllm()
 
 
 Carrier = Callable[[str, str, pytest.MonkeyPatch], dict[str, Any]]
 CARRIERS: dict[str, Carrier] = {
-    "api_key": lambda url, m, env: dict(backend="CustomLLM", model="gpt-4o-mini", base_url=url, api_key=m),
-    "authorization_header": lambda url, m, env: dict(
-        backend="CustomLLM", model="gpt-4o-mini", base_url=url, extra_headers={"Authorization": f"Bearer {m}"}
+    "api_key": lambda url, m, env: _customllm(base_url=url, api_key=m),
+    "authorization_header": lambda url, m, env: _customllm(
+        base_url=url, extra_headers={"Authorization": f"Bearer {m}"}
     ),
-    "x_api_key_header": lambda url, m, env: dict(
-        backend="CustomLLM", model="gpt-4o-mini", base_url=url, extra_headers={"x-api-key": m}
+    "x_api_key_header": lambda url, m, env: _customllm(base_url=url, extra_headers={"x-api-key": m}),
+    "bearer_under_any_header": lambda url, m, env: _customllm(
+        base_url=url, extra_headers={"X-Upstream": f"bearer {m}"}
     ),
-    "bearer_under_any_header": lambda url, m, env: dict(
-        backend="CustomLLM", model="gpt-4o-mini", base_url=url, extra_headers={"X-Upstream": f"bearer {m}"}
-    ),
-    "litellm_extra": lambda url, m, env: dict(
-        backend="LiteLLM", model="openai/gpt-4o-mini", base_url=url, extra={"api_key": m}
-    ),
-    "litellm_extra_headers": lambda url, m, env: dict(
-        backend="LiteLLM",
-        model="openai/gpt-4o-mini",
-        base_url=url,
-        api_key="sk-not-the-marker",
-        extra_headers={"api-key": m},
+    "litellm_extra": lambda url, m, env: _litellm(base_url=url, extra={"api_key": m}),
+    "litellm_extra_headers": lambda url, m, env: _litellm(
+        base_url=url, api_key="sk-not-the-marker", extra_headers={"api-key": m}
     ),
     # `&p=/` keeps the path the SDKs append after the query, so these calls are answered
-    "base_url_query_api_key": lambda url, m, env: dict(
-        backend="CustomLLM", model="gpt-4o-mini", base_url=f"{url}?api-key={m}&p=/"
+    "base_url_query_api_key": lambda url, m, env: _customllm(base_url=f"{url}?api-key={m}&p=/"),
+    "litellm_base_url_query_key": lambda url, m, env: _litellm(
+        base_url=f"{url}?key={m}&p=/", api_key="sk-not-the-marker"
     ),
-    "litellm_base_url_query_key": lambda url, m, env: dict(
-        backend="LiteLLM", model="openai/gpt-4o-mini", base_url=f"{url}?key={m}&p=/", api_key="sk-not-the-marker"
-    ),
-    "base_url_password": lambda url, m, env: dict(
-        backend="CustomLLM", model="gpt-4o-mini", base_url=_with_password(url, m)
-    ),
+    "base_url_password": lambda url, m, env: _customllm(base_url=_with_password(url, m)),
     "environment_api_key": _key_from_environment,
     "environment_url_query": _url_from_environment,
 }

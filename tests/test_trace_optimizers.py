@@ -192,7 +192,7 @@ def test_textgrad_is_exported_with_the_schema_optimisers():
 def test_trace_optoprimemulti_gets_n_candidates_from_one_call(server, backend, model):
     from opto.optimizers import OptoPrimeMulti
 
-    x, y, feedback = problem()
+    x, _y, _feedback = problem()
     optimizer = OptoPrimeMulti([x], llm=optimizer_role(server, backend, model))
     server.responder = answers_suggestion(lambda body: {x.py_name: 5})
     texts = optimizer.call_llm("system", "user", num_responses=3, temperature=0.7)
@@ -204,7 +204,7 @@ def test_trace_optoprimemulti_gets_n_candidates_from_one_call(server, backend, m
 def test_schema_optoprimemulti_sends_n_when_asked_for_several_answers(server):
     from myopto.integrations.trace import OptoPrimeMulti
 
-    x, y, feedback = problem()
+    x, _y, _feedback = problem()
     optimizer = OptoPrimeMulti([x], llm=optimizer_role(server, "CustomLLM", "opt-model"))
     texts = optimizer.call_llm("system", "user", num_responses=4, temperature=0.7)
     assert len(texts) == 4 and all(json.loads(text)["suggestion"] == {x.py_name: 1} for text in texts)

@@ -13,11 +13,11 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+from testkit import LoopbackHTTP, send_json
 
 from myopto.pricing import price_map
 from myopto.testing import FakeOpenAIServer
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = price_map()["gpt-4o-mini"]
 
 
-class PriceServer:
+class PriceServer(LoopbackHTTP):
     """Serves a price map at /prices.json, as raw.githubusercontent.com serves LiteLLM's."""
 
     def __init__(self, prices: dict) -> None:
@@ -37,22 +37,13 @@ class PriceServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 hits.append(self.path)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                send_json(self, body)
 
             def log_message(self, *args) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/prices.json"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(Handler)
+        self.url = f"http://127.0.0.1:{self.port}/prices.json"
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +112,8 @@ for backend, model in (("LiteLLM", "openai/gpt-4o-mini"), ("CustomLLM", "gpt-4o-
     out[backend] = [response.cost, response.usage.prompt_tokens, response.usage.completion_tokens]
 raw = litellm.completion(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "one two three"}],
                          api_base=url, api_key="sk-x")
-out["litellm_cost"] = [litellm_cost(litellm, raw, "openai/gpt-4o-mini"), raw.usage.prompt_tokens, raw.usage.completion_tokens]
+out["litellm_cost"] = [litellm_cost(litellm, raw, "openai/gpt-4o-mini"), raw.usage.prompt_tokens,
+                       raw.usage.completion_tokens]
 unknown = litellm.completion(model="openai/no-such-model-anywhere", messages=[{"role": "user", "content": "x"}],
                              api_base=url, api_key="sk-x")
 out["unknown"] = litellm_cost(litellm, unknown, "openai/no-such-model-anywhere")

@@ -22,9 +22,11 @@ mlflow = pytest.importorskip("mlflow")
 SCRIPT = """
 import os, myopto
 from myopto import BadRequest, get_llm, set_role_config
-myopto.configure_tracing(endpoint=os.environ["MLFLOW_URL"], headers={"x-mlflow-experiment-id": os.environ["EXPERIMENT"]})
-set_role_config("executor", backend="CustomLLM", model="test-model", base_url=os.environ["URL"], api_key="sk-mlflow-secret-123456",
-                cache="on", cache_dir=os.environ["CACHE"], retries=2, retry_backoff=0.01)
+myopto.configure_tracing(endpoint=os.environ["MLFLOW_URL"],
+                         headers={"x-mlflow-experiment-id": os.environ["EXPERIMENT"]})
+set_role_config("executor", backend="CustomLLM", model="test-model", base_url=os.environ["URL"],
+                api_key="sk-mlflow-secret-123456", cache="on", cache_dir=os.environ["CACHE"], retries=2,
+                retry_backoff=0.01)
 with myopto.run("traced-run", lr=0.1):
     get_llm()("retried after 429")  # the server refuses the first attempt
     get_llm()("answered")

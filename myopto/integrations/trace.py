@@ -94,6 +94,9 @@ class SchemaAnswers:
     """Mixin for Trace optimisers that parse a JSON `suggestion`: `call_llm` asks for the schema."""
 
     reasoning_in_answer = True
+    # given by the Trace optimiser this is mixed into
+    parameters: list[Any]
+    llm: Any
 
     def __init__(
         self, *args: Any, reasoning_max_length: int | None = DEFAULT_REASONING_MAX_LENGTH, **kwargs: Any
@@ -112,7 +115,7 @@ class SchemaAnswers:
     ) -> str:
         if verbose not in (False, "output"):
             print("Prompt\n", system_prompt + user_prompt)
-        text = self._ask(system_prompt, user_prompt, max_tokens).choices[0].message.content
+        text: str = self._ask(system_prompt, user_prompt, max_tokens).choices[0].message.content
         if verbose:
             print("LLM response:\n", text)
         return text
@@ -127,15 +130,15 @@ class SchemaAnswers:
         }
         try:
             return self.llm(messages=messages, response_format=response_format, max_tokens=max_tokens, **params)
-        except Exception:  # as Trace does: a backend that refuses the format gets the plain call
+        except Exception:  # noqa: BLE001 - as Trace does: refused in any way, the plain call
             return self.llm(messages=messages, max_tokens=max_tokens, **params)
 
 
-class OptoPrime(SchemaAnswers, _TraceOptoPrime):
+class OptoPrime(SchemaAnswers, _TraceOptoPrime):  # type: ignore[misc]  # Trace's class is Any (untyped)
     """Trace's `OptoPrime`, its answer enforced as `{"reasoning", "answer", "suggestion": {...}}`."""
 
 
-class OptoPrimeMulti(SchemaAnswers, _TraceOptoPrimeMulti):
+class OptoPrimeMulti(SchemaAnswers, _TraceOptoPrimeMulti):  # type: ignore[misc]  # Trace's class is Any (untyped)
     """Trace's `OptoPrimeMulti`, each candidate enforced as OptoPrime's answer is.
 
     Trace's own asks `llm.create(..., n=...)` inside a bare `except` that returns no candidates,
@@ -145,7 +148,7 @@ class OptoPrimeMulti(SchemaAnswers, _TraceOptoPrimeMulti):
     for in one call (Trace's `generate_candidates` asks for one per temperature).
     """
 
-    def call_llm(
+    def call_llm(  # type: ignore[override]  # Trace's OptoPrimeMulti.call_llm returns a text per candidate
         self,
         system_prompt: str,
         user_prompt: str,
@@ -164,7 +167,7 @@ class OptoPrimeMulti(SchemaAnswers, _TraceOptoPrimeMulti):
         return texts
 
 
-class OPRO(SchemaAnswers, _TraceOPRO):
+class OPRO(SchemaAnswers, _TraceOPRO):  # type: ignore[misc]  # Trace's class is Any (untyped)
     """Trace's `OPRO`, its answer enforced as `{"suggestion": {...}}` (the shape its prompt asks for)."""
 
     reasoning_in_answer = False

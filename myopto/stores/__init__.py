@@ -1,6 +1,7 @@
 """Where cached answers live: the small interface the cache middleware asks, and its stores.
 
-- `DiskStore` (`stores/disk.py`): a diskcache directory; one machine's default.
+- `DiskStore` (`stores/disk.py`): a diskcache directory; one machine's default (its parts:
+  `safe_disk.py`, `cache_db.py`, `disk_database.py`).
 - `RedisStore` (`stores/redis.py`): a Redis server shared by many workers and machines; it also
   offers single flight across processes (`claim`).
 
@@ -21,8 +22,8 @@ from myopto.redis_connection import is_redis_url
 class CacheStore(Protocol):
     """What the cache middleware needs from a store.
 
-    A store that can coordinate processes also has `claim(key)` and `wait(key, seconds)` (see
-    `RedisStore`).
+    A store that can coordinate processes also has `claim(key)` and `wait(key, seconds)` (a
+    `CoordinatingStore`, such as `RedisStore`).
     `location` names it in messages (a path, or a URL with its password masked). A store that
     cannot be written (a read-only directory) has `writable = False`: it serves what it holds,
     and `set` raises `CacheUnavailable`.
@@ -49,6 +50,19 @@ class CacheStore(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
     def clear(self) -> int: ...
+
+
+class CoordinatingStore(CacheStore, Protocol):
+    """A store that also coordinates processes (`RedisStore`): single flight across them."""
+
+    def claim(self, key: str) -> tuple[dict[str, Any] | None, Any, float]:
+        """(the record, None, 0) when the answer is there; (None, a lease, 0) when this caller now
+        owns the call (`lease.release()` when done); (None, None, seconds the owner's lease has left)."""
+        ...
+
+    def wait(self, key: str, seconds: float) -> None:
+        """Block until the flight of `key` ends or `seconds` pass."""
+        ...
 
 
 def open_store(location: str, *, namespace: str = "myopto", lease_seconds: float = 10.0) -> CacheStore:

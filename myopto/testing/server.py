@@ -10,7 +10,12 @@ It answers as fully as a provider does: `n` choices (each takes the next queued 
 `logprobs` (one token per word, with `top_logprobs` alternatives) when the request asks,
 tool calls, reasoning (`reasoning_content`, counted in `completion_tokens_details.reasoning_tokens`)
 and prompt tokens served from a prompt cache (`cached_tokens`, in `prompt_tokens_details`), the
-last three arranged with an `Answer`.
+last three arranged with an `Answer`. A request with `"stream": true` is answered with
+Server-Sent Events as OpenAI streams (`myopto.testing.sse`): a word a chunk, the usage last when
+`stream_options.include_usage` asks; `break_stream` breaks one off mid-way, `stream_pause` spaces
+the chunks out, and `closed_streams` counts the streams a client closed before their end. This
+module is the HTTP side (routes, recording, the queues of answers and faults); what an answer
+holds is `myopto.testing.answers`', what a fault is `myopto.testing.faults`'.
 
     with FakeOpenAIServer() as server:
         set_role_config("executor", backend="CustomLLM", model="m", base_url=server.url)
@@ -25,29 +30,18 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import random
 import socket
 import threading
 import time
-import uuid
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from myopto.parsing import content_text
-
-Responder = Callable[[dict[str, Any]], Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class Fault:
-    """One injected fault: an HTTP error, a delay, a dropped connection or a malformed body."""
-
-    kind: str  # "status" | "delay" | "drop" | "malformed"
-    status: int = 500
-    retry_after: float | None = None
-    retry_after_ms: float | None = None
-    seconds: float = 0.0
-    message: str = "injected fault"
+from myopto.testing.answers import Answer as Answer  # imported from here by tests
+from myopto.testing.answers import Responder, as_answer, chat_completion
+from myopto.testing.faults import Chaos, Fault
+from myopto.testing.sse import send_stream
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +55,8 @@ class RecordedRequest:
 
     @property
     def messages(self) -> list[dict[str, Any]]:
-        return self.body.get("messages", [])
+        messages: list[dict[str, Any]] = self.body.get("messages", [])
+        return messages
 
     @property
     def last_user_content(self) -> str:
@@ -69,129 +64,6 @@ class RecordedRequest:
             if message.get("role") == "user":
                 return content_text(message.get("content"))
         return ""
-
-
-@dataclasses.dataclass(frozen=True)
-class Answer:
-    """A whole answer to queue with `reply` (or return from a responder), beyond plain text.
-
-    `tool_calls`: OpenAI-shaped calls (`{"id", "type", "function": {"name", "arguments"}}`) or
-    short ones (`{"name": ..., "arguments": {...}}`; the id is made up, dict arguments are
-    JSON-encoded). `reasoning_content`: the model's thinking, sent beside the content. `finish_reason`
-    defaults to "tool_calls" when there are calls, else "stop". `usage`: counts that replace the
-    server's own in the response's usage block (such as `{"prompt_tokens": 1_000_000,
-    "prompt_tokens_details": {"cached_tokens": 900_000}}`); with `n`, the first choice's `usage` counts.
-    `message_fields`: more fields of the message as sent, as other servers spell them (vLLM's
-    `reasoning`, say).
-    """
-
-    content: str | None = None
-    tool_calls: tuple[dict[str, Any], ...] | list[dict[str, Any]] | None = None
-    reasoning_content: str | None = None
-    finish_reason: str | None = None
-    usage: dict[str, Any] | None = None
-    message_fields: dict[str, Any] | None = None
-
-    def message(self) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": self.content}
-        if self.tool_calls:
-            message["tool_calls"] = [_tool_call(call) for call in self.tool_calls]
-        if self.reasoning_content is not None:
-            message["reasoning_content"] = self.reasoning_content
-        message.update(self.message_fields or {})
-        return message
-
-
-def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
-    """A tool call in OpenAI's shape from a full or a short one (see `Answer`)."""
-    function = call.get("function", call)
-    arguments = function.get("arguments", "")
-    return {
-        "id": call.get("id") or "call_" + uuid.uuid4().hex[:24],
-        "type": call.get("type", "function"),
-        "function": {
-            "name": function["name"],
-            "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
-        },
-    }
-
-
-def logprobs_for(text: str, top: int = 0) -> dict[str, Any]:
-    """The server's logprobs of `text`: one token per word (a space before all but the first), a
-    fixed log probability each, and `top` alternatives per position, most likely first."""
-    tokens = [word if index == 0 else " " + word for index, word in enumerate(text.split())]
-    content = []
-    for index, token in enumerate(tokens):
-        logprob = -round(0.125 * (index % 8 + 1), 3)
-        alternatives = [{"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}]
-        alternatives += [
-            {"token": f"{token}~{rank}", "logprob": logprob - rank, "bytes": list(f"{token}~{rank}".encode())}
-            for rank in range(1, top)
-        ]
-        content.append(
-            {
-                "token": token,
-                "logprob": logprob,
-                "bytes": list(token.encode("utf-8")),
-                "top_logprobs": alternatives[:top],
-            }
-        )
-    return {"content": content, "refusal": None}
-
-
-def count_tokens(text: str) -> int:
-    """The server's token count: whitespace-separated words (simple and reproducible)."""
-    return len(text.split())
-
-
-def example_for_schema(schema: dict[str, Any], root: dict[str, Any] | None = None) -> Any:
-    """A small value that satisfies `schema` (objects carry all their properties)."""
-    root = root or schema
-    if "$ref" in schema:
-        target: Any = root
-        for part in schema["$ref"].lstrip("#/").split("/"):
-            target = target[part]
-        return example_for_schema(target, root)
-    if "const" in schema:
-        return schema["const"]
-    if "enum" in schema:
-        return schema["enum"][0]
-    for key in ("anyOf", "oneOf", "allOf"):
-        if key in schema:
-            return example_for_schema(schema[key][0], root)
-    kind = schema.get("type", "object")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind == "object":
-        properties = schema.get("properties", {})
-        return {name: example_for_schema(sub, root) for name, sub in properties.items()}
-    if kind == "array":
-        count = max(1, schema.get("minItems", 1))
-        return [example_for_schema(schema.get("items", {"type": "string"}), root) for _ in range(count)]
-    if kind == "string":
-        return "x" * max(schema.get("minLength", 0), 1) if "minLength" in schema else "example"
-    if kind == "integer":
-        return int(schema.get("minimum", 1))
-    if kind == "number":
-        return float(schema.get("minimum", 1.0))
-    if kind == "boolean":
-        return True
-    return None
-
-
-def default_answer(body: dict[str, Any]) -> str:
-    """What the server says when nothing else was arranged: JSON when JSON was asked, else an echo."""
-    response_format = body.get("response_format") or {}
-    if response_format.get("type") == "json_schema":
-        return json.dumps(example_for_schema(response_format["json_schema"]["schema"]))
-    last = ""
-    for message in reversed(body.get("messages", [])):
-        if message.get("role") == "user":
-            last = content_text(message.get("content"))
-            break
-    if response_format.get("type") == "json_object":
-        return json.dumps({"echo": last})
-    return f"echo: {last}"
 
 
 class FakeOpenAIServer:
@@ -207,10 +79,13 @@ class FakeOpenAIServer:
         self._faults: collections.deque[Fault] = collections.deque()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
-        self._chaos: tuple[float, tuple[str, ...], float, Any] | None = None
+        self._chaos: Chaos | None = None
         self.injected_faults = 0
         # prompt tokens each answer reports as served from a prompt cache (capped at the prompt)
         self.cached_tokens = 0
+        self.chunk_pause = 0.0  # seconds between the chunks of a streamed answer
+        self.closed_streams = 0  # streams the client closed before their end
+        self.stream_usage = True  # False: no usage chunk even when asked, as some servers stream
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> FakeOpenAIServer:
@@ -280,6 +155,15 @@ class FakeOpenAIServer:
         """The next `times` requests get a 200 whose body is not valid JSON."""
         self._inject(Fault("malformed"), times)
 
+    def break_stream(self, *, after: int, times: int = 1) -> None:
+        """The next `times` requests that stream get `after` chunks, then their connection dropped
+        (a request that does not stream has its connection dropped with no answer)."""
+        self._inject(Fault("break", after=after), times)
+
+    def stream_pause(self, seconds: float) -> None:
+        """From now on, streamed answers wait `seconds` between chunks (time for a client to close one)."""
+        self.chunk_pause = seconds
+
     def chaos(
         self,
         rate: float,
@@ -294,23 +178,7 @@ class FakeOpenAIServer:
         "delay" (answers after `delay` seconds: past a client's shorter timeout). Seeded, so a run
         is repeatable; `injected_faults` counts the faults served.
         """
-        import random
-
-        self._chaos = (rate, tuple(faults), delay, random.Random(seed)) if rate > 0 else None
-
-    def _chaos_fault(self) -> Fault | None:
-        if self._chaos is None:
-            return None
-        rate, faults, delay, rng = self._chaos
-        if rng.random() >= rate:
-            return None
-        name = rng.choice(faults)
-        if name == "delay":
-            return Fault("delay", seconds=delay)
-        if name in ("drop", "malformed"):
-            return Fault(name)
-        status = int(name)
-        return Fault("status", status=status, retry_after_ms=5 if status == 429 else None)
+        self._chaos = Chaos(rate, tuple(faults), delay, random.Random(seed)) if rate > 0 else None
 
     def _inject(self, fault: Fault, times: int) -> None:
         with self._lock:
@@ -325,6 +193,9 @@ class FakeOpenAIServer:
             self._chaos = None
             self.injected_faults = 0
             self.cached_tokens = 0
+            self.chunk_pause = 0.0
+            self.closed_streams = 0
+            self.stream_usage = True
 
     # -- what happened -----------------------------------------------------------------------
     @property
@@ -348,64 +219,26 @@ class FakeOpenAIServer:
     def _record(self, request: RecordedRequest, choices: int = 1) -> tuple[Fault | None, list[Any]]:
         with self._lock:
             self._requests.append(request)
-            fault = self._faults.popleft() if self._faults else self._chaos_fault()
+            if self._faults:
+                fault: Fault | None = self._faults.popleft()
+            else:
+                fault = self._chaos.draw() if self._chaos is not None else None
             if fault is not None:
                 self.injected_faults += 1
-            replies = []
+            replies: list[Any] = []
             while fault is None and self._replies and len(replies) < choices:
                 replies.append(self._replies.popleft())
         return fault, replies
 
-    def _answer(self, body: dict[str, Any], reply: Any) -> Answer:
-        if reply is None:
-            reply = self.responder(body) if self.responder is not None else default_answer(body)
-        if isinstance(reply, Answer):
-            return reply
-        return Answer(content=reply if isinstance(reply, str) else json.dumps(reply))
-
     def _completion(self, body: dict[str, Any], replies: list[Any]) -> dict[str, Any]:
-        """The chat completion answering `body`: `n` choices, logprobs when asked, and usage
-        counting every choice."""
+        """The chat completion answering `body`: each of its `n` choices takes the next queued reply."""
         count = body.get("n") or 1
-        answers = [self._answer(body, replies[index] if index < len(replies) else None) for index in range(count)]
-        choices, completion_tokens, reasoning_tokens = [], 0, 0
-        for index, answer in enumerate(answers):
-            message = answer.message()
-            text = answer.content or ""
-            calls = " ".join(
-                f"{call['function']['name']} {call['function']['arguments']}" for call in message.get("tool_calls", ())
-            )
-            reasoning = count_tokens(answer.reasoning_content or "")
-            completion_tokens += count_tokens(text) + count_tokens(calls) + reasoning
-            reasoning_tokens += reasoning
-            choice: dict[str, Any] = {
-                "index": index,
-                "message": message,
-                "finish_reason": answer.finish_reason or ("tool_calls" if answer.tool_calls else "stop"),
-                "logprobs": logprobs_for(text, body.get("top_logprobs") or 0) if body.get("logprobs") else None,
-            }
-            choices.append(choice)
-        prompt_tokens = sum(count_tokens(content_text(m.get("content"))) for m in body["messages"])
-        usage: dict[str, Any] = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        }
-        if self.cached_tokens:
-            usage["prompt_tokens_details"] = {"cached_tokens": min(self.cached_tokens, prompt_tokens)}
-        if reasoning_tokens:
-            usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
-        usage.update(answers[0].usage or {})
-        if answers[0].usage and "total_tokens" not in answers[0].usage:
-            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        return {
-            "id": "chatcmpl-" + uuid.uuid4().hex[:24],
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body["model"],
-            "choices": choices,
-            "usage": usage,
-        }
+        answers = [as_answer(replies[i] if i < len(replies) else None, body, self.responder) for i in range(count)]
+        return chat_completion(body, answers, cached_tokens=self.cached_tokens)
+
+    def _stream_closed(self) -> None:
+        with self._lock:
+            self.closed_streams += 1
 
 
 class _Server(ThreadingHTTPServer):
@@ -423,6 +256,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except ConnectionError:  # the client reset its kept-alive connection: it is done with it
+            self.close_connection = True
 
     def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode("utf-8")
@@ -471,7 +310,8 @@ class _Handler(BaseHTTPRequestHandler):
                 {"error": {"message": "invalid api key", "type": "invalid_request_error", "code": "invalid_api_key"}},
             )
             return
-        if fault is not None and self._apply(fault):
+        streaming = body.get("stream") is True
+        if fault is not None and self._apply(fault, streaming):
             return
         if not isinstance(body.get("messages"), list) or not body.get("model"):
             self._send_json(
@@ -484,14 +324,25 @@ class _Handler(BaseHTTPRequestHandler):
                 400, {"error": {"message": f"n must be a positive integer, got {n!r}", "type": "invalid_request_error"}}
             )
             return
-        self._send_json(200, owner._completion(body, replies))
+        if not streaming:
+            self._send_json(200, owner._completion(body, replies))
+            return
+        after = fault.after if fault is not None and fault.kind == "break" else None
+        usage = owner.stream_usage
+        if not send_stream(
+            self, owner._completion(body, replies), body, pause=owner.chunk_pause, after=after, usage=usage
+        ):
+            owner._stream_closed()
 
-    def _apply(self, fault: Fault) -> bool:
-        """Carry out a fault; True when the request has been dealt with."""
+    def _apply(self, fault: Fault, streaming: bool = False) -> bool:
+        """Carry out a fault; True when the request has been dealt with (a "break" is carried out
+        by the stream it breaks)."""
         if fault.kind == "delay":
             time.sleep(fault.seconds)
             return False
-        if fault.kind == "drop":
+        if fault.kind == "break" and streaming:
+            return False
+        if fault.kind in ("drop", "break"):
             self.close_connection = True
             try:
                 self.wfile.flush()

@@ -70,7 +70,7 @@ def _tokenizer(vocab_size: int, chat_template: bool) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     core.train_from_iterator(_CORPUS * 20, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]  # transformers leaves it unannotated
         tokenizer_object=core,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",

@@ -1,20 +1,11 @@
 """The Trace-compatible surface of myopto: role routing, one-line calls, usage accounting."""
 
 from myopto.calls import allm_json, allm_text, llm_json, llm_text
+from myopto.choice import Choice, ChoiceLogprobs, Function, Message, TokenLogprob, ToolCall, TopLogprob
 from myopto.client import RoleLLM, get_llm
 from myopto.parsing import extract_text, try_parse_json
 from myopto.price_map import prefer_bundled_price_map
-from myopto.response import (
-    Choice,
-    ChoiceLogprobs,
-    CompletionTokensDetails,
-    Function,
-    Message,
-    PromptTokensDetails,
-    TokenLogprob,
-    ToolCall,
-    TopLogprob,
-)
+from myopto.response import CompletionTokensDetails, PromptTokensDetails
 from myopto.router import (
     add_middleware,
     clear_role_config,
@@ -36,18 +27,19 @@ from myopto.usage import (
 # one from the network, so costs are the same on every run (see myopto/price_map.py).
 prefer_bundled_price_map()
 
+# The Trace-compatible API, and the parts of a Response (for type hints and isinstance checks:
+# `Choice`, `Message`, `ToolCall`, the logprobs and the usage details).
 __all__ = [
-    # the parts of a Response, for type hints and isinstance checks
     "Choice",
     "ChoiceLogprobs",
     "CompletionTokensDetails",
     "Function",
     "Message",
     "PromptTokensDetails",
+    "RoleLLM",
     "TokenLogprob",
     "ToolCall",
     "TopLogprob",
-    "RoleLLM",
     "add_middleware",
     "allm_json",
     "allm_text",

@@ -236,7 +236,7 @@ def constrained_role():
 
 async def test_no_answer_comes_back_valid_unless_jsonschema_agrees_for_every_keyword_and_budget(constrained_role):
     async def ask(row, budget):
-        keyword, handling, schema, names = row
+        keyword, _handling, schema, _names = row
         try:
             return await get_llm().acall(f"Answer in JSON ({keyword}).", response_format=schema, max_tokens=budget)
         except (InvalidRequest, SchemaError) as error:
@@ -245,7 +245,7 @@ async def test_no_answer_comes_back_valid_unless_jsonschema_agrees_for_every_key
     calls = [(row, budget) for row in TABLE for budget in BUDGETS]
     outcomes = await asyncio.gather(*(ask(row, budget) for row, budget in calls))
     answered = {}
-    for ((keyword, handling, schema, names), budget), outcome in zip(calls, outcomes):
+    for ((keyword, handling, schema, names), budget), outcome in zip(calls, outcomes, strict=True):
         where = f"{keyword} at budget {budget}: {outcome!r}"
         if isinstance(outcome, InvalidRequest):  # refused before decoding: the keyword, or no closed answer fits
             too_long = "tokens, more than the" in str(outcome)

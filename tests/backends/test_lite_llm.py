@@ -3,6 +3,7 @@
 import asyncio
 
 import pytest
+from testkit import serve
 
 from myopto import BackendError, get_llm, set_role_config
 
@@ -14,14 +15,7 @@ PERSON = {
 
 @pytest.fixture
 def litellm_role(server):
-    set_role_config(
-        "executor",
-        backend="LiteLLM",
-        model="openai/gpt-4o-mini",
-        base_url=server.url,
-        api_key="sk-litellm-key",
-        retries=0,
-    )
+    serve(server, backend="LiteLLM", model="openai/gpt-4o-mini", api_key="sk-litellm-key", retries=0)
     return server
 
 

@@ -3,6 +3,7 @@
 import concurrent.futures
 import json
 import os
+import re
 import threading
 
 import pytest
@@ -197,7 +198,7 @@ def test_engine_choices_are_checked_before_anything_loads(tiny_model_path):
         set_role_config("executor", backend="LocalSLM", model=EMBEDDED_MODEL, engine="llama")
         get_llm()
     clear_role_config()
-    with pytest.raises(ConfigError, match="use_mlx=True and engine='llama.cpp'"):
+    with pytest.raises(ConfigError, match=re.escape("use_mlx=True and engine='llama.cpp'")):
         set_role_config("executor", backend="LocalSLM", model=EMBEDDED_MODEL, engine="llama.cpp", use_mlx=True)
         get_llm()
     clear_role_config()
@@ -269,7 +270,8 @@ def test_a_prompt_that_begins_like_an_earlier_one_decodes_only_the_rest(engine):
     generate(engine, first, max_new_tokens=5)
     reused = engine.reused_tokens
     answer = generate(engine, second, max_new_tokens=12)
-    shared = len(os.path.commonprefix([engine.prompt_ids(first), engine.prompt_ids(second)]))
+    # token id lists, compared element by element, which is what commonprefix does with any sequences
+    shared = len(os.path.commonprefix([engine.prompt_ids(first), engine.prompt_ids(second)]))  # noqa: RUF071 - not paths
     assert engine.reused_tokens - reused == shared >= llama_cpp_engine.MIN_REUSED_TOKENS
     assert (
         answer.prompt_tokens == len(engine.prompt_ids(second)) and answer.completion_tokens == 12

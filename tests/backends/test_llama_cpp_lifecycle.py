@@ -5,6 +5,7 @@ SmolLM2 GGUF."""
 
 import asyncio
 import concurrent.futures
+import re
 import threading
 import time
 
@@ -91,16 +92,22 @@ def test_closing_under_twelve_concurrent_callers_answers_or_fails_each_within_a_
         generate(engine, "Hi", 2)
 
 
-async def test_closing_under_twelve_asyncio_callers_ends_every_task_within_a_second():
+def batching_role(max_batch_size: int) -> None:
+    """The executor on the embedded model through llama.cpp, decoding up to `max_batch_size`
+    sequences a step on THREADS threads, with no retries."""
     set_role_config(
         "executor",
         backend="LocalSLM",
         model=EMBEDDED_MODEL,
         engine="llama.cpp",
-        max_batch_size=4,
+        max_batch_size=max_batch_size,
         n_threads=THREADS,
         retries=0,
     )
+
+
+async def test_closing_under_twelve_asyncio_callers_ends_every_task_within_a_second():
+    batching_role(max_batch_size=4)
     engine = await asyncio.to_thread(
         local_slm.engine_for, EMBEDDED_MODEL, engine="llama.cpp", max_batch_size=4, n_threads=THREADS
     )
@@ -129,15 +136,7 @@ def test_a_role_called_after_its_engine_closed_loads_a_fresh_engine_and_answers(
 @pytest.fixture
 def fresh_engine():
     """The role's engine, loaded anew (no grammar built yet) and with counters at zero."""
-    set_role_config(
-        "executor",
-        backend="LocalSLM",
-        model=EMBEDDED_MODEL,
-        engine="llama.cpp",
-        max_batch_size=1,
-        n_threads=THREADS,
-        retries=0,
-    )
+    batching_role(max_batch_size=1)
     local_slm.engine_for(EMBEDDED_MODEL, engine="llama.cpp", max_batch_size=1, n_threads=THREADS).close()
     get_llm()("Hi", max_tokens=1)  # loads it
     return local_slm.engine_for(EMBEDDED_MODEL, engine="llama.cpp", max_batch_size=1, n_threads=THREADS)
@@ -182,7 +181,7 @@ def test_a_sync_call_that_times_out_in_the_queue_is_dropped_and_costs_no_step(fr
         busy = pool.submit(get_llm(), "Write a long story about a dragon.", max_tokens=40)
         wait_until(lambda: engine.admitted == admitted + 1)
         start = time.monotonic()
-        with pytest.raises(BackendTimeout, match="timeout of 0.2 s"):
+        with pytest.raises(BackendTimeout, match=re.escape("timeout of 0.2 s")):
             get_llm()("Write a long story about a cat.", max_tokens=400, timeout=0.2)
         assert time.monotonic() - start < 1.0
         assert busy.result(timeout=60).usage.completion_tokens == 40

@@ -32,7 +32,7 @@ def test_a_folder_with_no_model_says_what_it_lacks(tmp_path, name, engine):
     (folder / "notes.txt").write_text("not a model")
     set_role_config("executor", backend="LocalSLM", model=str(folder), engine=engine)
     with pytest.raises(
-        BackendUnavailable, match="holds no model: no config.json .* and no .gguf file; it holds notes.txt"
+        BackendUnavailable, match=r"holds no model: no config\.json .* and no \.gguf file; it holds notes\.txt"
     ):
         get_llm()("Hi", max_tokens=2)
     if name.endswith(".gguf"):
@@ -78,7 +78,8 @@ def _replace_a_byte(path, old: bytes, new: bytes):
 REPLAY = """
 import json, sys
 from myopto import CacheMiss, get_llm, set_role_config
-set_role_config("executor", backend="LocalSLM", model=sys.argv[1], engine="llama.cpp", cache="replay", cache_dir=sys.argv[2])
+set_role_config("executor", backend="LocalSLM", model=sys.argv[1], engine="llama.cpp", cache="replay",
+                cache_dir=sys.argv[2])
 try:
     print(json.dumps(get_llm()("What is the capital of France? Answer in one word.", max_tokens=8).text))
 except CacheMiss:

@@ -6,12 +6,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
+from testkit import in_threads, use_cache
 
-from myopto import CacheMiss, get_llm, get_usage_summary, set_role_config
+from myopto import CacheMiss, ServerError, get_llm, get_usage_summary, set_role_config
 from myopto.stores.disk import DiskStore, UnsafeCacheEntry, disk_store
 from myopto.testing import FakeOpenAIServer
 
@@ -22,16 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def cached(server, tmp_path):
     directory = tmp_path / "exp-cache"
-    set_role_config(
-        "executor",
-        backend="CustomLLM",
-        model="m1",
-        base_url=server.url,
-        api_key="sk-SECRET-123",
-        cache="on",
-        cache_dir=str(directory),
-        retries=0,
-    )
+    use_cache(server, directory, model="m1", api_key="sk-SECRET-123")
     return server, directory
 
 
@@ -83,7 +74,7 @@ def test_distinct_samples_are_cached_separately_and_replayed(cached):
 
 
 def test_the_api_key_is_nowhere_on_disk_and_values_are_json(cached):
-    server, directory = cached
+    _, directory = cached
     for i in range(5):
         get_llm()(f"q{i}", response_format=SCHEMA if i % 2 else None)
     disk_store(directory).close()
@@ -92,7 +83,7 @@ def test_the_api_key_is_nowhere_on_disk_and_values_are_json(cached):
             assert b"sk-SECRET-123" not in path.read_bytes(), path
     rows = sqlite3.connect(directory / "cache.db").execute("SELECT key, value, mode FROM Cache").fetchall()
     assert len(rows) == 5
-    for key, value, mode in rows:
+    for _key, value, _mode in rows:
         record = json.loads(value)
         assert record["response"]["text"] and record["request"]["model"] == "m1"
         assert "api_key" not in json.dumps(record)
@@ -101,7 +92,7 @@ def test_the_api_key_is_nowhere_on_disk_and_values_are_json(cached):
 def test_errors_are_never_cached(cached):
     server, directory = cached
     server.fail(500)
-    with pytest.raises(Exception):
+    with pytest.raises(ServerError):
         get_llm()("flaky")
     assert len(disk_store(directory)) == 0
     assert get_llm()("flaky").cached is False
@@ -143,18 +134,7 @@ def test_the_mode_comes_from_the_environment_when_the_role_sets_none(server, mon
 def test_sixteen_threads_with_the_same_request_make_one_backend_call(cached):
     server, _ = cached
     server.latency = 0.3
-    results = []
-    barrier = threading.Barrier(16)
-
-    def call():
-        barrier.wait()
-        results.append(get_llm()("same"))
-
-    threads = [threading.Thread(target=call) for _ in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = in_threads(16, lambda: get_llm()("same"))
     assert server.request_count == 1
     assert len({r.text for r in results}) == 1 and len(results) == 16
 
@@ -184,7 +164,7 @@ def test_a_pickled_entry_is_refused_not_loaded(tmp_path):
 def test_export_and_import_between_directories(cached, tmp_path):
     from myopto.cli import main
 
-    server, directory = cached
+    _, directory = cached
     get_llm()("one", metadata={"run": "exp-1"})
     get_llm()("two", metadata={"run": "exp-2"})
     export = tmp_path / "run.jsonl"
@@ -212,7 +192,7 @@ def test_import_rejects_a_file_that_is_not_an_export(tmp_path, capsys):
 def test_stats_and_clear(cached, capsys):
     from myopto.cli import main
 
-    server, directory = cached
+    _, directory = cached
     get_llm()("a")
     get_llm()("a")
     main(["cache", "--dir", str(directory), "stats"])
@@ -225,7 +205,8 @@ def test_stats_and_clear(cached, capsys):
 EXPERIMENT = """
 import json, os, sys
 from myopto import get_llm, set_role_config
-set_role_config("executor", backend="CustomLLM", model="m", base_url=os.environ["URL"], api_key="sk-x", cache_dir=os.environ["DIR"])
+set_role_config("executor", backend="CustomLLM", model="m", base_url=os.environ["URL"], api_key="sk-x",
+                cache_dir=os.environ["DIR"])
 for i in range(int(os.environ["CALLS"])):
     print(json.dumps(get_llm()(f"question {i}").text), flush=True)
 """

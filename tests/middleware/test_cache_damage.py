@@ -6,8 +6,9 @@ import logging
 import sqlite3
 
 import pytest
+from testkit import use_cache, use_redis_cache
 
-from myopto import get_llm, set_role_config
+from myopto import get_llm
 from myopto.errors import DamagedCacheEntry
 from myopto.stores.disk import DiskStore, disk_store
 
@@ -25,16 +26,7 @@ WRONG_SHAPES = [
 @pytest.fixture
 def role(server, tmp_path):
     directory = tmp_path / "cache"
-    set_role_config(
-        "executor",
-        backend="CustomLLM",
-        model="m1",
-        base_url=server.url,
-        api_key="sk-x",
-        cache="on",
-        cache_dir=str(directory),
-        retries=0,
-    )
+    use_cache(server, directory, model="m1")
     return server, directory
 
 
@@ -76,7 +68,7 @@ def test_read_only_calls_past_a_damaged_entry_and_warns_once(role, caplog):
 
 
 async def test_async_calls_treat_a_damaged_entry_as_a_miss(role, caplog):
-    server, directory = role
+    _, directory = role
     disk_store(directory).set(key_of_prompt("hello"), WRONG_SHAPES[2])
     with caplog.at_level(logging.WARNING, logger="myopto.cache"):
         first = await get_llm().acall("hello")
@@ -123,16 +115,7 @@ def test_a_row_damaged_on_disk_is_a_reported_miss_then_replaced(role, text, capl
 def test_a_damaged_record_in_redis_does_not_hold_the_lease_back_and_is_replaced(server, redis_server, caplog):
     import redis as redis_py
 
-    set_role_config(
-        "executor",
-        backend="CustomLLM",
-        model="m1",
-        base_url=server.url,
-        api_key="sk-x",
-        cache="on",
-        cache_url=redis_server.url,
-        retries=0,
-    )
+    use_redis_cache(server, redis_server.url, model="m1")
     prompt = "a prompt only this test asks"  # the process-wide store's memory outlives a flushall
     record_key = f"myopto:cache:{{{key_of_prompt(prompt)}}}"
     client = redis_py.Redis.from_url(redis_server.url, decode_responses=True)

@@ -10,8 +10,9 @@ import threading
 import time
 
 import pytest
+from testkit import use_cache, use_redis_cache
 
-from myopto import CacheUnavailable, get_llm, set_role_config
+from myopto import CacheUnavailable, get_llm
 from myopto.recording import unrecorded_counts
 from myopto.stores.disk import disk_store
 from myopto.testing.mounts import mounts_unavailable, run_mounted
@@ -97,16 +98,7 @@ print(json.dumps(out))
 @needs_mounts
 def test_a_read_only_cache_serves_replay_and_refuses_to_record_before_sending(server, tmp_path):
     directory = tmp_path / "shared-dataset"
-    set_role_config(
-        "executor",
-        backend="CustomLLM",
-        model="m",
-        base_url=server.url,
-        api_key="sk-x",
-        cache="on",
-        cache_dir=str(directory),
-        retries=0,
-    )
+    use_cache(server, directory)
     get_llm()("recorded")
     disk_store(directory).close()  # as a finished run leaves it: everything in cache.db
     out = run_child(READ_ONLY, directory, read_only=[directory], env={"URL": server.url})
@@ -126,16 +118,7 @@ def test_redis_dying_while_a_call_is_in_flight_returns_the_answer_and_reports_it
     from myopto.testing import RedisServer
 
     with RedisServer() as redis:
-        set_role_config(
-            "executor",
-            backend="CustomLLM",
-            model="m",
-            base_url=server.url,
-            api_key="sk-x",
-            cache="on",
-            cache_url=redis.url,
-            retries=0,
-        )
+        use_redis_cache(server, redis.url)
         get_llm()("warm up")  # the store is open and answering
         server.latency = 1.0
         before = unrecorded_counts().get("cache", 0)
@@ -166,16 +149,7 @@ async def test_redis_dying_during_an_async_call_returns_the_answer(server):
     from myopto.testing import RedisServer
 
     with RedisServer() as redis:
-        set_role_config(
-            "executor",
-            backend="CustomLLM",
-            model="m",
-            base_url=server.url,
-            api_key="sk-x",
-            cache="on",
-            cache_url=redis.url,
-            retries=0,
-        )
+        use_redis_cache(server, redis.url)
         await get_llm().acall("warm up")
         server.latency = 1.0
         before = unrecorded_counts().get("cache", 0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import logging
 import math
 import os
@@ -44,7 +45,7 @@ def test_requests_are_spread_at_most_rpm_over_60_a_second_after_a_one_second_bur
     limiter = RedisLimiter(request.getfixturevalue("redis_server").url) if make == "redis" else make()
     waits = [limiter.reserve("m", 1200, None, 0) for _ in range(30)]
     assert waits[:20] == [0.0] * 20  # a second's worth at once
-    steps = [b - a for a, b in zip(waits[20:], waits[21:])]
+    steps = [b - a for a, b in itertools.pairwise(waits[20:])]
     assert all(0.04 < step < 0.06 for step in steps)  # then one every 1/20 s
     assert limiter.reserve("another model", 1200, None, 0) == 0.0  # per model
 
@@ -148,9 +149,11 @@ def test_a_budget_on_a_model_without_a_price_is_a_config_error(server):
     with pytest.raises(ConfigError, match="price of model 'test-model' is unknown"):
         custom(server, max_cost_usd=1.0)
     custom(server)
-    with myopto.run("unpriced", max_cost_usd=1.0):
-        with pytest.raises(ConfigError, match="run budget on model 'test-model'"):
-            get_llm()("x")
+    with (
+        myopto.run("unpriced", max_cost_usd=1.0),
+        pytest.raises(ConfigError, match="run budget on model 'test-model'"),
+    ):
+        get_llm()("x")
     assert server.request_count == 0
 
 
@@ -375,8 +378,8 @@ def test_redis_killed_while_a_429_comes_back_still_raises_the_429(server, monkey
             pending = pool.submit(get_llm(), "refused")
             wait_for_request(server, 2)
             kill(doomed)
-            with caplog.at_level(logging.WARNING, logger="myopto"):
-                with pytest.raises(RateLimited):  # not CacheUnavailable: retry decides what comes next
-                    pending.result(timeout=30)
+            # not CacheUnavailable: retry decides what comes next
+            with caplog.at_level(logging.WARNING, logger="myopto"), pytest.raises(RateLimited):
+                pending.result(timeout=30)
     assert any("pause could not be recorded" in r.getMessage() for r in caplog.records)
     assert unrecorded_counts() == {}  # a 429 is no paid answer

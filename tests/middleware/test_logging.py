@@ -14,6 +14,7 @@ import threading
 
 import pytest
 import structlog
+from testkit import serve, use_cache
 
 from myopto import BackendError, ConfigError, ServerError, configure_logging, get_llm, run, set_role_config
 from myopto.cli import roles_report
@@ -45,16 +46,14 @@ FIELDS = {
 @pytest.fixture
 def logged(server, tmp_path):
     path = tmp_path / "calls.jsonl"
-    set_role_config(
-        "executor", backend="CustomLLM", model="gpt-4o-mini", base_url=server.url, api_key="sk-LOGSECRET-999", retries=0
-    )
+    serve(server, model="gpt-4o-mini", api_key="sk-LOGSECRET-999", retries=0)
     configure_logging(path)
     yield server, path
     configure_logging()
 
 
 def test_one_json_line_per_call_with_the_documented_fields(logged):
-    server, path = logged
+    _, path = logged
     with run("exp-1", lr=0.1):
         get_llm()("hello")
         get_llm()("again", cache="off")
@@ -86,7 +85,7 @@ def test_errors_are_logged_with_their_type(logged):
 
 
 def test_messages_and_answers_only_when_asked(logged, tmp_path):
-    server, _ = logged
+    _, _ = logged
     path = tmp_path / "full.jsonl"
     configure_logging(path, messages=True)
     get_llm()(messages=[{"role": "system", "content": "s"}, {"role": "user", "content": "u"}])
@@ -122,7 +121,7 @@ def test_the_environment_variable_turns_logging_on(server, tmp_path, monkeypatch
 
 
 def test_cache_hits_are_logged_as_cached(logged, tmp_path):
-    server, path = logged
+    _, path = logged
     set_role_config("executor", cache="on", cache_dir=str(tmp_path / "c"))
     get_llm()("same")
     get_llm()("same")
@@ -132,7 +131,7 @@ def test_cache_hits_are_logged_as_cached(logged, tmp_path):
 
 
 def test_concurrent_writers_never_interleave_lines(logged):
-    server, path = logged
+    _, path = logged
 
     def work(n):
         for i in range(50):
@@ -158,15 +157,7 @@ def test_the_hosts_structlog_configuration_is_untouched(logged):
 
 # -- log locations that cannot work -------------------------------------------------------------
 def test_a_log_path_under_a_regular_file_is_refused_before_anything_is_sent(server, tmp_path, monkeypatch):
-    set_role_config(
-        "executor",
-        backend="CustomLLM",
-        model="m",
-        base_url=server.url,
-        retries=0,
-        cache="on",
-        cache_dir=str(tmp_path / "cache"),
-    )
+    use_cache(server, tmp_path / "cache", api_key=None)
     assert get_llm()("cached").text == "echo: cached"  # in the cache before the log is set
     (tmp_path / "notes.txt").write_text("a file, not a folder")
     bad = tmp_path / "notes.txt" / "calls.jsonl"
@@ -317,15 +308,7 @@ def test_a_log_folder_taken_away_mid_run_takes_no_answer_away(server, tmp_path, 
     and counted, a failed call raises its own error, and logging resumes once the folder can be
     made again."""
     folder = tmp_path / "logs"
-    set_role_config(
-        "executor",
-        backend="CustomLLM",
-        model="m",
-        base_url=server.url,
-        retries=0,
-        cache="on",
-        cache_dir=str(tmp_path / "cache"),
-    )
+    use_cache(server, tmp_path / "cache", api_key=None)
     configure_logging(folder / "calls.jsonl")
     reset_unrecorded()
     try:
@@ -351,7 +334,7 @@ def test_a_log_folder_taken_away_mid_run_takes_no_answer_away(server, tmp_path, 
 
 
 def test_a_log_file_removed_mid_run_is_started_again(logged):
-    server, path = logged
+    _, path = logged
     get_llm()("one")
     path.unlink()
     get_llm()("two")

@@ -4,28 +4,21 @@ deadlocks an event loop. Real HTTP (the test server), real threads, real asyncio
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
 
 import pytest
+from testkit import finish_or_fail, in_threads, use_cache, use_redis_cache
 
-from myopto import AuthenticationFailed, BackendTimeout, Response, ServerError, get_llm, set_role_config
+from myopto import AuthenticationFailed, BackendTimeout, Response, ServerError, get_llm
 
 
 @pytest.fixture
 def cached(server, tmp_path):
-    set_role_config(
-        "executor",
-        backend="CustomLLM",
-        model="m1",
-        base_url=server.url,
-        api_key="sk-x",
-        cache="on",
-        cache_dir=str(tmp_path / "cache"),
-        retries=0,
-    )
+    use_cache(server, tmp_path / "cache", model="m1")
     return server
 
 
@@ -42,25 +35,6 @@ async def await_requests(server, count, within=10.0):
     while server.request_count < count:
         assert time.monotonic() < end, f"the server saw {server.request_count} requests, expected {count}"
         await asyncio.sleep(0.005)
-
-
-def in_threads(count, call):
-    """Run `call()` in `count` threads at once; their results (or exceptions) in order."""
-    results = [None] * count
-
-    def run(index):
-        try:
-            results[index] = call()
-        except BaseException as error:  # noqa: BLE001 - the test inspects it
-            results[index] = error
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-        assert not thread.is_alive(), "a caller hung"
-    return results
 
 
 # -- hangs ---------------------------------------------------------------------------------------
@@ -98,12 +72,7 @@ def test_a_sync_call_inside_a_coroutine_never_waits_on_its_own_loops_flight(tmp_
         text=True,
         env={**os.environ, "MYOPTO_CACHE": "on"},
     )
-    try:
-        out, err = process.communicate(timeout=45)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
-        pytest.fail("the sync call deadlocked the event loop running the async call it joined")
+    out, err = finish_or_fail(process, 45, "the sync call deadlocked the event loop running the async call it joined")
     assert process.returncode == 0, err
     result = json.loads(out.splitlines()[-1])
     assert result["sync"] == result["async"] == "echo: same prompt"
@@ -137,12 +106,9 @@ def test_a_sync_call_inside_a_coroutine_never_waits_on_a_store_lease_its_loop_ho
     script = tmp_path / "sync_in_loop_redis.py"
     script.write_text(SYNC_INSIDE_A_COROUTINE_WITH_REDIS)
     process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = process.communicate(timeout=45)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
-        pytest.fail("the sync call blocked the event loop on a lease held by a task of that loop")
+    out, err = finish_or_fail(
+        process, 45, "the sync call blocked the event loop on a lease held by a task of that loop"
+    )
     assert process.returncode == 0, err
     assert json.loads(out.splitlines()[-1]) == {"sync": "echo: same prompt", "async": "echo: same prompt"}
 
@@ -232,7 +198,13 @@ def test_a_retryable_failure_the_leader_did_not_retry_is_not_its_followers(cache
     cached.latency = 0.5
     cached.fail(500)  # the leader's request only; it has retries=0
     errors = []
-    thread = threading.Thread(target=lambda: errors.append(pytest.raises(ServerError, get_llm(), "flaky")))
+
+    def leader():
+        with pytest.raises(ServerError) as raised:
+            get_llm()("flaky")
+        errors.append(raised.value)
+
+    thread = threading.Thread(target=leader)
     thread.start()
     wait_for_requests(cached, 1)
     results = in_threads(6, lambda: get_llm()("flaky"))
@@ -245,7 +217,12 @@ def test_a_retryable_failure_the_leader_did_not_retry_is_not_its_followers(cache
 def test_an_error_no_option_changes_is_shared_and_sent_once(cached):
     cached.latency = 0.5
     cached.fail(401)
-    thread = threading.Thread(target=lambda: pytest.raises(AuthenticationFailed, get_llm(), "denied"))
+
+    def leader():
+        with pytest.raises(AuthenticationFailed):
+            get_llm()("denied")
+
+    thread = threading.Thread(target=leader)
     thread.start()
     wait_for_requests(cached, 1)
     results = in_threads(6, lambda: get_llm()("denied"))
@@ -265,7 +242,7 @@ def test_a_follower_times_out_on_its_own_clock_behind_a_slow_leader(cached, limi
     thread.start()
     wait_for_requests(cached, 1)
     began = time.monotonic()
-    with pytest.raises(BackendTimeout, match="own limit of 0.3 s"):
+    with pytest.raises(BackendTimeout, match=re.escape("own limit of 0.3 s")):
         get_llm()("slow", **limit)
     waited = time.monotonic() - began
     thread.join()
@@ -276,7 +253,12 @@ def test_a_follower_times_out_on_its_own_clock_behind_a_slow_leader(cached, limi
 
 def test_a_follower_that_takes_over_counts_its_wait_against_its_deadline(cached):
     cached.latency = 2.0
-    thread = threading.Thread(target=lambda: pytest.raises(BackendTimeout, get_llm(), "slow", timeout=0.3))
+
+    def leader():
+        with pytest.raises(BackendTimeout):
+            get_llm()("slow", timeout=0.3)
+
+    thread = threading.Thread(target=leader)
     thread.start()
     wait_for_requests(cached, 1)
     began = time.monotonic()
@@ -305,16 +287,7 @@ def test_a_caller_waiting_on_another_workers_lease_stops_at_its_own_timeout(serv
     # two roles: two cache middlewares, so the second waits on the store's lease, as another
     # process would
     for role in ("executor", "optimizer"):
-        set_role_config(
-            role,
-            backend="CustomLLM",
-            model="m1",
-            base_url=server.url,
-            api_key="sk-x",
-            cache="on",
-            cache_url=redis_server.url,
-            retries=0,
-        )
+        use_redis_cache(server, redis_server.url, role=role, model="m1")
     server.latency = 2.0
     prompt = f"a lease only this test takes ({asynchronous})"
     leader_results = []
@@ -322,7 +295,7 @@ def test_a_caller_waiting_on_another_workers_lease_stops_at_its_own_timeout(serv
     thread.start()
     wait_for_requests(server, 1)
     began = time.monotonic()
-    with pytest.raises(BackendTimeout, match="own limit of 0.3 s"):
+    with pytest.raises(BackendTimeout, match=re.escape("own limit of 0.3 s")):
         if asynchronous:
             asyncio.run(get_llm("optimizer").acall(prompt, timeout=0.3))
         else:

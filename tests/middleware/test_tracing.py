@@ -137,7 +137,7 @@ def test_span_events_mask_the_text_they_carry(spans):
 
     with trace.get_tracer("a user's code").start_as_current_span("step") as step:
         span_event("note", {"detail": f"retrying with {KEY}", "count": 2, "none": None})
-    (event,) = [span for span in spans.get_finished_spans() if span.name == "step"][0].events
+    (event,) = next(span for span in spans.get_finished_spans() if span.name == "step").events
     assert step is not None and dict(event.attributes) == {"detail": "retrying with ***", "count": 2}
 
 
@@ -218,7 +218,8 @@ def test_tracing_is_off_and_imports_nothing_without_a_provider():
         "from myopto.testing import EchoBackend\n"
         "myopto.set_role_config('executor', backend='CustomLLM', model='m', base_url='http://127.0.0.1:9/v1')\n"
         "chain = myopto.get_llm().pipeline\n"
-        "print(Pipeline(EchoBackend(), chain.middleware)(Request(model='m', messages=[{'role': 'user', 'content': 'x'}])).text)\n"
+        "request = Request(model='m', messages=[{'role': 'user', 'content': 'x'}])\n"
+        "print(Pipeline(EchoBackend(), chain.middleware)(request).text)\n"
         "print('opentelemetry' in sys.modules, chain.middleware[1].describe())\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()

@@ -1,6 +1,7 @@
 import threading
 
 import pytest
+from testkit import in_threads, serve, use_cache
 
 from myopto import (
     BackendError,
@@ -93,7 +94,7 @@ def test_usage_is_exact_under_32_threads_by_role_and_model(server):
 
     def work(n):
         role = "executor" if n % 2 else "optimizer"
-        for i in range(200):
+        for _ in range(200):
             get_llm(role)("a b c")
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(32)]
@@ -114,14 +115,7 @@ def test_usage_is_exact_under_32_threads_by_role_and_model(server):
 
 
 def test_cached_calls_count_as_cached_with_the_saving(server, tmp_path):
-    set_role_config(
-        "executor",
-        backend="CustomLLM",
-        model="gpt-4o-mini",
-        base_url=server.url,
-        cache="on",
-        cache_dir=str(tmp_path / "c"),
-    )
+    use_cache(server, tmp_path / "c", model="gpt-4o-mini", api_key=None)
     first = get_llm()("price me")
     get_llm()("price me")
     row = get_usage_summary()["by_role"]["executor"]
@@ -158,15 +152,7 @@ def test_bad_pricing_is_a_config_error(server):
 
 @pytest.fixture
 def priced_cache(server, tmp_path):
-    set_role_config(
-        "executor",
-        backend="CustomLLM",
-        model="gpt-4o-mini",
-        base_url=server.url,
-        cache="on",
-        cache_dir=str(tmp_path / "c"),
-        retries=0,
-    )
+    use_cache(server, tmp_path / "c", model="gpt-4o-mini", api_key=None)
     server.latency = 0.3
     return server
 
@@ -182,18 +168,7 @@ def assert_paid_once(server, results):
 
 
 def test_eight_threads_sharing_one_call_pay_for_it_once_and_count_seven_hits(priced_cache):
-    barrier = threading.Barrier(8)
-    results = []
-
-    def call():
-        barrier.wait()
-        results.append(get_llm()("the same question"))
-
-    threads = [threading.Thread(target=call) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = in_threads(8, lambda: get_llm()("the same question"))
     assert_paid_once(priced_cache, results)
 
 
@@ -228,14 +203,7 @@ def test_the_summary_counts_prompt_tokens_served_from_the_providers_cache(server
 def test_role_pricing_with_a_cached_input_price_prices_cached_tokens_at_it(server):
     from myopto.testing.server import Answer
 
-    set_role_config(
-        "executor",
-        backend="CustomLLM",
-        model="my-finetune",
-        base_url=server.url,
-        retries=0,
-        pricing={"input": 1.0, "output": 2.0, "cached_input": 0.1},
-    )
+    serve(server, model="my-finetune", retries=0, pricing={"input": 1.0, "output": 2.0, "cached_input": 0.1})
     server.reply(
         Answer(content="ten words " * 5, usage={"prompt_tokens": 1000, "prompt_tokens_details": {"cached_tokens": 800}})
     )

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
+from testkit import recorded_copy, use_cache
 
-from myopto import CacheUnavailable, get_llm, set_role_config
+from myopto import CacheUnavailable, get_llm
 from myopto.cli import main
 from myopto.errors import DamagedCacheEntry
 from myopto.recording import reset_unrecorded, unrecorded_counts
@@ -24,26 +24,9 @@ PROMPTS = ("alpha", "beta", "gamma")
 
 def record_folder(server, tmp_path: Path, prompts=PROMPTS, size: int = 40_000) -> Path:
     """A folder recorded by a real role (answers of `size` characters: over 32 KB diskcache keeps
-    them in files named in cache.db), closed and handed over as a copy."""
-    source = tmp_path / "theirs"
-    set_role_config(
-        "executor",
-        backend="CustomLLM",
-        model="m",
-        base_url=server.url,
-        api_key="sk-x",
-        cache="on",
-        cache_dir=str(source),
-        retries=0,
-    )
-    for prompt in prompts:
-        server.reply(prompt.upper() * (size // len(prompt)))
-        get_llm()(prompt)
-    disk_store(source).close()
-    folder = tmp_path / "handed-to-me"
-    shutil.copytree(source, folder)
-    set_role_config("executor", cache_dir=str(folder))
-    server.reset()
+    them in files named in cache.db), closed and handed over as a copy, now the executor's cache."""
+    folder = recorded_copy(server, tmp_path, prompts, answer=lambda prompt: prompt.upper() * (size // len(prompt)))
+    use_cache(server, folder)
     return folder
 
 

@@ -7,53 +7,19 @@ be a symlink (a cache kept on another disk): it is resolved once, when opened.""
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
+from testkit import files_under, record, recorded_copy, use_cache
 
-from myopto import CacheUnavailable, get_llm, set_role_config
+from myopto import CacheUnavailable, get_llm
 from myopto.cli import main
-from myopto.stores.disk import DiskStore, disk_store
+from myopto.stores.disk import DiskStore
 
 RECORD = {"version": 1, "request": {}, "response": {"text": "stored"}}
-
-
-def record(server, folder: Path, prompts=("alpha", "beta", "gamma")) -> None:
-    """A real role records answers in `folder`; then it is closed, as a finished run leaves it."""
-    use(server, folder)
-    for prompt in prompts:
-        get_llm()(prompt)
-    disk_store(folder).close()
-    server.reset()
-
-
-def handed_over(server, tmp_path: Path, prompts=("alpha", "beta", "gamma")) -> Path:
-    """A folder recorded by someone else's run, copied to a path this process never opened."""
-    record(server, tmp_path / "theirs", prompts)
-    folder = tmp_path / "handed-to-me"
-    shutil.copytree(tmp_path / "theirs", folder)
-    return folder
-
-
-def use(server, folder: Path) -> None:
-    set_role_config(
-        "executor",
-        backend="CustomLLM",
-        model="m",
-        base_url=server.url,
-        api_key="sk-x",
-        cache="on",
-        cache_dir=str(folder),
-        retries=0,
-    )
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under `folder`: name and content (a new file, a changed one, a removed one show)."""
-    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+PROMPTS = ("alpha", "beta", "gamma")
 
 
 def entries(folder: Path) -> int:
@@ -81,16 +47,16 @@ def test_a_cache_db_linked_to_another_database_is_refused_and_that_database_unto
     with sqlite3.connect(app) as db:
         db.execute("CREATE TABLE users (name)")
         db.execute("INSERT INTO users VALUES ('alice')")
-    before = snapshot(outside)
+    before = files_under(outside)
     folder = tmp_path / "handed-to-me"
     folder.mkdir()
     (folder / "cache.db").symlink_to(app)
-    use(server, folder)
+    use_cache(server, folder)
     with pytest.raises(CacheUnavailable, match="is a symlink") as refused:
         get_llm()("hello", cache=mode)
     assert str(app) in str(refused.value) and "nothing was changed" in str(refused.value)
     assert server.request_count == 0
-    assert snapshot(outside) == before  # no table added, no -wal or -shm made beside it
+    assert files_under(outside) == before  # no table added, no -wal or -shm made beside it
     with sqlite3.connect(app) as db:
         assert [row[0] for row in db.execute("SELECT name FROM sqlite_master")] == ["users"]
 
@@ -102,7 +68,7 @@ def test_a_dangling_cache_db_link_creates_nothing_where_it_points(server, tmp_pa
     with pytest.raises(CacheUnavailable, match="is a symlink") as refused:
         DiskStore(folder)
     assert refused.value.location == str(folder)
-    use(server, folder)
+    use_cache(server, folder)
     with pytest.raises(CacheUnavailable, match="is a symlink"):
         get_llm()("hello")
     assert server.request_count == 0
@@ -113,8 +79,8 @@ def test_a_dangling_cache_db_link_creates_nothing_where_it_points(server, tmp_pa
 @pytest.mark.parametrize("kind", ["symlink", "hardlink"])
 def test_cache_clear_on_a_folder_linked_to_my_cache_leaves_my_cache(server, tmp_path, kind, capsys):
     mine = tmp_path / "my-cache"
-    record(server, mine)
-    before = snapshot(mine)
+    record(server, mine, PROMPTS)
+    before = files_under(mine)
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     link(kind, mine / "cache.db", foreign / "cache.db")
@@ -122,22 +88,22 @@ def test_cache_clear_on_a_folder_linked_to_my_cache_leaves_my_cache(server, tmp_
     assert main(["cache", "clear", "--dir", str(foreign)]) == 2
     err = capsys.readouterr().err
     assert ("is a symlink" if kind == "symlink" else "has 2 hard links") in err
-    assert snapshot(mine) == before and entries(mine) == 3
-    use(server, mine)
+    assert files_under(mine) == before and entries(mine) == 3
+    use_cache(server, mine)
     assert get_llm()("beta", cache="replay").cached  # still served
 
 
 @pytest.mark.parametrize("kind", ["symlink", "hardlink"])
 @pytest.mark.parametrize("name", ["cache.db-wal", "cache.db-shm", "cache.db-journal"])
 def test_a_linked_file_beside_cache_db_is_refused_and_its_target_untouched(server, tmp_path, outside, name, kind):
-    folder = handed_over(server, tmp_path)
+    folder = recorded_copy(server, tmp_path, PROMPTS)  # from someone else's run
     precious = outside / "precious.txt"
     precious.write_text("precious data " * 10)
     link(kind, precious, folder / name)
     with pytest.raises(CacheUnavailable, match=name) as refused:
         DiskStore(folder)
     assert ("is a symlink" if kind == "symlink" else "has 2 hard links") in str(refused.value)
-    use(server, folder)
+    use_cache(server, folder)
     with pytest.raises(CacheUnavailable, match=name):
         get_llm()("alpha", cache="replay")
     assert server.request_count == 0
@@ -179,7 +145,7 @@ def test_a_cache_folder_that_is_a_symlink_is_followed_once_when_opened(server, t
     linked.symlink_to(real, target_is_directory=True)
     record(server, linked, prompts=("alpha",))  # the user's own MYOPTO_CACHE_DIR, on another disk
     assert (real / "cache.db").is_file() and linked.is_symlink()
-    use(server, linked)
+    use_cache(server, linked)
     assert get_llm()("alpha", cache="replay").cached
 
     store = DiskStore(linked)
@@ -197,8 +163,8 @@ def test_a_cache_folder_that_is_a_symlink_is_followed_once_when_opened(server, t
 @pytest.mark.parametrize("kind", ["symlink", "hardlink"])
 def test_clear_refuses_a_cache_db_swapped_for_a_link_after_opening(server, tmp_path, kind):
     mine = tmp_path / "my-cache"
-    record(server, mine)
-    before = snapshot(mine)
+    record(server, mine, PROMPTS)
+    before = files_under(mine)
     foreign = tmp_path / "foreign"
     record(server, foreign, prompts=("delta",))
     store = DiskStore(foreign)
@@ -215,6 +181,6 @@ def test_clear_refuses_a_cache_db_swapped_for_a_link_after_opening(server, tmp_p
     clearer = threading.Thread(target=clear)
     clearer.start()
     clearer.join(30)
-    assert snapshot(mine) == before and entries(mine) == 3
+    assert files_under(mine) == before and entries(mine) == 3
     assert outcome and isinstance(outcome[0], CacheUnavailable), outcome
     assert ("is a symlink" if kind == "symlink" else "has 2 hard links") in str(outcome[0])

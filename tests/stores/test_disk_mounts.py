@@ -8,63 +8,23 @@ what was sent.
 
 from __future__ import annotations
 
-import json
-
 import pytest
+from testkit import cache_child, files_under, use_cache
 
-from myopto import get_llm, set_role_config
+from myopto import get_llm
 from myopto.stores.disk import disk_store
-from myopto.testing.mounts import mounts_unavailable, run_mounted
+from myopto.testing.mounts import mounts_unavailable
 
 pytestmark = pytest.mark.skipif(mounts_unavailable() is not None, reason=str(mounts_unavailable()))
 
-PRELUDE = """
-import json, os, subprocess, sys
-from myopto import CacheUnavailable, get_llm, set_role_config
-from myopto.cli import main
-from myopto.recording import reset_unrecorded, unrecorded_counts
-from myopto.stores.disk import DiskStore, disk_store
-DIR = os.environ["DIR"]
-set_role_config("executor", backend="CustomLLM", model="m", base_url=os.environ["URL"], api_key="sk-x",
-                cache="on", cache_dir=DIR, retries=0)
-out = {}
-def refused(call):
-    try:
-        call()
-    except CacheUnavailable as error:
-        return str(error)
-    return "not refused"
-"""
-
-
-def child(code: str, directory, server, **mounts) -> dict:
-    done = run_mounted(PRELUDE + code, env={"DIR": str(directory), "URL": server.url}, **mounts)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
 
 def record(server, directory) -> None:
-    set_role_config(
-        "executor",
-        backend="CustomLLM",
-        model="m",
-        base_url=server.url,
-        api_key="sk-x",
-        cache="on",
-        cache_dir=str(directory),
-        retries=0,
-    )
+    use_cache(server, directory)
     for prompt in ("one", "two"):
         get_llm()(prompt)
     server.reply("B" * 40_000)  # kept in a value file, not in cache.db
     get_llm()("big")
     server.reset()
-
-
-def listing(directory) -> dict[str, bytes]:
-    return {
-        str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob("*")) if path.is_file()
-    }
 
 
 REPLAY_READ_ONLY = """
@@ -91,9 +51,9 @@ def test_a_read_only_cache_folder_replays_and_refuses_to_record_before_sending(s
         disk_store(directory).close()
     else:  # copied while its writer runs: cache.db-wal and -shm are there too
         assert (directory / "cache.db-wal").exists()
-    before = listing(directory)
+    before = files_under(directory)
 
-    out = child(REPLAY_READ_ONLY, directory, server, read_only=[directory])
+    out = cache_child(REPLAY_READ_ONLY, directory, server, read_only=[directory])
 
     assert out["replay"] == ["echo: one", "echo: two", "B" * 12]
     assert out["read_only_hit"] is True and out["on_hit"] is True and out["writable"] is False
@@ -103,7 +63,7 @@ def test_a_read_only_cache_folder_replays_and_refuses_to_record_before_sending(s
         assert "cannot be written" in out[refusal] and "nothing was sent" in out[refusal]
     assert str(directory) in out["set"] and "read-only" in out["set"]
     assert out["stats"] == 0 and out["clear"] == 2
-    assert listing(directory) == before  # not a byte changed
+    assert files_under(directory) == before  # not a byte changed
 
 
 FULL_DISK = """
@@ -128,7 +88,8 @@ fresh = subprocess.run([sys.executable, "-c", '''
 import json, os
 from myopto import CacheUnavailable, get_llm, set_role_config
 from myopto.stores.disk import disk_store
-set_role_config("executor", backend="CustomLLM", model="m", base_url=os.environ["URL"], cache="on", cache_dir=os.environ["DIR"], retries=0)
+set_role_config("executor", backend="CustomLLM", model="m", base_url=os.environ["URL"], cache="on",
+                cache_dir=os.environ["DIR"], retries=0)
 hits = [get_llm()(p, cache="replay").text[:10] for p in ("one", "two")]
 try:
     get_llm()("a miss in a new process", cache="on")
@@ -145,7 +106,7 @@ print(json.dumps(out))
 def test_a_full_disk_still_serves_what_is_cached_and_a_failed_write_names_the_folder(server, tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
-    out = child(FULL_DISK, disk / "cache", server, tmpfs={disk: "1m"})
+    out = cache_child(FULL_DISK, disk / "cache", server, tmpfs={disk: "1m"})
 
     assert out["paid"] == "echo: asked when the disk was full"  # the caller got what was paid for
     assert out["unrecorded"] == {"cache": 1}  # and the lost record was reported
@@ -165,7 +126,7 @@ def test_a_full_disk_still_serves_what_is_cached_and_a_failed_write_names_the_fo
 def test_an_empty_read_only_folder_is_refused_with_what_to_fix(server, tmp_path):
     directory = tmp_path / "empty"
     directory.mkdir()
-    out = child(
+    out = cache_child(
         'out["open"] = refused(lambda: DiskStore(DIR))\nprint(json.dumps(out))',
         directory,
         server,

@@ -6,64 +6,26 @@ process with a timeout: a regression fails the test instead of hanging the suite
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from testkit import cache_child, recorded_copy, use_cache
 
-from myopto import CacheUnavailable, get_llm, set_role_config
-from myopto.stores.disk import DiskStore, disk_store
-from myopto.testing.mounts import mounts_unavailable, run_mounted
+from myopto import CacheUnavailable, get_llm
+from myopto.stores.disk import DiskStore
+from myopto.testing.mounts import mounts_unavailable
 
 RECORD = {"version": 1, "request": {}, "response": {"text": "stored"}}
 ENDLESS = "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r)"
 
-CHILD = """
-import json, os
-from myopto import CacheUnavailable, get_llm, set_role_config
-from myopto.cli import main
-from myopto.stores.disk import DiskStore
-DIR = os.environ["DIR"]
-set_role_config("executor", backend="CustomLLM", model="m", base_url=os.environ["URL"], api_key="sk-x",
-                cache="on", cache_dir=DIR, retries=0)
-out = {}
-def refused(call):
-    try:
-        call()
-    except CacheUnavailable as error:
-        return str(error)
-    return "not refused"
-"""
-
-
-def use(server, folder: Path) -> None:
-    set_role_config(
-        "executor",
-        backend="CustomLLM",
-        model="m",
-        base_url=server.url,
-        api_key="sk-x",
-        cache="on",
-        cache_dir=str(folder),
-        retries=0,
-    )
-
 
 def handed_over(server, tmp_path: Path, prompts=("seed",)) -> Path:
-    """A folder recorded by a real role, closed, and copied to a path this process never opened."""
-    source = tmp_path / "theirs"
-    use(server, source)
-    for prompt in prompts:
-        get_llm()(prompt)
-    disk_store(source).close()
-    folder = tmp_path / "handed-to-me"
-    shutil.copytree(source, folder)
-    use(server, folder)
-    server.reset()
+    """A folder recorded by a real role, closed, copied to a path this process never opened, and
+    the executor's cache."""
+    folder = recorded_copy(server, tmp_path, prompts)
+    use_cache(server, folder)
     return folder
 
 
@@ -80,24 +42,10 @@ def stored(folder: Path) -> list[tuple]:
 
 
 def child(code: str, folder: Path, server, *, read_only: bool = False) -> dict:
-    """Run `code` after CHILD in a fresh process (on a read-only mount of `folder` if asked); a
-    hang fails the test."""
-    env = {"DIR": str(folder), "URL": server.url}
-    try:
-        if read_only:
-            done = run_mounted(CHILD + code, read_only=[folder], env=env, timeout=30)
-        else:
-            done = subprocess.run(
-                [sys.executable, "-c", CHILD + code],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                env={**os.environ, **env},
-            )
-    except subprocess.TimeoutExpired:
-        pytest.fail("hung: the foreign cache.db's own SQL ran")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """Run `code` in a fresh process using `folder` (on a read-only mount of it if asked); a hang
+    fails the test."""
+    mounts = {"read_only": [folder]} if read_only else {}
+    return cache_child(code, folder, server, timeout=30, hung="hung: the foreign cache.db's own SQL ran", **mounts)
 
 
 @pytest.mark.parametrize("mode", ["on", "replay"])
@@ -205,7 +153,8 @@ def test_a_trigger_kept_only_in_the_write_ahead_log_is_seen(server, tmp_path):
         ("CREATE INDEX Cache_size ON Cache (size);", "an index 'Cache_size' on Cache"),
         (
             "DROP TRIGGER Settings_count_insert; CREATE TRIGGER Settings_count_insert AFTER INSERT ON Cache "
-            "FOR EACH ROW BEGIN UPDATE Settings SET value = value + 1 WHERE key = 'count'; UPDATE Cache SET value = 'x'; END;",
+            "FOR EACH ROW BEGIN UPDATE Settings SET value = value + 1 WHERE key = 'count'; "
+            "UPDATE Cache SET value = 'x'; END;",
             "a trigger 'Settings_count_insert' on Cache unlike diskcache's own",
         ),
     ],
@@ -223,7 +172,7 @@ def test_anything_diskcache_does_not_create_is_refused_and_named(server, tmp_pat
 def test_a_pragma_setting_that_is_not_a_number_or_a_word_is_refused(server, tmp_path):
     folder = handed_over(server, tmp_path)
     edit(folder, "UPDATE Settings SET value = '0; ATTACH DATABASE ''elsewhere'' AS x' WHERE key = 'sqlite_mmap_size';")
-    with pytest.raises(CacheUnavailable, match="settings with values diskcache never writes .*sqlite_mmap_size"):
+    with pytest.raises(CacheUnavailable, match=r"settings with values diskcache never writes .*sqlite_mmap_size"):
         get_llm()("seed")
     assert server.request_count == 0
 

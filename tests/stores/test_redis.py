@@ -13,6 +13,7 @@ import time
 
 import pytest
 import redis as redis_py
+from testkit import use_cache, use_redis_cache
 
 from myopto import CacheMiss, CacheUnavailable, ConfigError, clear_role_config, get_llm, set_role_config
 from myopto.cli import main
@@ -24,16 +25,16 @@ SECRET = "sk-redis-test-secret-0123456789"
 
 
 def redis_role(server, url, **options):
-    set_role_config(
-        "executor",
-        backend="CustomLLM",
-        model="m",
-        base_url=server.url,
-        api_key=SECRET,
-        cache_url=url,
-        retries=0,
-        **options,
-    )
+    """The executor on the test server with its cache on the Redis server at `url` (MYOPTO_CACHE
+    says the mode)."""
+    use_redis_cache(server, url, None, api_key=SECRET, **options)
+
+
+def disk_role(server, directory):
+    """The executor, its Redis config forgotten, on the test server with its cache in `directory`
+    (MYOPTO_CACHE says the mode)."""
+    clear_role_config()
+    use_cache(server, directory, None, api_key=SECRET)
 
 
 def raw(redis_server):
@@ -49,16 +50,7 @@ def test_answers_are_cached_in_redis_as_the_same_json_records_as_on_disk(server,
     keys = raw(redis_server).keys("myopto:cache:*")
     assert len(keys) == 1
     key = keys[0][len("myopto:cache:{") : -1]
-    clear_role_config()
-    set_role_config(
-        "executor",
-        backend="CustomLLM",
-        model="m",
-        base_url=server.url,
-        api_key=SECRET,
-        cache_dir=str(tmp_path / "disk"),
-        retries=0,
-    )
+    disk_role(server, tmp_path / "disk")
     get_llm()("hello")
     disk = dict(DiskStore(tmp_path / "disk").items())
     assert list(disk) == [key]  # the same key in both stores
@@ -80,41 +72,31 @@ def test_replay_in_a_new_process_with_the_backend_gone_and_after_a_restart_with_
     script = tmp_path / "replay.py"
     script.write_text(
         "import os, json\nfrom myopto import get_llm, set_role_config\n"
-        "set_role_config('executor', backend='CustomLLM', model='m', base_url=os.environ['URL'], api_key='sk-x', retries=0)\n"
+        "set_role_config('executor', backend='CustomLLM', model='m', base_url=os.environ['URL'], api_key='sk-x',"
+        " retries=0)\n"
         "print(json.dumps([get_llm()(f'q{i}').text for i in range(5)]))\n"
     )
     env = {**os.environ, "MYOPTO_CACHE_URL": redis_server.url, "MYOPTO_CACHE_DIR": str(tmp_path / "unused")}
-    with FakeOpenAIServer() as live:
-        env["URL"] = live.url
-        first = subprocess.run(
+
+    def run(mode: str) -> str:
+        done = subprocess.run(
             [sys.executable, str(script)],
-            env={**env, "MYOPTO_CACHE": "on"},
+            env={**env, "MYOPTO_CACHE": mode},
             capture_output=True,
             text=True,
             timeout=120,
         )
-        assert first.returncode == 0, first.stderr
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    with FakeOpenAIServer() as live:
+        env["URL"] = live.url
+        first = run("on")
         assert live.request_count == 5
     # the server is gone: a new process with a fresh disk dir replays everything from Redis
-    replay = subprocess.run(
-        [sys.executable, str(script)],
-        env={**env, "MYOPTO_CACHE": "replay"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert replay.returncode == 0, replay.stderr
-    assert replay.stdout == first.stdout
+    assert run("replay") == first
     redis_server.restart()  # SIGTERM and start again: the AOF holds the answers
-    again = subprocess.run(
-        [sys.executable, str(script)],
-        env={**env, "MYOPTO_CACHE": "replay"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert again.returncode == 0, again.stderr
-    assert again.stdout == first.stdout
+    assert run("replay") == first
 
 
 def test_export_from_redis_import_into_disk_replays_the_same_answers(
@@ -127,16 +109,7 @@ def test_export_from_redis_import_into_disk_replays_the_same_answers(
     assert main(["cache", "export", str(export), "--url", redis_server.url]) == 0
     assert len(export.read_text().splitlines()) == 4
     assert main(["cache", "import", str(export), "--dir", str(tmp_path / "home")]) == 0
-    clear_role_config()
-    set_role_config(
-        "executor",
-        backend="CustomLLM",
-        model="m",
-        base_url=server.url,
-        api_key=SECRET,
-        cache_dir=str(tmp_path / "home"),
-        retries=0,
-    )
+    disk_role(server, tmp_path / "home")
     before = server.request_count
     assert [get_llm()(f"item {i}", cache="replay").text for i in range(4)] == answers
     assert server.request_count == before
@@ -249,7 +222,7 @@ def test_a_failed_call_releases_the_lease_so_a_waiter_tries_itself(redis_server)
 
 def test_a_lease_is_renewed_while_its_call_runs_and_expires_when_its_owner_is_gone(redis_server):
     owner = RedisStore(redis_server.url, namespace="renew-test", lease_seconds=0.3)
-    _, lease, _ = owner.claim("long")
+    _, _lease, _ = owner.claim("long")  # held, and renewed, while this test runs
     time.sleep(1.0)  # three lease lifetimes: the renewer keeps it
     assert RedisStore(redis_server.url, namespace="renew-test").claim("long")[1] is None
     owner._held.clear()  # the owner stops renewing, as a killed process would
