@@ -7,7 +7,8 @@ ratio to its anchor measured in the same run. Writes benchmarks/RESULTS.md. Opti
 
 This file holds the command line, the table of workloads and the results file; the workloads live
 beside it, a module per family: `overhead.py` (imports, chain, http, tracing), `cache_hits.py`,
-`concurrency.py`, `many_machines.py` (redis), `local_runs.py` (local, tools), `streaming.py` and `local_streaming.py` (local-streaming).
+`concurrency.py`, `many_machines.py` (redis), `local_runs.py` (local, tools), `streaming.py` and
+`local_streaming.py` (local-streaming).
 """
 
 from __future__ import annotations
