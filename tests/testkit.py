@@ -229,3 +229,30 @@ class LoopTicks:
         while True:
             await asyncio.sleep(self.every)
             self.count += 1
+
+
+# Two tools, as the local tool-call and streaming tests offer them.
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"],
+        },
+    },
+}
+ADD = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two integers",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer", "minimum": 0, "maximum": 100}},
+            "required": ["a", "b"],
+        },
+    },
+}

@@ -8,6 +8,7 @@ import json
 
 import jsonschema
 import pytest
+from testkit import ADD, WEATHER
 
 from myopto import get_llm, set_role_config
 from myopto.backends import llama_cpp_engine
@@ -15,30 +16,6 @@ from myopto.backends.local_tools import local_messages, tool_plan
 from myopto.backends.model_files import EMBEDDED_MODEL, embedded_gguf
 from myopto.errors import InvalidRequest
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
-            "required": ["city", "unit"],
-        },
-    },
-}
-ADD = {
-    "type": "function",
-    "function": {
-        "name": "add",
-        "description": "Add two integers",
-        "parameters": {
-            "type": "object",
-            "properties": {"a": {"type": "integer"}, "b": {"type": "integer", "minimum": 0, "maximum": 100}},
-            "required": ["a", "b"],
-        },
-    },
-}
 TOOLS = [WEATHER, ADD]
 SCHEMAS = {tool["function"]["name"]: tool["function"]["parameters"] for tool in TOOLS}
 QUESTIONS = [

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from testkit import WEATHER
 
 from myopto import get_llm, set_role_config
 from myopto.backends import llama_cpp_engine, local_slm
@@ -26,18 +27,6 @@ CAPITAL = {
         "type": "object",
         "properties": {"capital": {"type": "string"}, "country": {"type": "string"}},
         "required": ["capital", "country"],
-    },
-}
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
-            "required": ["city", "unit"],
-        },
     },
 }
 
