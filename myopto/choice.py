@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from myopto.openai_objects import ItemAccess, fields_of
+from myopto.openai_objects import ItemAccess, fields_of, part_of
 
 # -- tool calls -----------------------------------------------------------------------------
 
@@ -107,10 +107,7 @@ class TokenLogprob(ItemAccess):
         object.__setattr__(
             self,
             "top_logprobs",
-            tuple(
-                item if isinstance(item, TopLogprob) else TopLogprob(**fields_of(TopLogprob, item, "top_logprobs[]"))
-                for item in top
-            ),
+            tuple(part_of(TopLogprob, item, "top_logprobs[]") for item in top),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,10 +124,7 @@ def _tokens(value: Any, where: str) -> tuple[TokenLogprob, ...] | None:
         return None
     if not isinstance(value, (list, tuple)):
         raise TypeError(f"{where} is a {type(value).__name__}, not a list")
-    return tuple(
-        item if isinstance(item, TokenLogprob) else TokenLogprob(**fields_of(TokenLogprob, item, f"{where}[]"))
-        for item in value
-    )
+    return tuple(part_of(TokenLogprob, item, f"{where}[]") for item in value)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -180,11 +174,7 @@ class Message(ItemAccess):
             object.__setattr__(
                 self,
                 "tool_calls",
-                tuple(
-                    call if isinstance(call, ToolCall) else ToolCall(**fields_of(ToolCall, call, "tool_calls[]"))
-                    for call in calls
-                )
-                or None,
+                tuple(part_of(ToolCall, call, "tool_calls[]") for call in calls) or None,
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -243,4 +233,4 @@ def choices_of(value: Any) -> tuple[Choice, ...]:
     that is not a choice raises `TypeError` or `ValueError` saying what is wrong."""
     if not isinstance(value, (list, tuple)):
         raise TypeError(f"choices is a {type(value).__name__}, not a list")
-    return tuple(item if isinstance(item, Choice) else Choice(**fields_of(Choice, item, "choices[]")) for item in value)
+    return tuple(part_of(Choice, item, "choices[]") for item in value)

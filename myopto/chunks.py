@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from myopto.choice import Choice, Function, Message, ToolCall
-from myopto.openai_objects import ItemAccess, fields_of
+from myopto.openai_objects import ItemAccess, fields_of, part_of
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -76,10 +76,7 @@ class Delta(ItemAccess):
             object.__setattr__(
                 self,
                 "tool_calls",
-                tuple(
-                    c if isinstance(c, ToolCallDelta) else ToolCallDelta(**fields_of(ToolCallDelta, c, "delta"))
-                    for c in calls
-                ),
+                tuple(part_of(ToolCallDelta, c, "delta") for c in calls),
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,10 +130,7 @@ class Chunk(ItemAccess):
             object.__setattr__(
                 self,
                 "choices",
-                tuple(
-                    c if isinstance(c, ChunkChoice) else ChunkChoice(**fields_of(ChunkChoice, c, "chunk"))
-                    for c in choices
-                ),
+                tuple(part_of(ChunkChoice, c, "chunk") for c in choices),
             )
         if self.usage is not None:
             from myopto.response import Usage
@@ -169,7 +163,7 @@ def chunks_of(value: Any) -> tuple[Chunk, ...]:
     """Stored chunks (dicts) or chunks, as a tuple of `Chunk`."""
     if not isinstance(value, (list, tuple)):
         raise TypeError(f"a response's stream is a {type(value).__name__}, not a list of chunks")
-    return tuple(c if isinstance(c, Chunk) else Chunk(**fields_of(Chunk, c, "stream[]")) for c in value)
+    return tuple(part_of(Chunk, c, "stream[]") for c in value)
 
 
 @dataclasses.dataclass

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
+
+Part = TypeVar("Part")
 
 
 class ItemAccess:
@@ -37,3 +39,8 @@ def fields_of(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"{where} has fields it does not have: {', '.join(sorted(map(repr, unknown)))}")
     return dict(data)
+
+
+def part_of(cls: type[Part], value: Any, where: str) -> Part:
+    """`value` as a `cls`: itself when it is one, else built from a stored dict by `fields_of`."""
+    return value if isinstance(value, cls) else cls(**fields_of(cls, value, where))
