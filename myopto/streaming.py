@@ -98,6 +98,35 @@ class _Failed:
         self.error = error
 
 
+class _Reading:
+    """What the sync and async streams share: the chunks the backend pushed, then (when it pushed
+    none: a cache hit) the answer's stored chunks, then the end."""
+
+    sink: StreamSink
+    _response: Response | None
+    _replay: deque[Chunk] | None
+    _finished: bool
+
+    def _ended(self) -> bool:
+        return self._finished and not self._replay
+
+    def _ready(self) -> Chunk | None:
+        """The next replayed chunk, or None: read the next item the chain sent."""
+        return self._replay.popleft() if self._replay else None
+
+    def _take(self, item: Chunk | _Done | _Failed) -> Chunk | None:
+        """A pushed chunk; or, at the chain's end, None (having kept its answer) or its error."""
+        if isinstance(item, Chunk):
+            return item
+        self._finished = True
+        if isinstance(item, _Failed):
+            raise item.error
+        self._response = item.response
+        if not self.sink.started:  # answered without streaming (a cache hit): its chunks now
+            self._replay = deque(replay_chunks(item.response))
+        return None
+
+
 def check_streamable(request: Request) -> Request:
     """`InvalidRequest` for what a stream cannot carry yet, before anything is sent."""
     if request.params.get("logprobs"):
@@ -105,7 +134,7 @@ def check_streamable(request: Request) -> Request:
     return request
 
 
-class Stream:
+class Stream(_Reading):
     """A streamed call (sync): iterate it for `Chunk`s; `response` (or `get_final_response()`)
     is the assembled `Response` once it ended. The chain runs in a worker thread."""
 
@@ -135,22 +164,11 @@ class Stream:
         return self
 
     def __next__(self) -> Chunk:
-        while True:
-            if self._replay is not None:
-                if self._replay:
-                    return self._replay.popleft()
-                raise StopIteration
-            if self._finished:
-                raise StopIteration
-            item = self._queue.get()
-            if isinstance(item, Chunk):
-                return item
-            self._finished = True
-            if isinstance(item, _Failed):
-                raise item.error
-            self._response = item.response
-            if not self.sink.started:  # answered without streaming (a cache hit): its chunks now
-                self._replay = deque(replay_chunks(item.response))
+        while not self._ended():
+            chunk = self._ready() or self._take(self._queue.get())
+            if chunk is not None:
+                return chunk
+        raise StopIteration
 
     @property
     def response(self) -> Response:
@@ -186,7 +204,7 @@ class Stream:
             self.close()
 
 
-class AsyncStream:
+class AsyncStream(_Reading):
     """A streamed call (async): `async for` it for `Chunk`s; `await stream.get_final_response()`
     is the assembled `Response`. The chain runs as a task on the caller's loop."""
 
@@ -220,26 +238,19 @@ class AsyncStream:
         return self
 
     async def __anext__(self) -> Chunk:
-        while True:
-            if self._replay is not None:
-                if self._replay:
-                    return self._replay.popleft()
-                raise StopAsyncIteration
-            if self._finished:
-                raise StopAsyncIteration
+        while not self._ended():
+            chunk = self._ready()
+            if chunk is not None:
+                return chunk
             try:
                 item = await self._queue.get()
             except asyncio.CancelledError:
                 await self.aclose()
                 raise
-            if isinstance(item, Chunk):
-                return item
-            self._finished = True
-            if isinstance(item, _Failed):
-                raise item.error
-            self._response = item.response
-            if not self.sink.started:
-                self._replay = deque(replay_chunks(item.response))
+            chunk = self._take(item)
+            if chunk is not None:
+                return chunk
+        raise StopAsyncIteration
 
     async def get_final_response(self) -> Response:
         """The assembled answer: reads what is left of the stream first."""
