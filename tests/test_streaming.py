@@ -10,7 +10,7 @@ import pytest
 
 from myopto import Pipeline
 from myopto.chunks import Chunk, replay_chunks
-from myopto.errors import SchemaError, StreamBroken
+from myopto.errors import SchemaError, StreamBroken, StreamClosed
 from myopto.logs import CallLog
 from myopto.middleware import Cache, Logging, Retry, StructuredOutput
 from myopto.request import Request
@@ -70,8 +70,8 @@ def test_a_stream_closed_early_is_not_cached_and_stops_the_backend(tmp_path):
     stream = Stream(pipeline, ask())
     assert next(stream).text == "the "
     stream.close()
-    stream._thread.join(5)
-    assert not stream._thread.is_alive()
+    ended = stream._queue.get(timeout=5)  # the chain's end, at the backend's next chunk
+    assert isinstance(ended.error, StreamClosed)
     assert list(Stream(pipeline, ask()))  # asked again: the backend answers again (nothing was cached)
     assert len(backend.requests) == 2
 

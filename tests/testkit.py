@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -162,6 +163,14 @@ def finish_or_fail(process: subprocess.Popen[str], timeout: float, hung: str) ->
         process.kill()
         process.communicate()
         pytest.fail(hung)
+
+
+def wait_for(condition: Callable[[], object], seconds: float = 3.0) -> None:
+    """Poll `condition()` until it holds; fail the test after `seconds`."""
+    end = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.01)
 
 
 def in_threads(count: int, call: Callable[[], Any]) -> list[Any]:

@@ -6,11 +6,10 @@ and is neither retried nor cached; a completed one is cached and replays chunk f
 
 import asyncio
 import logging
-import time
 
 import openai
 import pytest
-from testkit import HTTP_BACKENDS, serve, use_cache
+from testkit import HTTP_BACKENDS, serve, use_cache, wait_for
 
 from myopto import get_llm
 from myopto.errors import BackendError, ConnectionFailed, StreamBroken
@@ -59,13 +58,6 @@ def same_answer(streamed, plain):
     """The fields a streamed and a plain call of the same server answer share (not id, time, latency)."""
     for name in ("text", "model", "usage", "cost", "finish_reason", "choices", "parsed", "cached"):
         assert getattr(streamed, name) == getattr(plain, name), name
-
-
-def wait_for(condition, seconds=3.0):
-    end = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.01)
 
 
 # -- (a) the chunks the raw SDK yields -------------------------------------------------------
@@ -213,6 +205,18 @@ def test_break_and_close_mid_stream_close_the_connection_and_cache_nothing(serve
     wait_for(lambda: server.closed_streams == 2, seconds=2.5)
     server.stream_pause(0)
     assert not llm(LONG).cached and server.request_count == 3  # nothing was cached
+
+
+@BACKENDS
+def test_a_stream_dropped_after_a_break_closes_the_connection(server, backend, tmp_path):
+    use_cache(server, tmp_path / "cache", backend=backend, model=HTTP_BACKENDS[backend])
+    llm = get_llm()
+    server.stream_pause(5.0)
+    for _chunk in llm.stream(LONG):
+        break  # no close(), no with: the stream is dropped here, and that closes it
+    wait_for(lambda: server.closed_streams == 1, seconds=2.5)  # at once: not at the next chunk, due in 5 s
+    server.stream_pause(0)
+    assert not llm(LONG).cached
 
 
 @BACKENDS
