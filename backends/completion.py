@@ -116,7 +116,7 @@ def _choice(choice: Any, position: int, backend: str) -> Choice:
             ),
             index=index if type(index) is int and index >= 0 else position,
             finish_reason=finish_reason if isinstance(finish_reason, str) else None,
-            logprobs=_logprobs(read_field(choice, "logprobs")),
+            logprobs=logprobs_of(read_field(choice, "logprobs")),
         )
     except (TypeError, ValueError) as error:
         raise _NotAnAnswer(f"{backend} answered with a choice that cannot be read: {error}") from None
@@ -151,7 +151,7 @@ def _tool_calls(calls: Any, backend: str) -> tuple[ToolCall, ...] | None:
     return tuple(converted)
 
 
-def _logprobs(logprobs: Any) -> ChoiceLogprobs | None:
+def logprobs_of(logprobs: Any) -> ChoiceLogprobs | None:
     """A choice's logprobs as data: the token entries' `token`, `logprob`, `bytes` and
     `top_logprobs`, whatever else an SDK object carries left out."""
     if logprobs is None:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from myopto.chunks import Chunk, ChunkChoice, Delta, FunctionDelta, ToolCallDelta
-from myopto.errors import StreamBroken, StreamClosed
+from myopto.errors import InvalidRequest, StreamBroken, StreamClosed
 from myopto.output_format import schema_of
 from myopto.request import Request
 from myopto.response import Choice, Message, Response, Usage, new_response_id
@@ -46,6 +46,11 @@ def request_generations(
 
 def _generation(engine: Any, request: Request) -> Generation:
     params = request.params_dict()
+    if params.get("logprobs") or params.get("top_logprobs"):
+        raise InvalidRequest(
+            "LocalSLM does not return logprobs: leave out logprobs and top_logprobs, or serve the model with "
+            "llama-server or vLLM and call it through a CustomLLM role, which returns them"
+        )
     tools = tool_plan(params.get("tools"), params.get("tool_choice"))
     response_format = request.response_format_dict()
     constrained = bool(params.get("constrained")) and response_format is not None

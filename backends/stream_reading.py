@@ -33,7 +33,7 @@ from myopto.parsing import content_text
 from myopto.request import Request
 from myopto.response import Response, Usage, new_response_id
 
-from .completion import read_field, usage_of
+from .completion import logprobs_of, read_field, usage_of
 from .sdk_errors import sdk_failure
 
 _log = logging.getLogger("myopto.backends")
@@ -72,6 +72,7 @@ def _choice(choice: Any, position: int) -> ChunkChoice:
         delta=_delta(delta) if delta is not None else Delta(),
         index=index if type(index) is int and index >= 0 else position,
         finish_reason=read_field(choice, "finish_reason"),
+        logprobs=logprobs_of(read_field(choice, "logprobs")),
     )
 
 

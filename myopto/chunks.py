@@ -4,7 +4,8 @@
 `chunk.choices[0].delta.content` is the next piece of text; `delta.tool_calls` carries pieces of
 tool calls (by `index`: the first piece has the id and name, the rest add to the arguments),
 `delta.reasoning_content` pieces of the provider's reasoning, `finish_reason` ends a choice, and
-the last chunk may carry `usage`. `Assembler` adds the chunks of one answer up into the
+the last chunk may carry `usage`; `choices[0].logprobs` holds the logprobs of the tokens a chunk
+adds, when they were asked for. `Assembler` adds the chunks of one answer up into the
 `Response` a plain call would have given, with the chunks kept in `Response.stream` so that a
 cache hit or a replay streams them again, in the same order. `replay_chunks` gives the chunks of
 any response: the stored ones, or (for an answer that was never streamed) one chunk a choice.
@@ -16,7 +17,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from myopto.choice import Choice, Function, Message, ToolCall
+from myopto.choice import Choice, ChoiceLogprobs, Function, Message, TokenLogprob, ToolCall
 from myopto.openai_objects import ItemAccess, fields_of, part_of
 
 
@@ -95,11 +96,17 @@ class ChunkChoice(ItemAccess):
     delta: Delta
     index: int = 0
     finish_reason: str | None = None
+    logprobs: ChoiceLogprobs | None = None  # of the tokens this chunk adds, when asked for
 
     def __post_init__(self) -> None:
         delta: Any = self.delta
         if not isinstance(delta, Delta):
             object.__setattr__(self, "delta", Delta(**fields_of(Delta, delta, "chunk.choices[].delta")))
+        logprobs: Any = self.logprobs
+        if logprobs is not None and not isinstance(logprobs, ChoiceLogprobs):
+            object.__setattr__(
+                self, "logprobs", ChoiceLogprobs(**fields_of(ChoiceLogprobs, logprobs, "chunk.choices[].logprobs"))
+            )
         if type(self.index) is not int or (self.finish_reason is not None and not isinstance(self.finish_reason, str)):
             raise TypeError(f"a chunk choice has a whole-number index and a text finish reason, got {self!r:.120}")
 
@@ -107,6 +114,8 @@ class ChunkChoice(ItemAccess):
         data: dict[str, Any] = {"index": self.index, "delta": self.delta.to_dict()}
         if self.finish_reason is not None:
             data["finish_reason"] = self.finish_reason
+        if self.logprobs is not None:
+            data["logprobs"] = self.logprobs.to_dict()
         return data
 
 
@@ -173,6 +182,7 @@ class _Building:
     calls: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
     finish_reason: str | None = None
     role: str = "assistant"
+    logprobs: dict[str, list[TokenLogprob]] | None = None  # "content" / "refusal" tokens, once a chunk had any
 
 
 class Assembler:
@@ -207,6 +217,10 @@ class Assembler:
                     slot["arguments"].append(call.function.arguments or "")
             if part.finish_reason is not None:
                 building.finish_reason = part.finish_reason
+            if part.logprobs is not None:
+                tokens = building.logprobs = building.logprobs or {"content": [], "refusal": []}
+                tokens["content"] += part.logprobs.content or ()
+                tokens["refusal"] += part.logprobs.refusal or ()
 
     @property
     def text(self) -> str:
@@ -228,7 +242,11 @@ class Assembler:
                 tool_calls=calls or None,
                 reasoning_content="".join(building.reasoning) if building.reasoning else None,
             )
-            built.append(Choice(message=message, index=index, finish_reason=building.finish_reason))
+            logprobs = None
+            if building.logprobs is not None:
+                content, refusal = building.logprobs["content"], building.logprobs["refusal"]
+                logprobs = ChoiceLogprobs(content=tuple(content) or None, refusal=tuple(refusal) or None)
+            built.append(Choice(message=message, index=index, finish_reason=building.finish_reason, logprobs=logprobs))
         return tuple(built)
 
 
@@ -255,7 +273,8 @@ def replay_chunks(response: Any) -> Iterable[Chunk]:
             reasoning_content=message.reasoning_content,
             tool_calls=calls or None,
         )
-        yield Chunk(
-            choices=(ChunkChoice(delta=delta, index=choice.index, finish_reason=choice.finish_reason),), **stamp
+        part = ChunkChoice(
+            delta=delta, index=choice.index, finish_reason=choice.finish_reason, logprobs=choice.logprobs
         )
+        yield Chunk(choices=(part,), **stamp)
     yield Chunk(choices=(), usage=response.usage, **stamp)

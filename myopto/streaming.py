@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from myopto.chunks import Chunk, replay_chunks
-from myopto.errors import InvalidRequest, StreamClosed
+from myopto.errors import StreamClosed
 from myopto.request import Request
 from myopto.response import Response
 from myopto.workers import run_in_worker
@@ -135,19 +135,11 @@ def _work(run: Callable[[Request], Response], request: Request, answers: queue.S
         answers.put(_Failed(error))
 
 
-def check_streamable(request: Request) -> Request:
-    """`InvalidRequest` for what a stream cannot carry yet, before anything is sent."""
-    if request.params.get("logprobs"):
-        raise InvalidRequest("logprobs are not kept on a streamed call yet; call without stream to get them")
-    return request
-
-
 class Stream(_Reading):
     """A streamed call (sync): iterate it for `Chunk`s; `response` (or `get_final_response()`)
     is the assembled `Response` once it ended. The chain runs in a worker thread (`myopto.workers`)."""
 
     def __init__(self, run: Callable[[Request], Response], request: Request) -> None:
-        check_streamable(request)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.sink = StreamSink(self._queue.put)
         self._response: Response | None = None
@@ -207,7 +199,6 @@ class AsyncStream(_Reading):
     is the assembled `Response`. The chain runs as a task on the caller's loop."""
 
     def __init__(self, run: Callable[[Request], Awaitable[Response]], request: Request) -> None:
-        check_streamable(request)
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self.sink = StreamSink(self._deliver)

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from myopto import Pipeline
-from myopto.chunks import Chunk, replay_chunks
+from myopto.chunks import Assembler, Chunk, replay_chunks
 from myopto.errors import SchemaError, StreamBroken, StreamClosed
 from myopto.logs import CallLog
 from myopto.middleware import Cache, Logging, Retry, StructuredOutput
@@ -179,10 +179,20 @@ def test_a_followers_stream_is_its_own_when_the_leaders_broke(tmp_path):
     assert follower.response.text == ANSWER
 
 
-def test_what_a_stream_cannot_carry_is_refused_before_sending(tmp_path):
-    from myopto.errors import InvalidRequest
-
-    backend, pipeline = chain(tmp_path)
-    with pytest.raises(InvalidRequest, match="logprobs"):
-        Stream(pipeline, ask().replace(params={"logprobs": True}))
-    assert backend.requests == []
+def test_chunk_logprobs_add_up_to_the_choice_logprobs_and_survive_a_record():
+    token = {"token": "hi", "logprob": -0.5, "bytes": [104, 105], "top_logprobs": []}
+    chunks = [
+        Chunk(choices=[{"index": 0, "delta": {"content": "hi"}, "logprobs": {"content": [token]}}]),
+        Chunk(
+            choices=[{"index": 0, "delta": {"content": " yo"}, "logprobs": {"content": [{**token, "token": " yo"}]}}]
+        ),
+        Chunk(choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+    ]
+    assembler = Assembler()
+    for chunk in chunks:
+        assembler.add(Chunk(**{**chunk.to_dict(), "choices": chunk.to_dict()["choices"]}))  # through their stored form
+    (choice,) = assembler.choices()
+    assert [t.token for t in choice.logprobs.content] == ["hi", " yo"] and choice.logprobs.refusal is None
+    with pytest.raises(TypeError):
+        Chunk(choices=[{"delta": {"content": "x"}, "logprobs": {"content": [{**token, "logprob": "high"}]}}])
+    assert Assembler().choices()[0].logprobs is None  # none asked, none made up

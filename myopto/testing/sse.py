@@ -5,7 +5,8 @@ Each choice streams as OpenAI streams it: a first chunk with the role (and empty
 the answer has content), its reasoning then its content a word a chunk (`"echo: hello there"`
 is `"echo: "`, `"hello "`, `"there"`), each tool call as a first piece with its index, id, type
 and name and then its arguments a word a piece, and a last chunk with an empty delta and the
-finish reason. With `n` choices their chunks interleave, one of each in turn. Asked for
+finish reason. Asked for logprobs, each content chunk carries those of its words (the server's
+tokens). With `n` choices their chunks interleave, one of each in turn. Asked for
 (`stream_options: {"include_usage": true}`), every chunk carries `"usage": null` and a last
 one, with no choices, the usage of the whole answer: the counts the same answer has unstreamed.
 """
@@ -29,23 +30,30 @@ def pieces(text: str) -> list[str]:
     return [piece for piece in _AFTER_SPACE.split(text) if piece]
 
 
-def _choice_deltas(message: dict[str, Any]) -> list[dict[str, Any]]:
-    """The deltas that stream one choice's message, in order (the finish is added by the caller)."""
+def _choice_parts(message: dict[str, Any], logprobs: dict[str, Any] | None) -> list[tuple[dict[str, Any], Any]]:
+    """The deltas that stream one choice's message, in order, each with the logprobs of the tokens
+    it adds (a content piece's words: the server's tokens are words); the finish is the caller's."""
     content = message.get("content")
     deltas: list[dict[str, Any]] = [{"role": "assistant", "content": "" if content is not None else None}]
     for name in ("reasoning_content", "reasoning"):  # `reasoning` is vLLM's spelling, when arranged
         if isinstance(message.get(name), str):
             deltas += [{name: piece} for piece in pieces(message[name])]
-    deltas += [{"content": piece} for piece in pieces(content or "")]
+    parts: list[tuple[dict[str, Any], Any]] = [(delta, None) for delta in deltas]
+    tokens = list((logprobs or {}).get("content") or ())
+    for piece in pieces(content or ""):
+        taken, tokens = tokens[: len(piece.split())], tokens[len(piece.split()) :]
+        parts.append(({"content": piece}, {"content": taken, "refusal": None} if logprobs else None))
     for index, call in enumerate(message.get("tool_calls") or ()):
         function = call["function"]
         opening = {"name": function["name"], "arguments": ""}
-        deltas.append({"tool_calls": [{"index": index, "id": call["id"], "type": call["type"], "function": opening}]})
-        deltas += [
-            {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+        parts.append(
+            ({"tool_calls": [{"index": index, "id": call["id"], "type": call["type"], "function": opening}]}, None)
+        )
+        parts += [
+            ({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}, None)
             for piece in pieces(function["arguments"])
         ]
-    return deltas
+    return parts
 
 
 def completion_chunks(completion: dict[str, Any], *, include_usage: bool = False) -> list[dict[str, Any]]:
@@ -60,8 +68,8 @@ def completion_chunks(completion: dict[str, Any], *, include_usage: bool = False
     for choice in completion["choices"]:
         index = choice["index"]
         parts = [
-            {"index": index, "delta": delta, "logprobs": None, "finish_reason": None}
-            for delta in _choice_deltas(choice["message"])
+            {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": None}
+            for delta, logprobs in _choice_parts(choice["message"], choice.get("logprobs"))
         ]
         parts.append({"index": index, "delta": {}, "logprobs": None, "finish_reason": choice["finish_reason"]})
         streams.append(parts)

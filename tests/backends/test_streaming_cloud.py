@@ -159,6 +159,49 @@ async def test_tool_call_and_reasoning_deltas_assemble_into_the_plain_answer(ser
     ]
 
 
+def logprobs_of(chunks):
+    """Each chunk's first choice's logprobs as dicts (SDK chunks and ours alike), where it has them."""
+    found = []
+    for chunk in chunks:
+        for choice in chunk.choices:
+            logprobs = choice.logprobs
+            if logprobs is not None and logprobs.content:
+                found.append(
+                    [
+                        token.model_dump() if hasattr(token, "model_dump") else token.to_dict()
+                        for token in logprobs.content
+                    ]
+                )
+    return found
+
+
+@BACKENDS
+def test_logprobs_stream_with_their_chunks_assemble_and_replay(server, backend, tmp_path):
+    use_cache(server, tmp_path / "cache", backend=backend, model=HTTP_BACKENDS[backend])
+    llm = get_llm()
+    server.reply("one two three four")
+    raw = raw_stream(server, backend, logprobs=True, top_logprobs=2)
+    server.reply("one two three four")
+    stream = llm.stream(PROMPT, logprobs=True, top_logprobs=2)
+    chunks = list(stream)
+    ours = logprobs_of(chunks)
+    assert ours == [
+        [{k: v for k, v in token.items() if k in ("token", "logprob", "bytes", "top_logprobs")} for token in piece]
+        for piece in logprobs_of(raw)
+    ]
+    assert [len(piece) for piece in ours] == [1, 1, 1, 1]  # a word a chunk, as the server sent them
+    server.reply("one two three four")
+    plain = llm(PROMPT, logprobs=True, top_logprobs=3)  # another request (top 3): not the cached one
+    assembled = stream.response.choices[0].logprobs
+    assert [t.token for t in assembled.content] == [t.token for t in plain.choices[0].logprobs.content]
+    assert [len(t.top_logprobs) for t in assembled.content] == [2, 2, 2, 2]
+    again = llm.stream(PROMPT, logprobs=True, top_logprobs=2)  # from the cache, chunk for chunk
+    assert logprobs_of(list(again)) == ours and again.response.cached
+    assert again.response.choices[0].logprobs == assembled
+    replayed = list(llm.stream(PROMPT, logprobs=True, top_logprobs=3))  # a plain answer, streamed from the cache
+    assert [t["token"] for piece in logprobs_of(replayed) for t in piece] == [t.token for t in assembled.content]
+
+
 @BACKENDS
 def test_usage_and_cost_come_from_the_last_chunk(server, backend):
     llm = role(server, backend)

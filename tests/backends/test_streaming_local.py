@@ -314,3 +314,13 @@ def test_closing_a_transformers_or_mlx_stream_ends_it(tiny_role):
     stream.close()
     with pytest.raises(StreamClosed):
         stream.get_final_response()
+
+
+def test_logprobs_on_a_local_role_are_refused_before_decoding_streamed_or_not(engine):
+    from myopto.errors import InvalidRequest
+
+    gguf_config()
+    llm = get_llm()
+    for call in (lambda: llm(STORY, logprobs=True), lambda: list(llm.stream(STORY, top_logprobs=2))):
+        with pytest.raises(InvalidRequest, match="LocalSLM does not return logprobs"):
+            call()
