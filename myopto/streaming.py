@@ -127,12 +127,60 @@ class _Reading:
         return None
 
 
-def _work(run: Callable[[Request], Response], request: Request, answers: queue.SimpleQueue[Any]) -> None:
+class _Mailbox:
+    """Where a sync stream's worker leaves chunks for the reading thread.
+
+    A chunk that arrives while the reader waits is handed over: the worker waits (up to
+    `HANDOVER_SECONDS`) until the reader took it. Otherwise the worker, already holding the GIL,
+    would go on reading the provider's next chunks and the waiting reader would get the GIL only
+    at CPython's next forced switch (5 ms): the time to first chunk a caller sees."""
+
+    HANDOVER_SECONDS = 0.005
+
+    def __init__(self) -> None:
+        self._items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._taken: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._reader_waits = False
+        self._handing = False
+
+    def deliver(self, chunk: Chunk) -> None:
+        """(worker) A chunk for the reader."""
+        hand_over = self._reader_waits
+        if hand_over:
+            self._handing = True  # before the put: the reader that takes the chunk sees it
+        self._items.put(chunk)
+        if hand_over:
+            with contextlib.suppress(queue.Empty):  # the reader is slow: go on without it
+                self._taken.get(timeout=self.HANDOVER_SECONDS)
+
+    def end(self, item: _Done | _Failed) -> None:
+        """(worker) The chain's answer or error, last."""
+        self._items.put(item)
+
+    def take(self) -> Any:
+        """(reader) The next chunk, answer or error, waiting for it."""
+        try:
+            item = self._items.get_nowait()
+        except queue.Empty:
+            self._reader_waits = True
+            item = self._items.get()
+            self._reader_waits = False
+        if self._handing:
+            self._handing = False
+            self._taken.put(None)
+        return item
+
+    def take_within(self, seconds: float) -> Any:
+        """(tests) The next item, or `queue.Empty` after `seconds`."""
+        return self._items.get(timeout=seconds)
+
+
+def _work(run: Callable[[Request], Response], request: Request, mailbox: _Mailbox) -> None:
     """A sync stream's chain, in its worker thread: the answer or the error goes to the reader."""
     try:
-        answers.put(_Done(run(request)))
+        mailbox.end(_Done(run(request)))
     except BaseException as error:  # noqa: BLE001 - handed to the reading thread, which raises it
-        answers.put(_Failed(error))
+        mailbox.end(_Failed(error))
 
 
 class Stream(_Reading):
@@ -140,22 +188,22 @@ class Stream(_Reading):
     is the assembled `Response` once it ended. The chain runs in a worker thread (`myopto.workers`)."""
 
     def __init__(self, run: Callable[[Request], Response], request: Request) -> None:
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.sink = StreamSink(self._queue.put)
+        self._mailbox = _Mailbox()
+        self.sink = StreamSink(self._mailbox.deliver)
         self._response: Response | None = None
         self._replay: deque[Chunk] | None = None
         self._finished = False
         context = contextvars.copy_context()  # the caller's run tags reach the call
         streamed = request.replace(sink=self.sink)
-        answers = self._queue  # the worker holds the queue, not the stream: dropping the stream closes it
-        run_in_worker(lambda: context.run(_work, run, streamed, answers))
+        mailbox = self._mailbox  # the worker holds the mailbox, not the stream: dropping the stream closes it
+        run_in_worker(lambda: context.run(_work, run, streamed, mailbox))
 
     def __iter__(self) -> Iterator[Chunk]:
         return self
 
     def __next__(self) -> Chunk:
         while not self._ended():
-            chunk = self._ready() or self._take(self._queue.get())
+            chunk = self._ready() or self._take(self._mailbox.take())
             if chunk is not None:
                 return chunk
         raise StopIteration

@@ -5,6 +5,8 @@ logs write one record per stream, and a user's middleware for plain calls keeps 
 
 import asyncio
 import json
+import threading
+import time
 
 import pytest
 
@@ -70,7 +72,7 @@ def test_a_stream_closed_early_is_not_cached_and_stops_the_backend(tmp_path):
     stream = Stream(pipeline, ask())
     assert next(stream).text == "the "
     stream.close()
-    ended = stream._queue.get(timeout=5)  # the chain's end, at the backend's next chunk
+    ended = stream._mailbox.take_within(5)  # the chain's end, at the backend's next chunk
     assert isinstance(ended.error, StreamClosed)
     assert list(Stream(pipeline, ask()))  # asked again: the backend answers again (nothing was cached)
     assert len(backend.requests) == 2
@@ -196,3 +198,24 @@ def test_chunk_logprobs_add_up_to_the_choice_logprobs_and_survive_a_record():
     with pytest.raises(TypeError):
         Chunk(choices=[{"delta": {"content": "x"}, "logprobs": {"content": [{**token, "logprob": "high"}]}}])
     assert Assembler().choices()[0].logprobs is None  # none asked, none made up
+
+
+def test_a_chunk_for_a_waiting_reader_is_handed_over_before_the_worker_goes_on(monkeypatch):
+    from myopto.streaming import _Mailbox
+
+    monkeypatch.setattr(_Mailbox, "HANDOVER_SECONDS", 30.0)
+    mailbox = _Mailbox()
+    taken: list[str] = []
+    reader = threading.Thread(target=lambda: taken.append(mailbox.take().text))
+    reader.start()
+    while not mailbox._reader_waits:  # the reader waits in take()
+        time.sleep(0.001)
+    mailbox.deliver(Chunk(choices=[{"delta": {"content": "hi"}}]))
+    assert mailbox._items.qsize() == 0  # the worker went on only once the reader had the chunk
+    reader.join(5)
+    assert taken == ["hi"]
+    # nobody waiting: the worker leaves the chunk and goes on at once (not after 30 s)
+    worker = threading.Thread(target=mailbox.deliver, args=(Chunk(choices=[{"delta": {"content": "yo"}}]),))
+    worker.start()
+    worker.join(5)
+    assert not worker.is_alive() and mailbox.take().text == "yo"
