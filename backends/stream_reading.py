@@ -190,11 +190,8 @@ def read_stream(
     reading.sink.on_close(lambda: _interrupt(stream))  # the caller's close ends the read at once
     done = False
     try:
-        for raw in stream:
-            if reading.take(raw):
-                # the caller's thread takes the GIL and its first chunk now: otherwise this one
-                # reads on through the chunks already received, for up to the 5 ms switch interval
-                time.sleep(0)
+        for raw in stream:  # a sync stream's mailbox hands each chunk to a waiting reader at once
+            reading.take(raw)
         response = reading.response()
         done = True
         return response
