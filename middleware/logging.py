@@ -110,6 +110,7 @@ def _write_line(
         fields.update(stream=True, chunks=sink.chunks, first_chunk_s=None if first is None else round(first, 6))
     if response is not None:
         fields.update(_answer_fields(response))
+        fields["deployment"] = response.deployment  # which of a role's deployments answered (None: one model)
     else:
         fields.update(
             status="error",
@@ -117,6 +118,7 @@ def _write_line(
             attempts=getattr(error, "attempts", 1),
             error_type=type(error).__name__,
             error=redact(str(error))[:2000],  # masked before it is cut, so no part of a key is left
+            deployment=getattr(error, "deployment", None),  # the deployment that failed last
         )
     if log.messages:
         fields["messages"] = request.messages_list()

@@ -8,9 +8,10 @@ Trace's, MLflow's). Attributes: `gen_ai.operation.name`, `gen_ai.provider.name`,
 from the provider's prompt cache) / `reasoning.output_tokens`, `server.address` / `server.port`;
 on failure `error.type`, an ERROR status and an `exception` event, their message and stack trace
 masked as the call log masks them.
-Ours under `myopto.*`: role, backend, run and its tags, cached, attempts, cost_usd, request_key,
-choices (how many came back) and tool_calls (the names of the functions called, in every choice:
-names are not content).
+Ours under `myopto.*`: role, backend, deployment (of a role with several: the one that answered,
+or failed last; each fallback is a `myopto.fallback` event), run and its tags, cached, attempts,
+cost_usd, request_key, choices (how many came back) and tool_calls (the names of the functions
+called, in every choice: names are not content).
 Each retried attempt is an event on the span (`myopto.retry`, from the retry middleware).
 Messages and answers (`gen_ai.input.messages`, `gen_ai.output.messages`: one output message per
 choice, with its reasoning, text and tool calls with their arguments) only when asked for,
@@ -182,6 +183,8 @@ class Tracing(Middleware):
             attributes["myopto.tool_calls"] = names
         if response.cost is not None:
             attributes["myopto.cost_usd"] = response.cost
+        if response.deployment is not None:  # which of the role's deployments answered
+            attributes["myopto.deployment"] = response.deployment
         if sink is not None:  # a streamed call: one span for the whole stream
             attributes["gen_ai.request.stream"] = True
             attributes["myopto.stream.chunks"] = sink.chunks
@@ -206,6 +209,9 @@ class Tracing(Middleware):
         status_code = getattr(error, "status_code", None)
         if status_code is not None:
             span.set_attribute("http.response.status_code", status_code)
+        deployment = getattr(error, "deployment", None)
+        if isinstance(deployment, str):  # the deployment that failed last
+            span.set_attribute("myopto.deployment", deployment)
         message = redact(str(error))
         span.add_event("exception", _exception_attributes(error, message))
         span.set_status(Status(StatusCode.ERROR, message[:500]))

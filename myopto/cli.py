@@ -25,9 +25,45 @@ def roles_report(roles: Sequence[str] | None = None) -> str:
             f"{role}\n  backend: {resolved.backend} (from {resolved.source['backend']})\n"
             f"  model:   {resolved.model} (from {resolved.source['model']})\n"
             + (f"  params:  {dict(resolved.params)}\n" if resolved.params else "")
+            + _deployments_report(resolved, pipeline)
             + f"  chain:\n{chain}"
         )
     return "\n\n".join(blocks)
+
+
+def _deployments_report(resolved: Any, pipeline: Any) -> str:
+    """A role's deployments, one a line (backend, model, where, weight, limits; never a key), and
+    its routing settings; '' for a role with one model."""
+    routing = resolved.routing
+    if not resolved.deployments or routing is None:
+        return ""
+    endpoints = {d.name: d.endpoint for d in getattr(pipeline.backend, "deployments", ())}
+    lines = [
+        f"  routing: {routing.strategy}; {routing.allowed_fails} failures within a minute rest a deployment "
+        f"{routing.cooldown:g} s; when all rest: {routing.when_all_cooling}"
+        + ("; the deployment is part of the cache key" if routing.deployment_in_key else "")
+    ]
+    for name, kind in (
+        ("fallbacks", routing.fallbacks),
+        ("context_window_fallbacks", routing.context_window_fallbacks),
+    ):
+        if kind:
+            lines.append(f"  {name}: {', '.join(f'{source} -> {list(targets)}' for source, targets in kind.items())}")
+    lines.append("  deployments:")
+    for deployment in resolved.deployments:
+        where = endpoints.get(deployment.name)
+        details = [
+            f"weight {deployment.weight:g}",
+            f"rpm {deployment.rpm:g}" if deployment.rpm else "",
+            f"tpm {deployment.tpm:g}" if deployment.tpm else "",
+            f"context {deployment.context_window} tokens" if deployment.context_window else "",
+        ]
+        lines.append(
+            f"    {deployment.name}: {deployment.backend} {deployment.model}"
+            + (f" at {where}" if where else "")
+            + f" ({', '.join(part for part in details if part)})"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _cache_store(arguments: argparse.Namespace) -> Any:

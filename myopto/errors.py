@@ -188,3 +188,14 @@ class StreamBroken(BackendError):
     def __init__(self, message: str, *, text: str = "", **details: Any) -> None:
         super().__init__(message, **details)
         self.text = text
+
+
+class DeploymentsUnavailable(BackendError):
+    """No deployment of the role could answer: each one tried failed, or all are cooling down.
+
+    The message names each deployment and what happened to it; `retry_after` is the seconds until
+    the first one is back, when that is why; `__cause__` is the last failure."""
+
+
+class DeploymentCoolingDown(BackendError):
+    """A deployment is resting after failures: the call moves on to another (never retried there)."""

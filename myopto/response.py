@@ -177,6 +177,8 @@ class Response(ItemAccess):
     the one choice `text` and `finish_reason` describe.
     `stream` holds the chunks of a streamed answer (cached with it, so a hit streams them again;
     not compared). `raw` is the provider's own object: never cached, never logged, not compared.
+    `deployment` names the deployment of the role that answered (None for a role with one model);
+    it is stored with the answer, so a cache hit or a replay says which one answered first.
     It reads like an OpenAI chat completion: `response.choices[0].message.content`,
     `response.choices[0].message.tool_calls[0].function.name`, `response.usage.prompt_tokens`,
     `response["choices"][0]["message"]["content"]`.
@@ -196,6 +198,7 @@ class Response(ItemAccess):
     choices: tuple[Choice, ...] = ()
     stream: tuple[Chunk, ...] = dataclasses.field(default=(), repr=False, compare=False)
     raw: Any = dataclasses.field(default=None, repr=False, compare=False)
+    deployment: str | None = None
 
     object = "chat.completion"
 
@@ -210,6 +213,8 @@ class Response(ItemAccess):
             object.__setattr__(self, "choices", choices_of(self.choices))
         if self.stream and (type(self.stream) is not tuple or not all(type(c) is Chunk for c in self.stream)):
             object.__setattr__(self, "stream", chunks_of(self.stream))
+        if self.deployment is not None and type(self.deployment) is not str:  # a damaged stored record
+            raise ValueError(f"deployment is {self.deployment!r}, not a deployment's name")
 
     @property
     def content(self) -> str:
@@ -272,6 +277,8 @@ class Response(ItemAccess):
             data["choices"] = [choice.to_dict() for choice in self.choices]
         if self.stream:  # a streamed answer: its chunks, so that a hit streams them again
             data["stream"] = [chunk.to_dict() for chunk in self.stream]
+        if self.deployment is not None:  # a role with deployments: which one answered
+            data["deployment"] = self.deployment
         return data
 
     @classmethod

@@ -11,6 +11,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from testkit import LoopTicks, serve
 
 from myopto import clear_role_config, configure_usage, reset_usage
+from myopto.cooldowns import LOCAL as COOLDOWNS
 from myopto.limiter import LOCAL
 from myopto.testing import FakeOpenAIServer
 
@@ -56,6 +57,7 @@ def clean_state(monkeypatch, tmp_path, _model_dir):
     reset_usage()
     configure_usage(True)
     LOCAL.reset()
+    COOLDOWNS.reset()
     yield
     clear_role_config()
     reset_usage()
