@@ -130,10 +130,12 @@ class _Reading:
 class _Mailbox:
     """Where a sync stream's worker leaves chunks for the reading thread.
 
-    A chunk that arrives while the reader waits is handed over: the worker waits (up to
+    The first chunk that arrives while the reader waits is handed over: the worker waits (up to
     `HANDOVER_SECONDS`) until the reader took it. Otherwise the worker, already holding the GIL,
     would go on reading the provider's next chunks and the waiting reader would get the GIL only
-    at CPython's next forced switch (5 ms): the time to first chunk a caller sees."""
+    at CPython's next forced switch (5 ms): the time to first chunk a caller sees. Later chunks
+    are not handed over: two thread switches a chunk cost more of the whole stream's time than
+    they save (measured on LiteLLM streams, whose chunks take milliseconds of CPU each)."""
 
     HANDOVER_SECONDS = 0.005
 
@@ -142,12 +144,13 @@ class _Mailbox:
         self._taken: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._reader_waits = False
         self._handing = False
+        self._handed = False
 
     def deliver(self, chunk: Chunk) -> None:
         """(worker) A chunk for the reader."""
-        hand_over = self._reader_waits
+        hand_over = self._reader_waits and not self._handed
         if hand_over:
-            self._handing = True  # before the put: the reader that takes the chunk sees it
+            self._handing = self._handed = True  # before the put: the reader that takes the chunk sees it
         self._items.put(chunk)
         if hand_over:
             with contextlib.suppress(queue.Empty):  # the reader is slow: go on without it

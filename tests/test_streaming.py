@@ -200,7 +200,7 @@ def test_chunk_logprobs_add_up_to_the_choice_logprobs_and_survive_a_record():
     assert Assembler().choices()[0].logprobs is None  # none asked, none made up
 
 
-def test_a_chunk_for_a_waiting_reader_is_handed_over_before_the_worker_goes_on(monkeypatch):
+def test_the_first_chunk_for_a_waiting_reader_is_handed_over_before_the_worker_goes_on(monkeypatch):
     from myopto.streaming import _Mailbox
 
     monkeypatch.setattr(_Mailbox, "HANDOVER_SECONDS", 30.0)
@@ -214,8 +214,15 @@ def test_a_chunk_for_a_waiting_reader_is_handed_over_before_the_worker_goes_on(m
     assert mailbox._items.qsize() == 0  # the worker went on only once the reader had the chunk
     reader.join(5)
     assert taken == ["hi"]
-    # nobody waiting: the worker leaves the chunk and goes on at once (not after 30 s)
-    worker = threading.Thread(target=mailbox.deliver, args=(Chunk(choices=[{"delta": {"content": "yo"}}]),))
+    # a later chunk is left for a waiting reader: the worker goes on at once (not after 30 s)
+    mailbox._reader_waits = True  # as if a reader waited but had not woken yet
+    worker = threading.Thread(target=mailbox.deliver, args=(Chunk(choices=[{"delta": {"content": "ho"}}]),))
     worker.start()
     worker.join(5)
-    assert not worker.is_alive() and mailbox.take().text == "yo"
+    assert not worker.is_alive() and mailbox.take().text == "ho"
+    # nobody waiting for a stream's first chunk: the worker leaves it and goes on at once
+    fresh = _Mailbox()
+    worker = threading.Thread(target=fresh.deliver, args=(Chunk(choices=[{"delta": {"content": "yo"}}]),))
+    worker.start()
+    worker.join(5)
+    assert not worker.is_alive() and fresh.take().text == "yo"
