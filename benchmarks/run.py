@@ -8,7 +8,7 @@ ratio to its anchor measured in the same run. Writes benchmarks/RESULTS.md. Opti
 This file holds the command line, the table of workloads and the results file; the workloads live
 beside it, a module per family: `overhead.py` (imports, chain, http, tracing), `cache_hits.py`,
 `concurrency.py`, `many_machines.py` (redis), `local_runs.py` (local, tools), `streaming.py` and
-`local_streaming.py` (local-streaming).
+`local_streaming.py` (local-streaming), `dspy_local.py` (dspy-local), `routing.py` (routing).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from concurrency import concurrency
 from local_runs import local_models, reload_time, subprocess_rows
 from many_machines import redis_workloads
 from overhead import chain_overhead, cold_imports, http_overhead, tracing_cost
+from routing import routing_overhead
 from stats import Row, machine, table, versions
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)  # DSPy's messages= deprecation notice
@@ -50,9 +51,12 @@ WORKLOADS: dict[str, Workload] = {
     "tools": lambda repeats, calls, quick: subprocess_rows("tool_calls.py", quick),
     "streaming": lambda repeats, calls, quick: subprocess_rows("streaming.py", quick),
     "local-streaming": lambda repeats, calls, quick: subprocess_rows("local_streaming.py", quick),
+    "dspy-local": lambda repeats, calls, quick: subprocess_rows("dspy_local.py", quick),
     "redis": lambda repeats, calls, quick: redis_workloads(repeats),
     "tracing": lambda repeats, calls, quick: tracing_cost(repeats, calls * 10),
+    "routing": lambda repeats, calls, quick: routing_overhead(repeats, calls * 10),
 }
+LOCAL_WORKLOADS = ("local", "tools", "local-streaming", "dspy-local")  # left out by --skip-local
 VERSIONS = [
     "myopto",
     "litellm",
@@ -81,7 +85,7 @@ def main() -> None:
     chosen = (
         arguments.only
         if arguments.only
-        else [w for w in WORKLOADS if not (w in ("local", "tools", "local-streaming") and arguments.skip_local)]
+        else [w for w in WORKLOADS if not (w in LOCAL_WORKLOADS and arguments.skip_local)]
     )
     rows: list[Row] = []
     started = time.time()

@@ -122,3 +122,13 @@ def test_stream_example_streams_live_then_replays_the_same_chunks_from_the_cache
     assert "cached=False" in live and int(live.split()[1]) > 1  # token by token, not one chunk
     assert "cached=True" in next(line for line in out.splitlines() if line.startswith("rerun: "))
     assert "the rerun streamed the same chunks: True" in out and "async, from the cache too: True" in out
+
+
+def test_dspy_program_example_compiles_on_a_role_then_reruns_and_replays_from_the_cache(tmp_path):
+    pytest.importorskip("dspy")
+    out = run_example("dspy_program.py", str(tmp_path))
+    assert "compile 1: demos ['What is 1 plus 2?', 'What is 2 plus 3?'], score 100.0, 6 calls reached" in out
+    assert "compile 2: 0 calls reached the server, same program: True" in out
+    assert "replay with the server stopped: same program: True" in out
+    assert "run compile-1: 6 calls, 0 from the cache" in out and "run replay: 6 calls, 6 from the cache" in out
+    assert "lm.history: 18 entries" in out
