@@ -132,6 +132,11 @@ class CustomLLM(BaseBackend):
         params.pop("constrained", None)  # local-model option; providers enforce JSON natively
         if "max_new_tokens" in params:
             params.setdefault("max_tokens", params.pop("max_new_tokens"))
+        # sampling options OpenAI-compatible servers (vLLM, llama-server) take but the openai SDK's
+        # create() has no argument for: sent in the body, as the SDK sends extra_body
+        server_only = {name: params.pop(name) for name in ("top_k", "min_p", "repetition_penalty") if name in params}
+        if server_only:
+            params["extra_body"] = {**server_only, **(params.get("extra_body") or {})}
         arguments: dict[str, Any] = {"model": request.model, "messages": request.messages_list(), **params}
         response_format = request.response_format_dict()
         if response_format is not None:

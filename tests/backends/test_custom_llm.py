@@ -48,6 +48,15 @@ def test_max_new_tokens_is_sent_as_max_tokens(custom_role):
     assert "max_new_tokens" not in custom_role.last_request.body
 
 
+def test_server_sampling_options_the_sdk_has_no_argument_for_reach_the_server(custom_role, server):
+    llm = get_llm()
+    llm("hi", top_k=3, min_p=0.1, repetition_penalty=1.1, extra_body={"mirostat": 0})
+    body = server.last_request.body
+    assert (body["top_k"], body["min_p"], body["repetition_penalty"], body["mirostat"]) == (3, 0.1, 1.1, 0)
+    assert llm.stream("hi", top_k=2).response.text  # streamed too
+    assert server.last_request.body["top_k"] == 2
+
+
 @pytest.mark.parametrize(
     "status, retryable", [(429, True), (500, True), (503, True), (400, False), (401, False), (404, False)]
 )
