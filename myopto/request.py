@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from myopto.errors import InvalidRequest
+from myopto.frozen import changed
 
 _ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -235,7 +236,7 @@ class Request:
 
     def replace(self, **changes: Any) -> Request:
         """A copy of this request with the given fields changed."""
-        return dataclasses.replace(self, **changes)
+        return changed(self, changes)
 
     def messages_list(self) -> list[dict[str, Any]]:
         """The messages as plain dicts, as SDKs want them."""

@@ -29,6 +29,7 @@ from myopto.choice import ToolCall as ToolCall
 from myopto.choice import TopLogprob as TopLogprob
 from myopto.choice import choices_of as choices_of
 from myopto.chunks import Chunk, chunks_of
+from myopto.frozen import changed
 from myopto.openai_objects import ItemAccess, fields_of
 
 
@@ -246,7 +247,7 @@ class Response(ItemAccess):
                 first, message=message, finish_reason=changes.get("finish_reason", first.finish_reason)
             )
             changes["choices"] = (first, *self.choices[1:])
-        return dataclasses.replace(self, **changes)
+        return changed(self, changes)
 
     def _is_plain(self) -> bool:
         """Whether `choices` is exactly the one choice `text`, `finish_reason` and `parsed` make."""

@@ -11,6 +11,7 @@ import pytest
 
 from myopto import get_llm, set_role_config
 from myopto.cooldowns import LOCAL
+from myopto.routing import Deployment, Weighted
 from myopto.testing import FakeOpenAIServer
 
 
@@ -166,3 +167,46 @@ def test_least_busy_keeps_calls_in_flight_within_one_of_each_other_under_16_call
     for counts in seen:
         assert max(counts.values()) - min(counts.values()) <= 1, counts
     assert sum(server.request_count for server in servers) >= 16 + 40
+
+
+def _deployments(*weights: float) -> tuple[Deployment, ...]:
+    return tuple(
+        Deployment(f"d{i}", f"k{i}", "CustomLLM", "m", None, weight, None, None, None)
+        for i, weight in enumerate(weights)
+    )
+
+
+def _call_by_call(deployments, calls: int) -> list[str]:
+    """The smooth weighted round robin worked out turn by turn, as the strategy does for a list."""
+    current = {d.name: 0.0 for d in deployments}
+    chosen = []
+    for _ in range(calls):
+        taking = [d for d in deployments if d.weight > 0]
+        for d in taking:
+            current[d.name] += d.weight
+        best = max(taking, key=lambda d: current[d.name])  # the first of the most, as the strategy keeps
+        current[best.name] -= sum(d.weight for d in taking)
+        chosen.append(best.name)
+    return chosen
+
+
+@pytest.mark.parametrize("weights", [(3, 1), (60000, 20000), (5, 0, 2, 1), (1, 1, 1)])
+def test_weighted_rounds_worked_out_once_take_the_same_turns_as_call_by_call(weights):
+    group = _deployments(*weights)
+    strategy = Weighted()
+    taken = [strategy.choose(group).name for _ in range(40)]
+    assert taken == _call_by_call(group, 40)
+    assert strategy._rounds[id(group)][1] is not None  # read from the round, not worked out per call
+
+
+def test_weighted_works_out_turns_call_by_call_for_fractional_weights_and_resting_deployments():
+    fractional = _deployments(2.5, 1)
+    strategy = Weighted()
+    assert [strategy.choose(fractional).name for _ in range(14)] == _call_by_call(fractional, 14)
+    assert strategy._rounds[id(fractional)][1] is None
+    # a deployment resting: the others are passed as a list, and share the calls by their weights
+    group = _deployments(3, 1, 1)
+    resting = [group[0], group[2]]
+    strategy = Weighted()
+    assert [strategy.choose(resting).name for _ in range(8)].count("d0") == 6
+    assert not strategy._rounds
