@@ -21,10 +21,16 @@ from .json_grammar import GrammarCache, LazyGrammars
 from .llama_cpp_model import LlamaModel
 from .llama_cpp_sequence import RunningSequence
 
-# Kept cells are reused only for a shared beginning at least this long. Decoding a short one
-# again costs little, and a reused prefix is computed in other shapes than a cold prompt, which
-# can turn a near-tie the other way: short prompts keep the answers of a cold start exactly.
+# Kept cells of a longer prompt are reused for a shared beginning at least this long: the rest of
+# the prompt is then decoded in other shapes than a cold prompt (other attention kernels, see
+# EXACT_ROWS), which can turn a near-tie the other way; a long beginning saves that risk's worth.
 MIN_REUSED_TOKENS = 256
+# Below this many rows of one sequence in a step, llama.cpp's CPU flash attention computes each
+# row alone, in the same order (its tile is 64 query rows: GGML_FA_TILE_Q), and every other
+# operation of the model is row by row. A prompt shorter than this is computed in the same shapes
+# cold or from kept cells that were too, so its answers are a cold start's exactly, and a shared
+# beginning of any length is reused: the chat template, a system prompt, a question's first words.
+EXACT_ROWS = 64
 
 
 class ContinuousBatching:
@@ -48,6 +54,8 @@ class ContinuousBatching:
         # Tokens whose cells each slot still holds: a finished sequence leaves its prompt and
         # answer there, and the next request with the same beginning decodes only the rest.
         self._kept: list[list[int]] = [[] for _ in range(loaded.max_sequences)]
+        # Whether each slot's kept cells were all written by steps of fewer than EXACT_ROWS of its rows.
+        self._exact: list[bool] = [True] * loaded.max_sequences
         self.prompt_cache = prompt_cache
         self.reused_tokens = 0  # prompt tokens served from kept cells, for tests and benchmarks
         self.steps = 0
@@ -99,13 +107,15 @@ class ContinuousBatching:
             slot = max(self._free_ids, key=lambda s: (shared[s], -s))
             self._free_ids.remove(slot)
             reuse = min(shared[slot], len(prompt) - 1)  # the last prompt token is decoded again, for its logits
-            if reuse < MIN_REUSED_TOKENS:
+            if reuse < MIN_REUSED_TOKENS and not (len(prompt) < EXACT_ROWS and self._exact[slot]):
                 reuse = 0
             llama, memory = self.loaded.llama, self.loaded.memory
             if not llama.llama_memory_seq_rm(memory, slot, reuse, -1):
                 llama.llama_memory_seq_rm(memory, slot, -1, -1)  # a model whose cells cannot be cut
                 reuse = 0
             del self._kept[slot][reuse:]
+            if reuse == 0:
+                self._exact[slot] = True
             sequence.seq_id, sequence.prefilled = slot, reuse
             self.reused_tokens += reuse
             self.admitted += 1
@@ -122,24 +132,27 @@ class ContinuousBatching:
             self._end(gone, "cancelled")
         if not self._running:
             return
-        outputs: list[tuple[RunningSequence, int]] = []
+        outputs: list[RunningSequence] = []  # the sequences whose logits this step gives, in batch order
         count = 0
         for sequence in self._running:
             prompt = sequence.generation.prompt_ids
             if sequence.prefilled < len(prompt):
                 continue
             self._add(count, sequence.tokens[-1], sequence.position - 1, sequence.seq_id, True)
-            outputs.append((sequence, count))
+            outputs.append(sequence)
             count += 1
         for sequence in self._running:
             prompt = sequence.generation.prompt_ids
+            start = count
             while sequence.prefilled < len(prompt) and count < loaded.n_batch:
                 last = sequence.prefilled == len(prompt) - 1
                 self._add(count, prompt[sequence.prefilled], sequence.prefilled, sequence.seq_id, last)
                 if last:
-                    outputs.append((sequence, count))
+                    outputs.append(sequence)
                 sequence.prefilled += 1
                 count += 1
+            if count - start >= EXACT_ROWS:
+                self._exact[sequence.seq_id] = False
         loaded.batch.n_tokens = count
         status = loaded.llama.llama_decode(loaded.ctx, loaded.batch)
         if status != 0:
@@ -148,12 +161,15 @@ class ContinuousBatching:
             )
         self.steps += 1
         self.batch_sizes.append(len(outputs))
-        for sequence, index in outputs:
+        if not outputs:  # a step of a long prompt's first tokens only
+            return
+        # The step's logits, one row per output in batch order, read in place (one view per step).
+        logits = self.np.ctypeslib.as_array(
+            loaded.llama.llama_get_logits(loaded.ctx), shape=(len(outputs), loaded.n_vocab)
+        )
+        for row, sequence in enumerate(outputs):
             try:
-                logits = self.np.ctypeslib.as_array(
-                    loaded.llama.llama_get_logits_ith(loaded.ctx, index), shape=(loaded.n_vocab,)
-                )
-                finish = sequence.take(self._choose(sequence, logits), loaded.stop_ids, loaded.piece)
+                finish = sequence.take(self._choose(sequence, logits[row]), loaded.stop_ids, loaded.piece)
                 if finish is not None:
                     self._end(sequence, finish)
             except Exception as error:  # noqa: BLE001 - this sequence's sampling or grammar failed: it ends alone

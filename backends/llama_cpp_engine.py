@@ -40,6 +40,7 @@ from myopto.errors import BackendUnavailable, BadRequest
 
 from .generation import Generated, Generation, StreamedText
 from .json_grammar import constrained_plan
+from .llama_cpp_batching import EXACT_ROWS as EXACT_ROWS
 from .llama_cpp_batching import MIN_REUSED_TOKENS as MIN_REUSED_TOKENS
 from .llama_cpp_batching import ContinuousBatching
 from .llama_cpp_model import LlamaModel

@@ -44,10 +44,12 @@ class LocalSLM(BaseBackend):
 
     Options for transformers: `device` ("auto": cuda > mps > cpu), `torch_dtype` ("float32",
     "float16", "bfloat16"; default float32 on CPU, float16 on CUDA), `trust_remote_code`,
-    `batch_wait` (seconds to wait for more concurrent requests, 0.01). For llama.cpp: `n_ctx`
-    (tokens per sequence, default the model's training context up to 4096) and `n_threads`
-    (default every core this process may use) and `prompt_cache` (True: a prompt that begins
-    with 256 or more tokens an earlier one began with decodes only the rest). For both:
+    `batch_wait` (seconds a batch waits for the next concurrent request after the latest one,
+    0.01, and at most five times that in all). For llama.cpp: `n_ctx` (tokens per sequence,
+    default the model's training context up to 4096) and `n_threads` (default every core this
+    process may use) and `prompt_cache` (True: a prompt decodes only what an earlier one did not
+    begin with; a prompt under 64 tokens reuses a shared beginning of any length, a longer one
+    a beginning of 256 or more tokens). For both:
     `max_batch_size` (8), how many requests decode together.
     The parameter `constrained=True` (role default or per call) turns on grammar-constrained
     JSON; a schema it cannot honour, or whose shortest answer needs more tokens than max_tokens,

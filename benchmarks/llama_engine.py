@@ -14,13 +14,16 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import re
 import resource
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 os.environ["MYOPTO_CACHE"] = "off"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,6 +39,13 @@ SCHEMA = {
     "required": ["title", "summary", "year"],
 }
 PARALLEL = 8
+# What llama-server's log says about how it set itself up (see `LlamaServer.settings`).
+SETTINGS = {
+    "slots": r"n_slots = (\d+)",
+    "context per slot": r"n_ctx_slot = (\d+)",
+    "kv_unified": r"kv_unified = '?(\w+)",
+    "threads": r"n_threads = (\d+)",
+}
 
 
 def server_binary() -> str:
@@ -51,32 +61,45 @@ def server_binary() -> str:
 
 
 class LlamaServer:
-    """llama-server on a free port, stopped on exit."""
+    """llama-server on a free port, stopped on exit: with the same threads as ours, `PARALLEL`
+    slots and `context` tokens each; or, with `defaults=True`, as a user starts it
+    (`llama-server -m FILE`, plus `--parallel` when `parallel` is given) and nothing else."""
 
-    def __init__(self, gguf: Path, threads: int, context: int) -> None:
+    def __init__(
+        self,
+        gguf: Path,
+        threads: int | None = None,
+        context: int | None = None,
+        *,
+        defaults: bool = False,
+        parallel: int | None = PARALLEL,
+    ) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [
-            server_binary(),
-            "--model",
-            str(gguf),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--threads",
-            str(threads),
-            "--threads-batch",
-            str(threads),
-            "--parallel",
-            str(PARALLEL),
-            "--ctx-size",
-            str(context * PARALLEL),
-            "--no-webui",
-        ]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        command = [server_binary(), "--model", str(gguf), "--host", "127.0.0.1", "--port", str(self.port), "--no-webui"]
+        if not defaults:
+            if threads is None or context is None or parallel is None:
+                raise ValueError("give threads, context and parallel, or defaults=True")
+            command += ["--threads", str(threads), "--threads-batch", str(threads)]
+            command += ["--ctx-size", str(context * parallel)]
+        if parallel is not None:
+            command += ["--parallel", str(parallel)]
+        # Its log says how it configured itself (slots, context, threads): `settings()` reads it.
+        self.log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)  # noqa: SIM115 - closed in __exit__
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def settings(self) -> str:
+        """How the server configured itself, from its log: slots, context per slot, whether the
+        slots share one pool of cells, threads."""
+        found: dict[str, str] = {}
+        text = Path(self.log.name).read_text(errors="replace")
+        for key, pattern in SETTINGS.items():
+            match = re.search(pattern, text)
+            if match:
+                found[key] = match.group(1)
+        return ", ".join(f"{key} {value}" for key, value in found.items())
 
     def __enter__(self) -> LlamaServer:
         deadline = time.monotonic() + 180
@@ -94,13 +117,16 @@ class LlamaServer:
     def __exit__(self, *exc: object) -> None:
         self.process.terminate()
         self.process.wait(timeout=30)
+        self.log.close()
+        Path(self.log.name).unlink(missing_ok=True)
 
-    def chat(self, messages: list[dict[str, str]], max_tokens: int, cache_prompt: bool = False) -> int:
+    def chat(self, messages: list[dict[str, str]], max_tokens: int, cache_prompt: bool | None = False) -> int:
         """Completion tokens of one greedy chat completion (its prompt cache off unless asked:
-        ours reuses a prompt's beginning only from 256 tokens on)."""
-        body = json.dumps(
-            {"messages": messages, "max_tokens": max_tokens, "temperature": 0, "cache_prompt": cache_prompt}
-        ).encode()
+        ours reuses a prompt's beginning only from 256 tokens on; None: the server's default)."""
+        fields: dict[str, Any] = {"messages": messages, "max_tokens": max_tokens, "temperature": 0}
+        if cache_prompt is not None:
+            fields["cache_prompt"] = cache_prompt
+        body = json.dumps(fields).encode()
         request = urllib.request.Request(
             f"{self.url}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
         )

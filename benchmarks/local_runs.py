@@ -1,5 +1,6 @@
 """Workload 6 and the tool-call workload: the local-model scripts, each run in a process of its
-own (so peak memory is that model's), and a new process's first answer against raw transformers.
+own (so peak memory is that model's), a new process's first answer against raw transformers, and
+the local patterns users run against their anchors (`local_patterns.py`).
 """
 
 from __future__ import annotations
@@ -86,12 +87,19 @@ def reload_time(repeats: int) -> list[Row]:
     return rows
 
 
-def subprocess_rows(script: str, quick: bool) -> list[Row]:
+def subprocess_rows(script: str, quick: bool, *arguments: str) -> list[Row]:
     """The rows a workload script run in its own process prints on its last line."""
     out = subprocess.run(
-        [sys.executable, str(HERE / script), *(["--quick"] if quick else [])],
+        [sys.executable, str(HERE / script), *arguments, *(["--quick"] if quick else [])],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
     return [Row(**row) for row in json.loads(out.strip().splitlines()[-1])]
+
+
+def local_patterns(quick: bool) -> list[Row]:
+    """The local patterns of `local_patterns.py`, llama.cpp's and transformers' each in a process of its own."""
+    return subprocess_rows("local_patterns.py", quick, "llama") + subprocess_rows(
+        "local_patterns.py", quick, "transformers"
+    )

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cache_hits import cache_hits
 from concurrency import concurrency
-from local_runs import local_models, reload_time, subprocess_rows
+from local_runs import local_models, local_patterns, reload_time, subprocess_rows
 from many_machines import redis_workloads
 from overhead import chain_overhead, cold_imports, http_overhead, tracing_cost
 from routing import routing_overhead
@@ -51,12 +51,13 @@ WORKLOADS: dict[str, Workload] = {
     "tools": lambda repeats, calls, quick: subprocess_rows("tool_calls.py", quick),
     "streaming": lambda repeats, calls, quick: subprocess_rows("streaming.py", quick),
     "local-streaming": lambda repeats, calls, quick: subprocess_rows("local_streaming.py", quick),
+    "local-patterns": lambda repeats, calls, quick: local_patterns(quick),
     "dspy-local": lambda repeats, calls, quick: subprocess_rows("dspy_local.py", quick),
     "redis": lambda repeats, calls, quick: redis_workloads(repeats),
     "tracing": lambda repeats, calls, quick: tracing_cost(repeats, calls * 10),
     "routing": lambda repeats, calls, quick: routing_overhead(repeats, calls * 10),
 }
-LOCAL_WORKLOADS = ("local", "tools", "local-streaming", "dspy-local")  # left out by --skip-local
+LOCAL_WORKLOADS = ("local", "tools", "local-streaming", "local-patterns", "dspy-local")  # left out by --skip-local
 VERSIONS = [
     "myopto",
     "litellm",

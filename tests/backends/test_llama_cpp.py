@@ -283,17 +283,44 @@ def test_a_prompt_that_begins_like_an_earlier_one_decodes_only_the_rest(engine):
     )  # all but the last, decoded for its logits
 
 
-def test_short_shared_beginnings_and_prompt_cache_off_decode_everything():
+def test_a_short_prompt_reuses_a_shared_beginning_of_any_length_and_answers_as_a_cold_start():
     own = llama_cpp_engine.LlamaCppEngine(locate(EMBEDDED_MODEL, prefer_gguf=True), max_batch_size=1)
     off = llama_cpp_engine.LlamaCppEngine(
         locate(EMBEDDED_MODEL, prefer_gguf=True), max_batch_size=1, prompt_cache=False
     )
     try:
-        generate(own, max_new_tokens=3), generate(own, max_new_tokens=3)  # shares only a short chat template
+        questions = [[{"role": "user", "content": f"Write one sentence about the number {i}."}] for i in (3, 7, 3)]
+        cold = [generate(off, q, max_new_tokens=16).text for q in questions]
+        assert off.reused_tokens == 0
+        warm = [generate(own, questions[0], max_new_tokens=16).text]
+        reused = own.reused_tokens
+        warm.append(generate(own, questions[1], max_new_tokens=16).text)
+        # the chat template and the question's first words: short, and reused all the same
+        shared = len(os.path.commonprefix([own.prompt_ids(questions[0]), own.prompt_ids(questions[1])]))  # noqa: RUF071 - token ids, not paths
+        assert 0 < own.reused_tokens - reused == shared < llama_cpp_engine.MIN_REUSED_TOKENS
+        reused = own.reused_tokens
+        warm.append(generate(own, questions[2], max_new_tokens=16).text)
+        assert own.reused_tokens - reused == shared  # the slot now holds the other question
+        assert warm == cold  # decoded from kept cells or cold, the answers are the same
+    finally:
+        own.close()
+        off.close()
+
+
+def test_a_longer_prompt_reuses_only_a_long_shared_beginning_and_prompt_cache_off_decodes_everything():
+    own = llama_cpp_engine.LlamaCppEngine(locate(EMBEDDED_MODEL, prefer_gguf=True), max_batch_size=1)
+    off = llama_cpp_engine.LlamaCppEngine(
+        locate(EMBEDDED_MODEL, prefer_gguf=True), max_batch_size=1, prompt_cache=False
+    )
+    try:
+        kind = {"role": "system", "content": "Be kind. " * 40}  # longer than EXACT_ROWS, shorter than 256
+        first, second = [kind, {"role": "user", "content": "Hi"}], [kind, {"role": "user", "content": "Hello"}]
+        assert llama_cpp_engine.EXACT_ROWS <= len(own.prompt_ids(first)) < llama_cpp_engine.MIN_REUSED_TOKENS
+        generate(own, first, max_new_tokens=3), generate(own, second, max_new_tokens=3)
         assert own.reused_tokens == 0
         long = [{"role": "system", "content": "Be kind. " * 200}, {"role": "user", "content": "Hi"}]
-        first = generate(off, long, max_new_tokens=6)
-        assert generate(off, long, max_new_tokens=6).text == first.text and off.reused_tokens == 0
+        answer = generate(off, long, max_new_tokens=6)
+        assert generate(off, long, max_new_tokens=6).text == answer.text and off.reused_tokens == 0
     finally:
         own.close()
         off.close()

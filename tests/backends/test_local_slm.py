@@ -225,3 +225,43 @@ def test_a_hub_that_answers_counts_as_reachable_and_the_answer_is_remembered(fre
     assert fresh_probe._probe is not None and fresh_probe._probe[2] is None
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     assert "did not answer" in fresh_probe.hub_unreachable()
+
+
+def _staggered(batcher, count, gap):
+    """Submit `count` items to `batcher` from threads of their own, `gap` seconds apart; their results."""
+    import concurrent.futures
+    import time
+
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        futures = []
+        for item in range(count):
+            futures.append(pool.submit(batcher.submit, item))
+            time.sleep(gap)
+        return [future.result(timeout=60) for future in futures]
+
+
+def test_a_burst_whose_callers_arrive_apart_is_gathered_into_one_batch():
+    """Eight callers 0.1 s apart, a wait of 0.5 s: the burst spans longer than one wait after its
+    first caller, yet each arrives within the wait of the one before, so it stays one batch."""
+    from myopto.backends.batcher import Batcher
+
+    batcher = Batcher(lambda items: [item * 10 for item in items], max_batch_size=8, max_wait=0.5)
+    assert _staggered(batcher, 8, 0.1) == [item * 10 for item in range(8)]
+    assert batcher.batch_sizes == [8]
+
+
+def test_gathering_stops_at_max_gather_after_the_first_caller():
+    from myopto.backends.batcher import Batcher
+
+    batcher = Batcher(lambda items: list(items), max_batch_size=8, max_wait=0.5, max_gather=0.15)
+    assert _staggered(batcher, 6, 0.1) == list(range(6))  # a trickle that never pauses for 0.5 s
+    assert len(batcher.batch_sizes) > 1 and sum(batcher.batch_sizes) == 6
+
+
+def test_a_lone_request_waits_for_company_no_longer_than_max_wait():
+    from myopto.backends.batcher import Batcher
+
+    batcher = Batcher(lambda items: list(items), max_batch_size=8, max_wait=0.2)
+    assert batcher.max_gather == pytest.approx(1.0)  # five waits by default
+    assert _staggered(batcher, 2, 0.6) == [0, 1]  # the second came after the first's wait ran out
+    assert batcher.batch_sizes == [1, 1]
