@@ -7,6 +7,7 @@
 - transformers: the gain of 8 concurrent requests over the same 8 one by one, against the gain
   of one `generate` of the 8 padded by hand.
 
+Both sides' answers are counted alike: llama-server's end-of-turn token is not (`LlamaServer.chat`).
 Ours and the anchor alternate within each round (the first to go swaps every round), so drift in
 the machine's speed hits both; every figure is a median over the rounds with its spread, and each
 row's note gives the ratio of every round and the load average before and after. Runs in its
@@ -133,7 +134,9 @@ def llama_patterns(quick: bool) -> list[Row]:
         theirs_call = lambda messages, tokens: server.chat(messages, tokens, cache_prompt=None)  # noqa: E731
         burst(ours_tokens)(99), burst(theirs_call)(99)  # warm both
         before = load()
-        mine, anchor = alternate(rounds, burst(ours_tokens), burst(theirs_call))
+        # a burst lasts seconds and its figure swings with how its 8 answers happen to end
+        # together (the steps left with few sequences): three times the rounds of a stream
+        mine, anchor = alternate(3 * rounds, burst(ours_tokens), burst(theirs_call))
         server_row = Row(
             label,
             f"llama-server --parallel {BURST}, {BURST} concurrent short requests",

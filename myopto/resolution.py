@@ -149,32 +149,41 @@ def resolve(
         )
     cls = backend_class(backend)
     options = _backend_options(role, None, backend, cls.option_names, defaults, config.options, config.api_key)
-    cache_location, limits_url, namespace, lease_seconds = _shared_state(config, environment)
+    settings = _role_settings(config, environment)
     _check_budget(role, config, cls, model)
     return ResolvedRole(
         role=role,
         backend=backend,
         model=model,
-        params=config.params,
         options=MappingProxyType(options),
-        middleware=config.middleware,
-        structured_output=config.structured_output or "auto",
-        cache=config.cache or environment.cache_mode or "on",
-        cache_location=cache_location,
-        retry=config.retry,
-        reasks=config.reasks if config.reasks is not None else 1,
-        pricing=config.pricing,
-        namespace=namespace,
-        lease_seconds=lease_seconds,
-        limits_url=limits_url,
-        rpm=config.rpm,
-        tpm=config.tpm,
-        max_cost_usd=config.max_cost_usd,
+        source=MappingProxyType({"backend": backend_source, "model": model_source}),
+        **settings,
+    )
+
+
+def _role_settings(config: RoleConfig, environment: Environment) -> dict[str, Any]:
+    """The settings a role has whether it names one model or several deployments: its chain's
+    middleware, cache, retries, pricing, shared state, rate limits and budget."""
+    cache_location, limits_url, namespace, lease_seconds = _shared_state(config, environment)
+    return {
+        "params": config.params,
+        "middleware": config.middleware,
+        "structured_output": config.structured_output or "auto",
+        "cache": config.cache or environment.cache_mode or "on",
+        "cache_location": cache_location,
+        "retry": config.retry,
+        "reasks": config.reasks if config.reasks is not None else 1,
+        "pricing": config.pricing,
+        "namespace": namespace,
+        "lease_seconds": lease_seconds,
+        "limits_url": limits_url,
+        "rpm": config.rpm,
+        "tpm": config.tpm,
+        "max_cost_usd": config.max_cost_usd,
         # the role's max_pause, else MYOPTO_MAX_PAUSE_SECONDS (in the Environment, so a change
         # rebuilds the chain), else the default
-        max_pause=pause_cap(config.max_pause),
-        source=MappingProxyType({"backend": backend_source, "model": model_source}),
-    )
+        "max_pause": pause_cap(config.max_pause),
+    }
 
 
 def _check_budget(role: str, config: RoleConfig, cls: Any, model: str, deployment: str | None = None) -> None:
@@ -232,31 +241,16 @@ def _resolve_group(role: str, config: RoleConfig, environment: Environment) -> R
         deployments = tuple(dataclasses.replace(d, weight=d.rpm or 1.0) for d in deployments)
     _check_group(role, deployments)
     routing = _routing(role, config, deployments)
-    cache_location, limits_url, namespace, lease_seconds = _shared_state(config, environment)
     models = sorted({deployment.model for deployment in deployments})
     return ResolvedRole(
         role=role,
         backend=GROUP_BACKEND,
         model=config.model or "|".join(models),
-        params=config.params,
         options=MappingProxyType(dict(config.options)),
-        middleware=config.middleware,
-        structured_output=config.structured_output or "auto",
-        cache=config.cache or environment.cache_mode or "on",
-        cache_location=cache_location,
-        retry=config.retry,
-        reasks=config.reasks if config.reasks is not None else 1,
-        pricing=config.pricing,
-        namespace=namespace,
-        lease_seconds=lease_seconds,
-        limits_url=limits_url,
-        rpm=config.rpm,
-        tpm=config.tpm,
-        max_cost_usd=config.max_cost_usd,
-        max_pause=pause_cap(config.max_pause),
         source=MappingProxyType({"backend": "deployments", "model": "config" if config.model else "deployments"}),
         deployments=deployments,
         routing=routing,
+        **_role_settings(config, environment),
     )
 
 
