@@ -30,6 +30,9 @@ MIN_REUSED_TOKENS = 256
 # operation of the model is row by row. A prompt shorter than this is computed in the same shapes
 # cold or from kept cells that were too, so its answers are a cold start's exactly, and a shared
 # beginning of any length is reused: the chat template, a system prompt, a question's first words.
+# "Row by row" holds for the matrix kernels of the embedded model's weights on x86 (tested: warm
+# answers equal cold ones); a weight layout whose kernel takes several rows at once may sum in
+# another order for other row counts.
 EXACT_ROWS = 64
 
 
@@ -93,7 +96,8 @@ class ContinuousBatching:
 
     def _admit(self) -> None:
         """Start waiting requests while a sequence slot is free: in the free slot whose kept
-        cells share the longest beginning with the prompt (the lowest id among equals)."""
+        cells may serve the longest beginning of the prompt (then the longest shared beginning,
+        then the lowest id)."""
         for gone in [s for s in self._waiting if s.future.cancelled()]:  # their callers left: no step for them
             self._waiting.remove(gone)
             with self._state:
@@ -101,14 +105,15 @@ class ContinuousBatching:
         while self._waiting and self._free_ids:
             sequence = self._waiting.popleft()
             prompt = sequence.generation.prompt_ids
+            # the slot whose kept cells may serve most of this prompt; among equals, the one
+            # sharing the longest beginning (a similar prompt's cells are replaced, others kept)
             shared = {
                 slot: _shared_prefix(self._kept[slot], prompt) if self.prompt_cache else 0 for slot in self._free_ids
             }
-            slot = max(self._free_ids, key=lambda s: (shared[s], -s))
+            reusable = {slot: self._reusable(slot, prompt, shared[slot]) for slot in self._free_ids}
+            slot = max(self._free_ids, key=lambda s: (reusable[s], shared[s], -s))
             self._free_ids.remove(slot)
-            reuse = min(shared[slot], len(prompt) - 1)  # the last prompt token is decoded again, for its logits
-            if reuse < MIN_REUSED_TOKENS and not (len(prompt) < EXACT_ROWS and self._exact[slot]):
-                reuse = 0
+            reuse = reusable[slot]
             llama, memory = self.loaded.llama, self.loaded.memory
             if not llama.llama_memory_seq_rm(memory, slot, reuse, -1):
                 llama.llama_memory_seq_rm(memory, slot, -1, -1)  # a model whose cells cannot be cut
@@ -123,6 +128,16 @@ class ContinuousBatching:
         # A batch whose sequence ids are out of order decoded a fifth slower here (llama.cpp
         # regroups it by stream): steps list their sequences in id order.
         self._running.sort(key=lambda s: s.seq_id)
+
+    def _reusable(self, slot: int, prompt: tuple[int, ...], shared: int) -> int:
+        """How many of `prompt`'s first tokens `slot`'s kept cells may serve, given the `shared`
+        beginning: at least MIN_REUSED_TOKENS, or any length for a prompt under EXACT_ROWS tokens
+        when the slot's cells were all written in steps of fewer rows (see EXACT_ROWS); else 0.
+        The last prompt token is decoded again, for its logits."""
+        reuse = min(shared, len(prompt) - 1)
+        if self.prompt_cache and (reuse >= MIN_REUSED_TOKENS or (len(prompt) < EXACT_ROWS and self._exact[slot])):
+            return reuse
+        return 0
 
     def _step(self) -> None:
         """One `llama_decode`: the next token of every generating sequence and as many prompt

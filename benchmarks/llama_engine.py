@@ -128,7 +128,8 @@ class LlamaServer:
         answer ends by itself (`finish_reason` "stop"); LocalSLM, like OpenAI, counts only the
         answer. Measured here: the same 8 answers, text for text, came with one token more each
         from the server unless cut at the budget; so that token is not counted, or the server's
-        tokens per second would be credited with work both did."""
+        tokens per second would be credited with work both did. (No stop strings are sent, so
+        "stop" always means that token here.)"""
         fields: dict[str, Any] = {"messages": messages, "max_tokens": max_tokens, "temperature": 0}
         if cache_prompt is not None:
             fields["cache_prompt"] = cache_prompt

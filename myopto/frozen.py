@@ -5,7 +5,9 @@ Middleware copies a request or a response on most calls (a clipped timeout, a de
 the attempts made); at a few microseconds each that was a large part of what a chain adds to a
 call. The copy is checked as `replace` checks it: an unknown or non-init field is a `TypeError`
 or `ValueError`, fields not given keep their values, fields that are not init fields get their
-defaults again (`Request`'s memoised key), and `__post_init__` runs on the result.
+defaults again (`Request`'s memoised key), and `__post_init__` runs on the result. It is for
+dataclasses whose generated `__init__` only stores fields (no `InitVar`s, no `__init__` of their
+own), as `Request` and `Response` are.
 """
 
 from __future__ import annotations

@@ -307,6 +307,31 @@ def test_a_short_prompt_reuses_a_shared_beginning_of_any_length_and_answers_as_a
         off.close()
 
 
+def test_a_short_prompt_goes_to_the_slot_whose_cells_it_may_reuse_not_merely_the_most_alike():
+    own = llama_cpp_engine.LlamaCppEngine(locate(EMBEDDED_MODEL, prefer_gguf=True), max_batch_size=2)
+    off = llama_cpp_engine.LlamaCppEngine(
+        locate(EMBEDDED_MODEL, prefer_gguf=True), max_batch_size=1, prompt_cache=False
+    )
+    try:
+        ask = lambda text: [{"role": "user", "content": text}]  # noqa: E731
+        long = ask("Write one sentence about the number 5. " + "Be kind. " * 30)  # decoded in one step of 64+ rows
+        near, question = ask("Write one sentence about a cat."), ask("Write one sentence about the number 7.")
+        assert len(own.prompt_ids(long)) >= llama_cpp_engine.EXACT_ROWS
+        futures = [own.submit(Generation(prompt_ids=own.prompt_ids(p), max_new_tokens=4)) for p in (long, near)]
+        [future.result(timeout=300) for future in futures]  # long in slot 0, near in slot 1
+        ids = own.prompt_ids(question)
+        with_long = len(os.path.commonprefix([own.prompt_ids(long), ids]))  # noqa: RUF071 - token ids, not paths
+        with_near = len(os.path.commonprefix([own.prompt_ids(near), ids]))  # noqa: RUF071 - token ids, not paths
+        assert with_long > with_near > 0  # slot 0 is more alike, but its cells were not written row by row
+        reused = own.reused_tokens
+        answer = generate(own, question, max_new_tokens=16).text
+        assert own.reused_tokens - reused == with_near  # served from slot 1's cells
+        assert answer == generate(off, question, max_new_tokens=16).text
+    finally:
+        own.close()
+        off.close()
+
+
 def test_a_longer_prompt_reuses_only_a_long_shared_beginning_and_prompt_cache_off_decodes_everything():
     own = llama_cpp_engine.LlamaCppEngine(locate(EMBEDDED_MODEL, prefer_gguf=True), max_batch_size=1)
     off = llama_cpp_engine.LlamaCppEngine(
