@@ -7,15 +7,14 @@ would) has the time that is left, and failures of the whole fleet add up.
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+import testkit
+from testkit import worker_result
 
 from myopto.cooldowns import LOCAL, LocalCooldowns, RedisCooldowns
 from myopto.middleware.deployments import DeploymentsUnavailable
@@ -27,19 +26,7 @@ SECRET = f"sk-MARKER-{uuid.uuid4().hex}"
 
 
 def start_worker(spec: dict, env: dict) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(WORKER), json.dumps(spec)],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def result(process: subprocess.Popen, timeout: float = 120) -> dict:
-    out, err = process.communicate(timeout=timeout)
-    assert process.returncode == 0, err
-    return json.loads(out)
+    return testkit.start_worker(WORKER, spec, env)
 
 
 def run_fleet(
@@ -74,7 +61,7 @@ def run_fleet(
         time.sleep(cooldown / 2 + 1.5)
     finally:
         stop.touch()
-    outcomes = [result(worker) for worker in workers]
+    outcomes = [worker_result(worker) for worker in workers]
     received = primary.requests
     return received[refused_index].time, received, spare.requests, outcomes, seen
 

@@ -7,16 +7,17 @@ when requests arrived.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from pathlib import Path
+
+import testkit
+from testkit import worker_result
 
 from myopto.parsing import content_text
 from myopto.testing import FakeOpenAIServer
@@ -25,19 +26,7 @@ WORKER = Path(__file__).parent / "data" / "fleet_worker.py"
 
 
 def start_worker(spec: dict, env: dict) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(WORKER), json.dumps(spec)],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def result(process: subprocess.Popen, timeout: float = 120) -> dict:
-    out, err = process.communicate(timeout=timeout)
-    assert process.returncode == 0, err
-    return json.loads(out)
+    return testkit.start_worker(WORKER, spec, env)
 
 
 def last_user(body: dict) -> str:
@@ -67,7 +56,7 @@ def test_four_workers_asking_the_same_prompts_make_one_backend_call_each(redis_s
             ]
             spec = {"base_url": backend.url, "prompts": prompts, "threads": 4, "role": {"retries": 0}}
             workers.append(start_worker(spec, fleet_env(redis_server, tmp_path, str(worker))))
-        results = [result(worker) for worker in workers]
+        results = [worker_result(worker) for worker in workers]
         assert backend.request_count == 70
         assert sorted(request.last_user_content for request in backend.requests) == sorted(
             shared + [f"worker {w} own {i}" for w in range(4) for i in range(10)]
@@ -108,7 +97,7 @@ def test_a_killed_lease_owner_costs_at_most_one_extra_request_and_nobody_hangs(r
         assert backend.request_count == 1
         os.kill(owner.pid, signal.SIGKILL)
         killed_at = time.monotonic()
-        outcomes = [result(waiter, timeout=30) for waiter in waiters]
+        outcomes = [worker_result(waiter, timeout=30) for waiter in waiters]
         finished = time.monotonic() - killed_at
         release.set()
         owner.wait()
@@ -149,7 +138,7 @@ def test_four_workers_share_one_rate_limit_through_redis_and_keep_their_own_with
                 for w in range(4)
             ]
             for worker in workers:
-                assert result(worker)["errors"] == {}
+                assert worker_result(worker)["errors"] == {}
             return backend.requests
 
         shared = fleet({"MYOPTO_CACHE": "off", "MYOPTO_LIMITS_URL": redis_server.url})
@@ -213,7 +202,7 @@ def test_a_run_budget_shared_by_two_workers_stops_both(redis_server, tmp_path):
             )
             for w in range(2)
         ]
-        outcomes = [result(worker) for worker in workers]
+        outcomes = [worker_result(worker) for worker in workers]
         sent = backend.request_count
     assert 10 <= sent <= 10 + 2  # at most one call in flight per process past the budget
     for outcome in outcomes:
@@ -273,7 +262,7 @@ def test_a_worker_whose_redis_is_killed_mid_call_keeps_the_paid_answer(tmp_path)
         os.kill(doomed.process.pid, signal.SIGKILL)
         doomed.process.wait()
         release.set()
-        outcome = result(worker, timeout=60)
+        outcome = worker_result(worker, timeout=60)
         assert backend.request_count == 2
     assert outcome["errors"] == {}
     assert outcome["answers"]["the paid one"] == "answer to the paid one"

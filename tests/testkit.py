@@ -154,6 +154,24 @@ def modules_loaded_by(code: str, names: set[str]) -> list[str]:
     return loaded
 
 
+def start_worker(script: Path, spec: dict[str, Any], env: dict[str, str]) -> subprocess.Popen[str]:
+    """A real worker process running `script` with its `spec` as JSON, in this environment plus `env`."""
+    return subprocess.Popen(
+        [sys.executable, str(script), json.dumps(spec)],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def worker_result(process: subprocess.Popen[str], timeout: float = 120) -> Any:
+    """What a worker printed as JSON, once it exits with 0 (its stderr in the failure otherwise)."""
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, err
+    return json.loads(out)
+
+
 def finish_or_fail(process: subprocess.Popen[str], timeout: float, hung: str) -> tuple[str, str]:
     """The stdout and stderr of `process` once it ends; killed, and the test failed with `hung`, if
     it is still running after `timeout` seconds."""
