@@ -133,9 +133,10 @@ class ContinuousBatching:
         """How many of `prompt`'s first tokens `slot`'s kept cells may serve, given the `shared`
         beginning: at least MIN_REUSED_TOKENS, or any length for a prompt under EXACT_ROWS tokens
         when the slot's cells were all written in steps of fewer rows (see EXACT_ROWS); else 0.
-        The last prompt token is decoded again, for its logits."""
+        The last prompt token is decoded again, for its logits. (With `prompt_cache` off every
+        `shared` is 0.)"""
         reuse = min(shared, len(prompt) - 1)
-        if self.prompt_cache and (reuse >= MIN_REUSED_TOKENS or (len(prompt) < EXACT_ROWS and self._exact[slot])):
+        if reuse >= MIN_REUSED_TOKENS or (len(prompt) < EXACT_ROWS and self._exact[slot]):
             return reuse
         return 0
 
